@@ -1,0 +1,223 @@
+"""Command line: ``python run.py <command>``; ``python run.py`` alone runs the service.
+
+Exit status: 0 done, 1 ran but could not finish (e.g. a replay slice still failing after its
+retries), 2 bad input (a one-line error naming what is wrong; nothing stored is touched).
+"""
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+
+from .config import load_settings
+from .datatypes import parse_data_types
+from .exceptions import GaplessError, UsageError
+from .timeutil import MINUTE_US, ceil_minute, floor_minute, iso, parse_time_arg, to_us
+
+log = logging.getLogger("gapless")
+
+PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_DIR = os.path.join(PROJECT_DIR, "config")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors and exit status 2."""
+
+    def error(self, message):
+        raise UsageError("%s: %s" % (self.prog, message))
+
+
+def _common(parser):
+    group = parser.add_argument_group("connection and storage (flags override GAPLESS_* settings)")
+    group.add_argument("--tardis-url", help="tardis-machine HTTP URL (GAPLESS_TARDIS_URL, default http://localhost:8000)")
+    group.add_argument("--tardis-ws-url", help="tardis-machine websocket URL (GAPLESS_TARDIS_WS_URL, default ws://localhost:8001)")
+    group.add_argument("--database", dest="database_url",
+                       help="sqlite:///path.db or postgresql://user:pass@host:port/db (GAPLESS_DATABASE_URL)")
+    group.add_argument("--api-key", help="tardis API key passed to tardis-machine (GAPLESS_TARDIS_API_KEY); never logged")
+    group.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (GAPLESS_LOG_LEVEL)")
+    group.add_argument("--config-dir", default=CONFIG_DIR, help="directory holding gapless.env (default: %(default)s)")
+
+
+def _streams(parser, times=True):
+    parser.add_argument("--exchange", help="exchange, e.g. deribit (GAPLESS_EXCHANGE)")
+    parser.add_argument("--symbols", help="comma-separated symbols, e.g. BTC-PERPETUAL,ETH-PERPETUAL (GAPLESS_SYMBOLS)")
+    parser.add_argument("--data-types", help="comma-separated data types, e.g. quote_1m,trade_bar_1m,trade "
+                                             "(GAPLESS_DATA_TYPES)")
+    if times:
+        parser.add_argument("--from", dest="from_", required=True, help="start, UTC ISO-8601 (e.g. 2026-11-23T13:30)")
+        parser.add_argument("--to", help="end (exclusive), UTC ISO-8601; default now")
+
+
+def build_parser():
+    """The argparse parser of every command."""
+    parser = _Parser(prog="gapless", description="Gapless minute series from tardis-machine: history + live.")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    download = sub.add_parser("download", help="download history (replay) into the database",
+                              description="Download replay data for [--from, --to) into the database. Ranges "
+                                          "already stored are not downloaded again.")
+    _streams(download)
+    download.add_argument("--workers", type=int, help="parallel download processes (GAPLESS_WORKERS, default 1; "
+                                                      "0 = all in this process)")
+    download.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _common(download)
+    series = sub.add_parser("series", help="print or export the minute series",
+                            description="Minute series from stored data; one row per (symbol, data type, minute) "
+                                        "labelled by the minute's start (UTC). Missing minutes are flagged, "
+                                        "never filled.")
+    _streams(series)
+    series.add_argument("--out", help="write to FILE.csv or FILE.parquet instead of printing")
+    series.add_argument("--source", choices=("both", "replay", "live"), default="both",
+                        help="which stored data to use (default both: replay where it exists, live after it)")
+    _common(series)
+    return parser
+
+
+def _settings(args):
+    overrides = {key: getattr(args, key, None) for key in ("tardis_url", "tardis_ws_url", "database_url", "api_key",
+                                                            "exchange", "log_level", "workers")}
+    overrides["symbols"] = getattr(args, "symbols", None)
+    overrides["data_types"] = getattr(args, "data_types", None)
+    return load_settings(config_dir=getattr(args, "config_dir", CONFIG_DIR), **overrides)
+
+
+def setup_logging(level="INFO"):
+    """stderr logging; without timestamps under systemd (journald adds its own)."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    if os.environ.get("JOURNAL_STREAM"):
+        fmt = "%(levelname)s [%(threadName)s] %(name)s: %(message)s"
+    else:
+        fmt = "%(asctime)s %(levelname)s [%(threadName)s] %(name)s: %(message)s"
+    handler.setFormatter(logging.Formatter(fmt))
+    root.addHandler(handler)
+    root.setLevel(getattr(logging, level, logging.INFO))
+
+
+def _time_range(args, now_us):
+    start = floor_minute(parse_time_arg(args.from_, "--from"))
+    end = ceil_minute(parse_time_arg(args.to, "--to")) if args.to else floor_minute(now_us)
+    if start >= end:
+        raise UsageError("--from %s is not before --to %s" % (iso(start), iso(end)))
+    return start, end
+
+
+def cmd_download(args, settings, now_us):
+    """``download``: fetch replay for the range; exit 1 if some slices stay incomplete."""
+    from .download import Downloader
+    from .replay import ReplayClient
+    from .storage import Storage
+
+    start, end = _time_range(args, now_us)
+    horizon = floor_minute(now_us - settings.history_delay) - MINUTE_US
+    if end > horizon:
+        if start >= horizon:
+            raise UsageError("--from %s: history is not available yet (tardis-machine serves history up to about "
+                             "now - %d min; set GAPLESS_HISTORY_DELAY)" % (iso(start), settings.history_delay // MINUTE_US))
+        log.warning("history is available up to about %s (now - history delay); downloading up to there, not %s",
+                    iso(horizon), iso(end))
+        end = horizon
+    data_types = parse_data_types(settings.data_types)
+    ReplayClient(settings.tardis_url, timeout=(5.0, 10.0)).health_check()
+    storage = Storage(settings.database_url)
+    try:
+        downloader = Downloader(storage, settings.tardis_url, api_key=settings.api_key or None,
+                                workers=settings.workers, progress=False if args.no_progress else None)
+        report = downloader.download(settings.exchange, settings.symbols, data_types, start, end)
+    finally:
+        storage.close()
+    mb = report.bytes / 1e6
+    rate = report.messages / report.seconds if report.seconds else 0
+    print("downloaded %d request(s), %d lines (%.1f MB), %d new rows in %.1fs (%.0f msg/s); %d malformed line(s)"
+          % (report.requests, report.lines, mb, report.rows_inserted, report.seconds, rate, report.malformed))
+    for request, reason in report.failed:
+        print("INCOMPLETE: %s: %s" % (request.describe(), reason), file=sys.stderr)
+    return 0 if report.complete else 1
+
+
+def cmd_series(args, settings, now_us):
+    """``series``: print the minute series, or write it to --out (CSV or Parquet, atomically)."""
+    from .series import series, to_long
+    from .storage import Storage
+
+    start, end = _time_range(args, now_us)
+    if (end - start) // MINUTE_US > 400 * 24 * 60:
+        raise UsageError("--from/--to: %d days is too long for one series" % ((end - start) // (1440 * MINUTE_US)))
+    if args.out and not args.out.lower().endswith((".csv", ".parquet")):
+        raise UsageError("--out %r: must end in .csv or .parquet" % (args.out,))
+    data_types = parse_data_types(settings.data_types)
+    storage = Storage(settings.database_url, create=False)
+    try:
+        sources = ("replay", "live") if args.source == "both" else (args.source,)
+        frames = series(storage, settings.exchange, settings.symbols, data_types, start, end, sources=sources)
+    finally:
+        storage.close()
+    long = to_long(frames, settings.exchange)
+    for (symbol, data_type), frame in frames.items():
+        counts = frame["source"].value_counts().to_dict()
+        print("# %s %s %s: %d minutes, %s" % (settings.exchange, symbol, data_type, len(frame),
+                                               ", ".join("%s %d" % kv for kv in sorted(counts.items()))),
+              file=sys.stderr if not args.out else sys.stdout)
+    if args.out:
+        write_frame(long, args.out)
+        print("wrote %d rows to %s" % (len(long), args.out))
+    else:
+        printable = long.copy()
+        printable["minute"] = printable["minute"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+        print(printable.to_string(index=False, max_rows=200))
+    return 0
+
+
+def write_frame(frame, path):
+    """Write a frame to CSV or Parquet atomically (temp file in the same directory, then rename)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    out = frame.copy()
+    if "minute" in out.columns and path.lower().endswith(".csv"):
+        out["minute"] = out["minute"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), dir=directory)
+    os.close(fd)
+    try:
+        if path.lower().endswith(".parquet"):
+            out.to_parquet(tmp, index=False)
+        else:
+            out.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+COMMANDS = {"download": cmd_download, "series": cmd_series}
+
+
+def main(argv=None, now=None):
+    """Entry point of ``python run.py``. Returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    setup_logging("INFO")
+    try:
+        parser = build_parser()
+        if not argv or argv[0] not in COMMANDS and argv[0] not in ("-h", "--help") and argv[0].startswith("-"):
+            argv = ["serve"] + argv
+        args = parser.parse_args(argv)
+        command = COMMANDS.get(args.command)
+        if command is None:
+            raise UsageError("unknown command %r (try --help)" % (args.command,))
+        settings = _settings(args)
+        setup_logging(settings.log_level)
+        for warning in settings.warnings:
+            log.warning(warning)
+        now_us = to_us(now()) if now else int((time.time() + settings.clock_offset) * 1e6)
+        return command(args, settings, now_us)
+    except UsageError as exc:
+        print("gapless: error: %s" % (exc,), file=sys.stderr)
+        return 2
+    except GaplessError as exc:
+        print("gapless: error: %s" % (exc,), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("gapless: interrupted", file=sys.stderr)
+        return 130
+

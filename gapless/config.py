@@ -1,0 +1,214 @@
+"""Settings: defaults < ``config/gapless.env`` < ``.env`` < real environment < command-line flags.
+
+Every setting is a ``GAPLESS_*`` variable (documented in ``config/example.env``). Settings are
+validated once, at startup: a bad value raises :class:`~gapless.exceptions.ConfigurationError`
+naming the variable (or flag). Unknown ``GAPLESS_*`` keys are reported, because a typo in a key
+silently falls back to a default otherwise.
+"""
+import difflib
+import logging
+import os
+import re
+from dataclasses import dataclass, field, fields, replace
+
+from .datatypes import parse_data_types
+from .exceptions import ConfigurationError, UsageError
+from .urls import redact_url, validate_http_url
+from .timeutil import DAY_US, US, parse_duration_us
+
+log = logging.getLogger(__name__)
+
+EXCHANGE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+SYMBOL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+MAX_LOOKBACK_US = 366 * DAY_US
+
+# setting name -> (environment variable, default as text)
+DEFAULTS = {
+    "tardis_url": ("GAPLESS_TARDIS_URL", "http://localhost:8000"),
+    "tardis_ws_url": ("GAPLESS_TARDIS_WS_URL", "ws://localhost:8001"),
+    "database_url": ("GAPLESS_DATABASE_URL", "sqlite:///gapless.db"),
+    "api_key": ("GAPLESS_TARDIS_API_KEY", ""),
+    "exchange": ("GAPLESS_EXCHANGE", "deribit"),
+    "symbols": ("GAPLESS_SYMBOLS", "BTC-PERPETUAL"),
+    "data_types": ("GAPLESS_DATA_TYPES", "quote_1m,trade_bar_1m"),
+    "lookback": ("GAPLESS_LOOKBACK", "1d"),
+    "history_delay": ("GAPLESS_HISTORY_DELAY", "15m"),
+    "rebuild_interval": ("GAPLESS_REBUILD_INTERVAL", "60s"),
+    "export": ("GAPLESS_EXPORT", ""),
+    "workers": ("GAPLESS_WORKERS", "1"),
+    "log_level": ("GAPLESS_LOG_LEVEL", "INFO"),
+    "clock_offset": ("GAPLESS_CLOCK_OFFSET", "0"),
+}
+KNOWN_KEYS = frozenset(env for env, _ in DEFAULTS.values())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated settings. Durations are µs; lists are tuples. Build with :func:`load_settings`."""
+
+    tardis_url: str
+    tardis_ws_url: str
+    database_url: str
+    api_key: str
+    exchange: str
+    symbols: tuple
+    data_types: tuple
+    lookback: int
+    history_delay: int
+    rebuild_interval: int
+    export: str
+    workers: int
+    log_level: str
+    clock_offset: float
+    warnings: tuple = field(default=(), compare=False)
+
+    def __repr__(self):
+        # never print secrets, even by accident in a traceback or a log line
+        shown = ", ".join("%s=%r" % (f.name, self._shown(f.name)) for f in fields(self) if f.name != "warnings")
+        return "Settings(%s)" % shown
+
+    def _shown(self, name):
+        value = getattr(self, name)
+        if name == "api_key":
+            return "***" if value else ""
+        if name == "database_url":
+            return redact_url(value)
+        return value
+
+    def with_overrides(self, **overrides):
+        """A copy with some already-validated values replaced."""
+        return replace(self, **overrides)
+
+
+def read_sources(environ=None, config_dir=None, dotenv_path=".env"):
+    """Merge raw ``GAPLESS_*`` values: ``config/gapless.env`` < ``.env`` < the real environment."""
+    from dotenv import dotenv_values
+
+    merged = {}
+    origins = {}
+    files = []
+    if config_dir:
+        files.append(os.path.join(config_dir, "gapless.env"))
+    if dotenv_path:
+        files.append(dotenv_path)
+    for path in files:
+        if path and os.path.isfile(path):
+            for key, value in dotenv_values(path).items():
+                if value is not None:
+                    merged[key] = value
+                    origins[key] = path
+    environ = os.environ if environ is None else environ
+    for key, value in environ.items():
+        if key.startswith("GAPLESS_"):
+            merged[key] = value
+            origins[key] = "environment"
+    return merged, origins
+
+
+def load_settings(environ=None, config_dir=None, dotenv_path=".env", **overrides):
+    """Read, merge and validate settings. ``overrides`` (flag values; None = not given) win.
+
+    Raises :class:`ConfigurationError` naming the first invalid setting.
+    """
+    raw, origins = read_sources(environ, config_dir, dotenv_path)
+    warnings = []
+    for key in sorted(k for k in raw if k.startswith("GAPLESS_") and k not in KNOWN_KEYS):
+        hint = difflib.get_close_matches(key, sorted(KNOWN_KEYS), n=1)
+        warnings.append("unknown setting %s in %s%s (ignored)" % (
+            key, origins.get(key, "?"), "; did you mean %s?" % hint[0] if hint else ""))
+    values = {}
+    for name, (env, default) in DEFAULTS.items():
+        flag = overrides.get(name)
+        values[name] = (flag, "--" + name.replace("_", "-")) if flag is not None else (raw.get(env, default), env)
+    settings = _validate(values, tuple(warnings))
+    return settings
+
+
+def _validate(values, warnings):
+    def text(name):
+        return values[name][0]
+
+    def label(name):
+        return values[name][1]
+
+    try:
+        tardis_url = validate_http_url(str(text("tardis_url")).strip(), label("tardis_url"))
+    except UsageError as exc:
+        raise ConfigurationError(str(exc)) from None
+    ws_url = str(text("tardis_ws_url")).strip().rstrip("/")
+    if not re.match(r"^wss?://[^/\s:]+(:\d{1,5})?$", ws_url):
+        raise ConfigurationError("%s: %r is not a ws://host:port URL" % (label("tardis_ws_url"), ws_url))
+    database_url = str(text("database_url")).strip()
+    if not re.match(r"^(sqlite:///.+|postgres(ql)?://.+)$", database_url):
+        raise ConfigurationError("%s: %r is not sqlite:///path.db or postgresql://user:pass@host:port/db"
+                                 % (label("database_url"), redact_url(database_url)))
+    exchange = str(text("exchange")).strip()
+    if not EXCHANGE_PATTERN.match(exchange):
+        raise ConfigurationError("%s: %r is not an exchange name (lower case letters, digits and '-')"
+                                 % (label("exchange"), exchange))
+    symbols = parse_symbols(text("symbols"), label("symbols"))
+    try:
+        data_types = tuple(dt.name for dt in parse_data_types(text("data_types")))
+    except UsageError as exc:
+        raise ConfigurationError("%s: %s" % (label("data_types"), exc)) from None
+    lookback = _duration(values, "lookback")
+    if lookback <= 0:
+        raise ConfigurationError("%s: the lookback must be longer than zero" % label("lookback"))
+    if lookback > MAX_LOOKBACK_US:
+        raise ConfigurationError("%s: a lookback of %s is more than a year; refusing" % (label("lookback"),
+                                                                                       text("lookback")))
+    history_delay = _duration(values, "history_delay")
+    if history_delay > 7 * DAY_US:
+        raise ConfigurationError("%s: a history delay of %s is more than a week" % (label("history_delay"),
+                                                                                  text("history_delay")))
+    rebuild_interval = _duration(values, "rebuild_interval")
+    if rebuild_interval < US:
+        raise ConfigurationError("%s: the rebuild interval must be at least 1s" % label("rebuild_interval"))
+    export = str(text("export") or "").strip()
+    if export and not export.lower().endswith((".csv", ".parquet")):
+        raise ConfigurationError("%s: %r must end in .csv or .parquet" % (label("export"), export))
+    try:
+        workers = int(text("workers"))
+    except (TypeError, ValueError):
+        raise ConfigurationError("%s: %r is not a whole number" % (label("workers"), text("workers"))) from None
+    if not 0 <= workers <= 32:
+        raise ConfigurationError("%s: %d workers is outside 0..32" % (label("workers"), workers))
+    log_level = str(text("log_level")).strip().upper()
+    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigurationError("%s: %r is not DEBUG, INFO, WARNING or ERROR" % (label("log_level"), log_level))
+    try:
+        clock_offset = float(text("clock_offset"))
+    except (TypeError, ValueError):
+        raise ConfigurationError("%s: %r is not a number of seconds" % (label("clock_offset"),
+                                                                       text("clock_offset"))) from None
+    return Settings(tardis_url=tardis_url, tardis_ws_url=ws_url, database_url=database_url,
+                    api_key=str(text("api_key") or "").strip(), exchange=exchange, symbols=symbols,
+                    data_types=data_types, lookback=lookback, history_delay=history_delay,
+                    rebuild_interval=rebuild_interval, export=export, workers=workers, log_level=log_level,
+                    clock_offset=clock_offset, warnings=warnings)
+
+
+def _duration(values, name):
+    text, label = values[name]
+    try:
+        return parse_duration_us(text, label)
+    except UsageError as exc:
+        raise ConfigurationError(str(exc)) from None
+
+
+def parse_symbols(text, label="--symbols"):
+    """Split and validate a comma-separated symbol list (upper-cased, as tardis-machine spells them)."""
+    items = text if isinstance(text, (list, tuple)) else str(text).split(",")
+    symbols = []
+    for item in items:
+        symbol = str(item).strip()
+        if not symbol:
+            continue
+        if not SYMBOL_PATTERN.match(symbol):
+            raise ConfigurationError("%s: %r is not a symbol (letters, digits and . _ : / - only)" % (label, symbol))
+        symbol = symbol.upper()
+        if symbol not in symbols:
+            symbols.append(symbol)
+    if not symbols:
+        raise ConfigurationError("%s: no symbol given" % label)
+    return tuple(symbols)

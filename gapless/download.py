@@ -1,0 +1,365 @@
+"""Replay downloader: plan what history is missing, fetch it in day slices, write it with coverage.
+
+Planning reads the coverage table, so a restart resumes from what is stored and nothing already
+covered is requested again, except what tardis-machine's 00:00 rule forces: book-derived types
+(quotes, snapshots, book changes) need the day's initial book snapshot, so their requests always start
+at 00:00 UTC of the day (rows already stored are skipped before insertion).
+
+Fetching and parsing run in worker processes (``workers`` of them, default 1) and the calling thread is
+the single database writer: parsing JSON is CPU-bound, threads would share one core under the GIL, and
+SQLite wants one writer. ``workers=0`` does everything in the calling thread.
+"""
+import logging
+import multiprocessing
+import queue
+import random
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+from .datatypes import parse_data_types
+from .exceptions import GaplessError, RequestRejectedError, ServerError
+from .ingest import ReplayRequest, RunParser
+from .intervals import merge, split, subtract
+from .replay import ReplayClient, redact_options, replay_options
+from .timeutil import DAY_US, MINUTE_US, ceil_minute, floor_day, floor_minute, iso
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DownloadReport:
+    """What a download did: requests, rows, lines, malformed lines, and what is still missing."""
+
+    requests: int = 0
+    attempts: int = 0
+    rows_inserted: int = 0
+    lines: int = 0
+    messages: int = 0
+    malformed: int = 0
+    server_errors: int = 0
+    bytes: int = 0
+    minutes_asked: int = 0
+    failed: list = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def complete(self):
+        """True when every planned request finished."""
+        return not self.failed
+
+
+def plan_requests(storage, exchange, symbols, data_types, start, end):
+    """The replay requests that download what replay coverage lacks in ``[start, end)``.
+
+    ``start``/``end`` are µs (minute aligned outward). Requests never cross a UTC day; book-derived
+    types start at 00:00 of their day; streams needing the same range share one request.
+    """
+    data_types = parse_data_types(data_types) if not hasattr(data_types[0], "family") else data_types
+    start, end = floor_minute(start), ceil_minute(end)
+    groups = {}
+    skips = {}
+    for symbol in symbols:
+        for data_type in data_types:
+            covered = storage.covered(exchange, symbol, data_type.name, "replay")
+            need = merge((floor_minute(a), ceil_minute(b)) for a, b in subtract([(start, end)], covered))
+            if not need:
+                continue
+            if data_type.book_derived:
+                ends = {}
+                for a, b in split(need, DAY_US):
+                    day = floor_day(a)
+                    ends[day] = max(ends.get(day, 0), b)
+                for day, b in ends.items():
+                    groups.setdefault((day, b), set()).add((symbol, data_type.name))
+                    prefix = _covered_prefix(covered, day)
+                    if prefix > day:
+                        skips[(day, symbol, data_type.name)] = prefix
+            else:
+                for a, b in split(need, DAY_US):
+                    groups.setdefault((a, b), set()).add((symbol, data_type.name))
+    requests = []
+    for (a, b), streams in sorted(groups.items()):
+        for symbols_, types_ in _product_groups(streams):
+            skip = tuple((s, d, skips[(a, s, d)]) for s in symbols_ for d in types_ if (a, s, d) in skips)
+            requests.append(ReplayRequest(exchange, symbols_, types_, a, b, skip_before=skip))
+    return requests
+
+
+def _covered_prefix(covered, at):
+    """End of the covered interval that contains ``at`` (or ``at`` when none does)."""
+    for a, b in covered:
+        if a <= at < b:
+            return b
+    return at
+
+
+def _product_groups(streams):
+    """Split a set of (symbol, data type) into (symbols, data types) products, for one request each."""
+    by_type = {}
+    for symbol, name in streams:
+        by_type.setdefault(name, set()).add(symbol)
+    by_symbols = {}
+    for name, symbols in by_type.items():
+        by_symbols.setdefault(tuple(sorted(symbols)), []).append(name)
+    return [(symbols, tuple(sorted(names))) for symbols, names in sorted(by_symbols.items())]
+
+
+def fetch_run(request, client, api_key, batch_rows, emit, should_stop=lambda: False):
+    """Run one replay request: stream, parse, and ``emit`` each :class:`~gapless.ingest.Batch`.
+
+    Returns ``None`` when the run completed, else the exception that ended it (the batches emitted
+    before are valid: their coverage claims only what they contain).
+    """
+    parser = RunParser(request, batch_rows=batch_rows)
+    options = replay_options(request.exchange, request.symbols, request.data_types, request.start,
+                             request.request_end, api_key)
+    complete = False
+    failure = None
+    try:
+        for lines in client.stream_lines(options):
+            for batch in parser.feed(lines):
+                emit(batch)
+            if should_stop():
+                failure = _Stopped("stopped")
+                break
+        else:
+            complete = True
+    except ServerError as exc:
+        failure = exc
+    final = parser.finish(complete)
+    if final.rows or final.claims or final.lines:
+        emit(final)
+    return failure
+
+
+class _Stopped(GaplessError):
+    """The download was asked to stop."""
+
+
+class Downloader:
+    """Downloads replay data into a :class:`~gapless.storage.Storage`.
+
+    ``download(exchange, symbols, data_types, start, end)`` plans from coverage, runs the requests
+    (``workers`` processes, or inline when 0), retries incomplete ones with capped exponential backoff
+    (re-planning from what was stored, so a retry only asks for what is still missing) and returns a
+    :class:`DownloadReport`. Permanent refusals (unknown exchange...) raise
+    :class:`~gapless.exceptions.RequestRejectedError`.
+    """
+
+    def __init__(self, storage, tardis_url, api_key=None, workers=1, batch_rows=5000, max_attempts=6,
+                 backoff_base=1.0, backoff_cap=30.0, timeout=(5.0, 60.0), progress=None, stop_event=None):
+        self.storage = storage
+        self.tardis_url = tardis_url
+        self.api_key = api_key
+        self.workers = max(0, int(workers))
+        self.batch_rows = batch_rows
+        self.max_attempts = max_attempts
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.timeout = timeout
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.stop_event = stop_event or threading.Event()
+        self.on_run_finished = None  # callback(request, failure) for the history-horizon logic
+
+    def download(self, exchange, symbols, data_types, start, end):
+        """Download what replay coverage lacks in ``[start, end)`` (µs). Returns a :class:`DownloadReport`."""
+        data_types = parse_data_types(data_types)
+        self.storage.ensure_tables({dt.table for dt in data_types})
+        requests = plan_requests(self.storage, exchange, list(symbols), data_types, start, end)
+        return self.run(requests)
+
+    def run(self, requests):
+        """Execute planned requests (with retries) and return a :class:`DownloadReport`."""
+        report = DownloadReport()
+        began = time.monotonic()
+        if not requests:
+            return report
+        report.minutes_asked = sum((r.claim_end - r.start) // MINUTE_US for r in requests)
+        bar = _progress_bar(report.minutes_asked) if self.progress else None
+        try:
+            if self.workers == 0:
+                self._run_inline(requests, report, bar)
+            else:
+                self._run_pool(requests, report, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+            report.seconds = time.monotonic() - began
+        return report
+
+    # -- shared --------------------------------------------------------------------------------
+    def _write(self, batch, report, bar, progress_state, request):
+        report.rows_inserted += self.storage.write(batch.rows, batch.claims)
+        report.lines += batch.lines
+        report.messages += batch.messages
+        report.malformed += batch.malformed
+        report.server_errors += batch.errors
+        if batch.malformed:
+            log.warning("%d malformed line(s) from tardis-machine in %s, e.g. %s", batch.malformed,
+                        request.describe(), "; ".join(batch.samples[:2]))
+        if bar is not None:
+            done = max(0, min(batch.progress_us, request.claim_end) - request.start) // MINUTE_US
+            key = (request.exchange, request.symbols, request.data_types, request.start)
+            previous = progress_state.get(key, 0)
+            if done > previous:
+                bar.update(done - previous)
+                progress_state[key] = done
+
+    def _after_failure(self, request, failure, report):
+        """Decide what to do after a run ended early: raise, give up, or the retry requests + delay."""
+        if self.on_run_finished:
+            self.on_run_finished(request, failure)
+        if isinstance(failure, _Stopped):
+            return [], 0
+        if isinstance(failure, RequestRejectedError):
+            raise failure
+        if request.attempt >= self.max_attempts:
+            log.error("giving up on %s after %d attempts: %s", request.describe(), request.attempt, failure)
+            report.failed.append((request, str(failure)))
+            return [], 0
+        retries = plan_requests(self.storage, request.exchange, list(request.symbols),
+                                list(request.data_types), request.start, request.claim_end)
+        retries = [ReplayRequest(r.exchange, r.symbols, r.data_types, r.start, r.claim_end, r.skip_before,
+                                 request.attempt + 1) for r in retries]
+        delay = min(self.backoff_cap, self.backoff_base * 2 ** (request.attempt - 1)) * random.uniform(0.5, 1.0)
+        retry_after = getattr(failure, "retry_after", None)
+        if retry_after:
+            delay = max(delay, min(retry_after, 300.0))
+        log.warning("%s incomplete (attempt %d): %s; retrying %d request(s) in %.1fs", request.describe(),
+                    request.attempt, failure, len(retries), delay)
+        return retries, delay
+
+    # -- inline --------------------------------------------------------------------------------
+    def _run_inline(self, requests, report, bar):
+        client = ReplayClient(self.tardis_url, timeout=self.timeout)
+        pending = [(0.0, r) for r in requests]
+        progress_state = {}
+        while pending and not self.stop_event.is_set():
+            pending.sort(key=lambda item: item[0])
+            due, request = pending.pop(0)
+            wait = due - time.monotonic()
+            if wait > 0 and self.stop_event.wait(wait):
+                break
+            report.attempts += 1
+            report.requests += request.attempt == 1
+            log.debug("replay %s", redact_options(replay_options(request.exchange, request.symbols,
+                                                                 request.data_types, request.start,
+                                                                 request.request_end, self.api_key)))
+            failure = fetch_run(request, client, self.api_key, self.batch_rows,
+                                lambda b, r=request: self._write(b, report, bar, progress_state, r),
+                                self.stop_event.is_set)
+            if failure is None:
+                if self.on_run_finished:
+                    self.on_run_finished(request, None)
+                continue
+            retries, delay = self._after_failure(request, failure, report)
+            pending.extend((time.monotonic() + delay, r) for r in retries)
+        report.bytes += client.bytes_received
+
+    # -- worker processes --------------------------------------------------------------------
+    def _run_pool(self, requests, report, bar):
+        context = multiprocessing.get_context("spawn")
+        tasks = context.Queue()
+        results = context.Queue(maxsize=max(4, self.workers * 4))
+        abort = context.Event()
+        config = {"tardis_url": self.tardis_url, "api_key": self.api_key, "timeout": self.timeout,
+                  "batch_rows": self.batch_rows}
+        n_workers = min(self.workers, len(requests))
+        processes = [context.Process(target=_worker_main, args=(tasks, results, abort, config),
+                                     name="gapless-download-%d" % i, daemon=True) for i in range(n_workers)]
+        for process in processes:
+            process.start()
+        in_flight = {}
+        delayed = []
+        next_id = 0
+        progress_state = {}
+
+        def submit(request):
+            nonlocal next_id
+            next_id += 1
+            in_flight[next_id] = request
+            report.attempts += 1
+            report.requests += request.attempt == 1
+            tasks.put((next_id, request))
+
+        try:
+            for request in requests:
+                submit(request)
+            while in_flight or delayed:
+                if self.stop_event.is_set():
+                    abort.set()
+                    delayed.clear()
+                now = time.monotonic()
+                for item in [d for d in delayed if d[0] <= now]:
+                    delayed.remove(item)
+                    submit(item[1])
+                if not in_flight:
+                    wait = min(d[0] for d in delayed) - time.monotonic() if delayed else 0.1
+                    self.stop_event.wait(max(0.0, min(wait, 0.5)))
+                    continue
+                try:
+                    kind, task_id, payload = results.get(timeout=0.5)
+                except queue.Empty:
+                    if not any(p.is_alive() for p in processes):
+                        raise GaplessError("all download workers died") from None
+                    continue
+                request = in_flight.get(task_id)
+                if kind == "batch":
+                    self._write(payload, report, bar, progress_state, request)
+                    continue
+                del in_flight[task_id]
+                bytes_received, failure = payload
+                report.bytes += bytes_received
+                if failure is None:
+                    if self.on_run_finished:
+                        self.on_run_finished(request, None)
+                    continue
+                retries, delay = self._after_failure(request, failure, report)
+                delayed.extend((time.monotonic() + delay, r) for r in retries)
+        finally:
+            abort.set()
+            for _ in processes:
+                tasks.put(None)
+            deadline = time.monotonic() + 5.0
+            # drain so workers blocked on a full result queue can exit
+            while any(p.is_alive() for p in processes) and time.monotonic() < deadline:
+                try:
+                    results.get(timeout=0.1)
+                except queue.Empty:
+                    pass
+            for process in processes:
+                process.join(timeout=max(0.0, deadline - time.monotonic()))
+                if process.is_alive():
+                    process.terminate()
+                    process.join(1.0)
+            tasks.close()
+            results.close()
+
+
+def _worker_main(tasks, results, abort, config):
+    """Body of a download worker process: fetch and parse runs, send batches to the writer."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(processName)s %(message)s")
+    client = ReplayClient(config["tardis_url"], timeout=tuple(config["timeout"]))
+    while True:
+        task = tasks.get()
+        if task is None:
+            return
+        task_id, request = task
+        before = client.bytes_received
+        try:
+            failure = fetch_run(request, client, config["api_key"], config["batch_rows"],
+                                lambda batch: results.put(("batch", task_id, batch)), abort.is_set)
+        except Exception as exc:  # a bug must not hang the writer: report it as a failed run
+            logging.getLogger(__name__).exception("download worker failed on %s", request.describe())
+            failure = ServerError("worker error: %s" % exc)
+        results.put(("done", task_id, (client.bytes_received - before, failure)))
+
+
+def _progress_bar(total):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is optional: no bar without it
+        return None
+    return tqdm(total=total, unit="min", desc="replay", dynamic_ncols=True, leave=False)

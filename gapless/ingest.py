@@ -1,0 +1,254 @@
+"""Turn the lines of one replay run into storage batches with exact coverage claims.
+
+A *run* is one HTTP request: ``[start, request_end)`` in local (arrival) time, where
+``request_end = claim_end + 1 minute`` because the sample stamped at a range's end is only emitted
+when the next event arrives. The parser is pure (no I/O), so it runs in a worker process or inline.
+
+Coverage claims are in exchange time and never claim more than was delivered:
+
+* raw types (trade, quote, book_change, derivative_ticker): everything with a timestamp below the
+  progress point minus :data:`LATENCY_MARGIN_US` has arrived (messages arrive in localTimestamp order,
+  and localTimestamp >= timestamp); a complete run therefore claims up to ``claim_end``.
+* sampled types (quote_1m, book_snapshot_*_*, trade_bar_*): a sample is emitted only when the next
+  source event (book change or trade) of the symbol arrives, so the claim ends at the latest source
+  event seen in the run ("evidence"); a quiet tail stays unclaimed rather than be mistaken for quiet.
+* a ``disconnect`` message ends every segment of the exchange; the next segment starts at the next
+  message. A stream that sent nothing at all in a complete run gets no claim (an unknown symbol and a
+  quiet market look the same, so the minutes are reported missing).
+"""
+import logging
+import uuid
+from dataclasses import dataclass, field
+from operator import itemgetter
+
+import orjson
+
+from .convert import BatchConverter
+from .datatypes import parse_data_type
+from .storage import Claim
+from .timeutil import MINUTE_US, US, iso, parse_timestamp_us
+
+log = logging.getLogger(__name__)
+
+LATENCY_MARGIN_US = 5 * US
+_TS = itemgetter(5)
+
+
+@dataclass(frozen=True)
+class ReplayRequest:
+    """One replay run to make: streams = symbols x data types, ``[start, claim_end + 1 minute)``."""
+
+    exchange: str
+    symbols: tuple
+    data_types: tuple
+    start: int
+    claim_end: int
+    skip_before: tuple = ()  # ((symbol, data_type, us), ...): rows older than this are already stored
+    attempt: int = 1
+
+    @property
+    def request_end(self):
+        """The ``to`` sent to tardis-machine: one minute past what is claimed."""
+        return self.claim_end + MINUTE_US
+
+    @property
+    def streams(self):
+        """``(symbol, data_type)`` pairs this run covers."""
+        return [(s, d) for s in self.symbols for d in self.data_types]
+
+    def describe(self):
+        """Short human description (no API key)."""
+        return "%s %s %s [%s, %s)" % (self.exchange, ",".join(self.symbols), ",".join(self.data_types),
+                                      iso(self.start), iso(self.claim_end))
+
+
+@dataclass
+class Batch:
+    """Rows and the coverage they complete, to be written in one transaction."""
+
+    rows: dict
+    claims: list
+    lines: int = 0
+    messages: int = 0
+    malformed: int = 0
+    errors: int = 0
+    progress_us: int = 0
+    samples: list = field(default_factory=list)
+
+
+class RunParser:
+    """Feeds the lines of one run and produces :class:`Batch` objects.
+
+    Batches are cut only between two different localTimestamps, so a group of messages that share
+    an arrival time (one exchange packet) is never split between transactions.
+    """
+
+    def __init__(self, request, batch_rows=5000, source="replay"):
+        self.request = request
+        self.batch_rows = batch_rows
+        self.source = source
+        self.converter = BatchConverter(source)
+        self.run_id = uuid.uuid4().hex[:16]
+        self._types = {name: parse_data_type(name) for name in request.data_types}
+        self._expected = {(s, d) for s in request.symbols for d in request.data_types}
+        self._skip = {(s, d): us for s, d, us in request.skip_before}
+        self._segment_no = 0
+        self._segment_start = request.start
+        self._seen_in_run = set()
+        self._evidence = {}
+        self._pending = []
+        self._last_lts_text = None
+        self._arrival = request.start  # latest localTimestamp seen
+        self._lines = self._malformed = self._errors = 0
+        self._samples = []
+        self.out_of_order = 0
+
+    # -- feeding -----------------------------------------------------------------------------
+    def feed(self, lines):
+        """Consume a list of lines; return the batches that became complete."""
+        batches = []
+        pending = self._pending
+        for line in lines:
+            if not line:
+                continue
+            self._lines += 1
+            try:
+                message = orjson.loads(line)
+                kind = message["type"]
+                lts_text = message["localTimestamp"]
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                self._bad(line, "not a tardis message")
+                continue
+            if lts_text != self._last_lts_text:
+                try:
+                    lts = parse_timestamp_us(lts_text)
+                except (ValueError, TypeError):
+                    self._bad(line, "bad localTimestamp")
+                    continue
+                if lts < self._arrival:
+                    self.out_of_order += 1
+                elif len(pending) >= self.batch_rows and lts > self._arrival:
+                    # a new arrival time: the batch may end here without splitting a packet
+                    batches.append(self._flush(progress_us=lts))
+                    pending = self._pending
+                self._last_lts_text = lts_text
+                self._arrival = max(self._arrival, lts)
+            if kind == "disconnect":
+                batches.append(self._disconnect(message))
+                pending = self._pending
+                continue
+            if kind == "error":
+                self._errors += 1
+                continue
+            if self._segment_start is None:
+                self._segment_start = self._arrival
+            pending.append(message)
+        return batches
+
+    def finish(self, complete):
+        """The last batch of the run. ``complete`` is False when the stream was cut or errored."""
+        if self.out_of_order:
+            log.warning("%s: %d line(s) arrived out of localTimestamp order", self.request.describe(),
+                        self.out_of_order)
+        # after a cut, only messages strictly older than the last arrival time are known complete
+        batch = self._flush(progress_us=self.request.request_end if complete else self._arrival,
+                            end_reason="complete" if complete else "partial")
+        if complete:
+            missing = sorted(self._expected - self._seen_in_run)
+            if missing:
+                log.warning("%s: no data at all for %s in [%s, %s); not claiming coverage (unknown symbol, "
+                            "no data yet, or a market quiet for the whole range)", self.request.exchange,
+                            ", ".join("%s %s" % m for m in missing), iso(self.request.start),
+                            iso(self.request.claim_end))
+        return batch
+
+    # -- internals ---------------------------------------------------------------------------
+    def _bad(self, line, reason):
+        self._malformed += 1
+        if len(self._samples) < 5:
+            self._samples.append("%s: %r" % (reason, bytes(line[:200])))
+
+    def _flush(self, progress_us, end_reason=None):
+        messages = self._pending
+        self._pending = []
+        rows, malformed = self.converter.convert_many(messages) if messages else ({}, [])
+        for message, reason in malformed:
+            self._bad(orjson.dumps(message), reason)
+        self._track(rows)
+        claims = self._claims(progress_us, end_reason=end_reason)
+        batch = Batch(rows=rows, claims=claims, lines=self._lines, messages=len(messages) - len(malformed),
+                      malformed=self._malformed, errors=self._errors, progress_us=progress_us,
+                      samples=self._samples)
+        self._lines = self._malformed = self._errors = 0
+        self._samples = []
+        return batch
+
+    def _track(self, rows):
+        """Record which streams delivered data and the source-event evidence; drop unwanted rows."""
+        for table, table_rows in list(rows.items()):
+            if not table_rows:
+                continue
+            streams = {(r[1], r[3]) for r in table_rows}
+            unexpected = streams - self._expected
+            if unexpected:
+                log.warning("%s: tardis-machine sent streams that were not asked for: %s (ignored)",
+                            self.request.exchange, sorted(unexpected)[:5])
+                table_rows = [r for r in table_rows if (r[1], r[3]) in self._expected]
+                streams -= unexpected
+            self._seen_in_run |= streams
+            evidence_kind = "trade" if table in ("trade", "trade_bar") else (
+                "book" if table.startswith("book_") else None)
+            if evidence_kind and table_rows:
+                symbols = {s for s, _ in streams}
+                if len(symbols) == 1:
+                    self._raise_evidence(evidence_kind, symbols.pop(), max(map(_TS, table_rows)))
+                else:
+                    latest = {}
+                    for r in table_rows:
+                        if r[5] > latest.get(r[1], 0):
+                            latest[r[1]] = r[5]
+                    for symbol, ts in latest.items():
+                        self._raise_evidence(evidence_kind, symbol, ts)
+            if self._skip:
+                # already stored (coverage says so): don't spend insert time on them again
+                table_rows = [r for r in table_rows if r[5] >= self._skip.get((r[1], r[3]), 0)]
+            rows[table] = table_rows
+
+    def _raise_evidence(self, kind, symbol, ts):
+        key = (kind, symbol)
+        if ts > self._evidence.get(key, 0):
+            self._evidence[key] = ts
+
+    def _claims(self, progress_us, end_reason=None):
+        request = self.request
+        claims = []
+        raw_end = min(request.claim_end, progress_us - LATENCY_MARGIN_US)
+        if self._segment_start is None:
+            return claims
+        # a stream that delivered anything in this run is known to exist: claim its quiet stretches too
+        for symbol, name in sorted(self._seen_in_run):
+            data_type = self._types[name]
+            if data_type.interval:
+                end = min(request.claim_end, self._evidence.get((data_type.evidence, symbol), 0))
+            else:
+                end = raw_end
+            if end <= self._segment_start:
+                continue
+            claims.append(Claim(request.exchange, symbol, name, self.source,
+                                "%s:%d" % (self.run_id, self._segment_no), self._segment_start, end,
+                                end_reason=end_reason))
+        return claims
+
+    def _disconnect(self, message):
+        """Close the current segment at the disconnect; the next one starts at the next message."""
+        try:
+            at = parse_timestamp_us(message["localTimestamp"])
+        except (KeyError, ValueError, TypeError):
+            at = self._arrival
+        batch = self._flush(progress_us=at, end_reason="disconnect")
+        log.info("%s: replay disconnect at %s (the history recorder's exchange connection dropped)",
+                 self.request.exchange, iso(at))
+        self._segment_no += 1
+        self._segment_start = None
+        self._evidence = {}
+        return batch

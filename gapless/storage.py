@@ -1,0 +1,426 @@
+"""Storage: the Peewee schema, batch writes, and coverage, on SQLite (default) or PostgreSQL.
+
+One table per data-type family: ``book_snapshot_<depth>`` (quotes and snapshots, levels flattened),
+``trade``, ``trade_bar``, ``book_change`` (levels as JSON text) and ``derivative_ticker``. Every row carries
+exchange, symbol, ``dtype``, name, ``source`` (``replay`` or ``live``), ``timestamp`` and
+``local_timestamp``. All times are integers of microseconds since the Unix epoch (UTC).
+
+Each table's primary key is its natural key, so re-inserting the same data is a no-op
+(``ON CONFLICT DO NOTHING``); on SQLite the tables are ``WITHOUT ROWID`` so the key is the only B-tree
+(measured ~1.6x faster inserts than a rowid table plus a unique index).
+
+The ``coverage`` table says which ``[start, end)`` of which (exchange, symbol, data type, source) is
+really stored. It is written in the same transaction as the rows it covers, so it never claims more
+than is stored. Coverage times are exchange time: "every message whose timestamp falls in
+``[start, end)`` (for sampled types: every sample whose interval lies in it) is stored".
+"""
+import logging
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from peewee import (SQL, BigIntegerField, BooleanField, CharField, CompositeKey, DatabaseError, DoubleField,
+                    IntegerField, InterfaceError, Model, OperationalError, SqliteDatabase, TextField)
+
+from .convert import table_columns
+from .exceptions import DatabaseUrlError, StorageError
+from .timeutil import US
+from .urls import redact_url
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+SOURCES = ("replay", "live")
+_FAMILY_TABLES = ("trade", "trade_bar", "book_change", "derivative_ticker")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A coverage statement: ``[start, end)`` of one stream from one source is stored.
+
+    ``segment`` identifies one continuous piece of one download run or live connection; claims
+    for the same (segment, stream) replace each other, so a segment's end can grow batch by batch.
+    """
+
+    exchange: str
+    symbol: str
+    data_type: str
+    source: str
+    segment: str
+    start: int
+    end: int
+    end_reason: str = None
+    is_open: bool = False
+
+
+def _make_models(database):
+    """Fresh model classes bound to ``database`` (one set per :class:`Storage`, so several can coexist)."""
+
+    class Base(Model):
+        class Meta:
+            database = None
+            legacy_table_names = False
+
+    Base._meta.database = database
+
+    def common():
+        return {
+            "exchange": CharField(max_length=64),
+            "symbol": CharField(max_length=128),
+            "dtype": CharField(max_length=32),
+            "name": CharField(max_length=64),
+            "source": CharField(max_length=8),
+            "timestamp": BigIntegerField(),
+            "local_timestamp": BigIntegerField(),
+        }
+
+    def model(table, fields, key):
+        meta = type("Meta", (), {"table_name": table, "primary_key": CompositeKey(*key),
+                                 "without_rowid": isinstance(database, SqliteDatabase)})
+        return type(table.title().replace("_", ""), (Base,), dict(fields, Meta=meta))
+
+    models = {}
+    models["trade"] = model("trade", dict(common(), trade_id=CharField(max_length=128), price=DoubleField(),
+                                          amount=DoubleField(), side=CharField(max_length=8)),
+                            ("exchange", "symbol", "source", "timestamp", "trade_id"))
+    models["trade_bar"] = model("trade_bar", dict(
+        common(), open_timestamp=BigIntegerField(), close_timestamp=BigIntegerField(), interval=DoubleField(),
+        kind=CharField(max_length=16), open=DoubleField(), high=DoubleField(), low=DoubleField(),
+        close=DoubleField(), volume=DoubleField(), buy_volume=DoubleField(), sell_volume=DoubleField(),
+        trades=DoubleField(), vwap=DoubleField(null=True)),
+        # open_timestamp is in the key: a bar cut short by a range start or a reconnect is another
+        # bar than the full one stamped at the same time; the series picks the fullest
+        ("exchange", "symbol", "name", "source", "timestamp", "open_timestamp"))
+    seq_key = ("exchange", "symbol", "name", "source", "timestamp", "local_timestamp", "seq")
+    models["book_change"] = model("book_change", dict(
+        common(), seq=IntegerField(), is_snapshot=BooleanField(), bids=TextField(), asks=TextField()), seq_key)
+    ticker_fields = {c: DoubleField(null=True) for c in table_columns("derivative_ticker")[8:-1]}
+    models["derivative_ticker"] = model("derivative_ticker", dict(
+        common(), seq=IntegerField(), funding_timestamp=BigIntegerField(null=True), **ticker_fields), seq_key)
+
+    class Coverage(Base):
+        exchange = CharField(max_length=64)
+        symbol = CharField(max_length=128)
+        data_type = CharField(max_length=64)
+        source = CharField(max_length=8)
+        segment = CharField(max_length=64)
+        start = BigIntegerField()
+        end = BigIntegerField()
+        end_reason = CharField(max_length=32, null=True)
+        is_open = BooleanField(default=False)
+        updated_at = BigIntegerField()
+
+        class Meta:
+            table_name = "coverage"
+            indexes = ((("segment", "exchange", "symbol", "data_type", "source"), True),
+                       (("exchange", "symbol", "data_type", "source", "start"), False))
+
+    class GaplessMeta(Base):
+        key = CharField(max_length=64, primary_key=True)
+        value = TextField()
+
+        class Meta:
+            table_name = "gapless_meta"
+
+    models["coverage"] = Coverage
+    models["meta"] = GaplessMeta
+
+    def snapshot(depth):
+        fields = dict(common(), seq=IntegerField())
+        for column in table_columns("book_snapshot_%d" % depth)[8:]:
+            fields[column] = DoubleField(null=True)
+        return model("book_snapshot_%d" % depth, fields, seq_key)
+
+    return models, snapshot
+
+
+def _connect(url, timeout):
+    """Create (not open) the Peewee database for a URL; raise :class:`DatabaseUrlError` naming the problem."""
+    if not isinstance(url, str) or "://" not in url:
+        raise DatabaseUrlError("database URL %r is not a URL (expected sqlite:///path.db or "
+                               "postgresql://user:pass@host:port/db)" % (redact_url(str(url)),))
+    scheme = url.split("://", 1)[0].lower()
+    if scheme == "sqlite":
+        path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else None
+        if not path:
+            raise DatabaseUrlError("database URL %r: expected sqlite:///relative/path.db or sqlite:////abs/path.db"
+                                   % (url,))
+        return SqliteDatabase(path, timeout=timeout, pragmas={
+            "journal_mode": "wal",
+            "synchronous": "normal",
+            "busy_timeout": int(timeout * 1000),
+            "cache_size": -64000,
+            "temp_store": "memory",
+        })
+    if scheme in ("postgres", "postgresql"):
+        from .pgstore import connect_postgres
+        return connect_postgres(url, timeout)
+    raise DatabaseUrlError("database URL %r: unsupported scheme %r (use sqlite or postgresql)"
+                           % (redact_url(url), scheme))
+
+
+class Storage:
+    """A gapless database: schema, batch writes, coverage and reads.
+
+    ``Storage(url)`` opens (and on first use creates) the database. It refuses a database that has
+    tables but is not a gapless database, and never changes anything before that check passes.
+    Peewee gives each thread its own connection; several threads may share one ``Storage``.
+    """
+
+    def __init__(self, url, create=True, timeout=30.0):
+        self.url = url
+        self.redacted_url = redact_url(url)
+        self.db = _connect(url, timeout)
+        self.is_sqlite = isinstance(self.db, SqliteDatabase)
+        self.models, self._snapshot_factory = _make_models(self.db)
+        self._insert_sql = {}
+        self._lock = threading.Lock()
+        self._tables = set()
+        self._open(create)
+
+    # -- setup ---------------------------------------------------------------------------------
+    def _open(self, create):
+        if self.is_sqlite:
+            path = self.db.database
+            if not create and not os.path.exists(path):
+                raise DatabaseUrlError("database %s does not exist" % (self.redacted_url,))
+            directory = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(directory):
+                raise DatabaseUrlError("database %s: directory %s does not exist" % (self.redacted_url, directory))
+            if os.path.exists(path) and os.path.getsize(path) > 0:
+                # look before connecting: our connection pragmas (WAL) would rewrite a foreign file's header
+                self._inspect_sqlite_read_only(path)
+        try:
+            self.db.connect(reuse_if_open=True)
+            existing = set(self.db.get_tables())
+        except (DatabaseError, InterfaceError, OperationalError, sqlite3.DatabaseError) as exc:
+            raise StorageError("cannot open database %s: %s" % (self.redacted_url, _clean(exc, self.url))) from None
+        meta = self.models["meta"]
+        if existing and meta._meta.table_name not in existing:
+            raise DatabaseUrlError("database %s is not a gapless database (it has tables %s but no gapless_meta)"
+                                   % (self.redacted_url, ", ".join(sorted(existing)[:5])))
+        if meta._meta.table_name in existing:
+            version = self._meta_value("schema_version")
+            if version is None or int(version) > SCHEMA_VERSION:
+                raise DatabaseUrlError("database %s has gapless schema version %s; this gapless supports %d"
+                                       % (self.redacted_url, version, SCHEMA_VERSION))
+        elif not create:
+            raise DatabaseUrlError("database %s is empty (not a gapless database yet)" % (self.redacted_url,))
+        self._create_base_schema()
+        self._tables = set(self.db.get_tables())
+
+    def _inspect_sqlite_read_only(self, path):
+        try:
+            connection = sqlite3.connect("file:%s?mode=ro" % path, uri=True, timeout=5)
+            try:
+                tables = {r[0] for r in connection.execute("select name from sqlite_master where type='table'")}
+            finally:
+                connection.close()
+        except sqlite3.DatabaseError as exc:
+            raise StorageError("cannot open database %s: %s (corrupted, or not an SQLite file)"
+                               % (self.redacted_url, exc)) from None
+        if tables and "gapless_meta" not in tables:
+            raise DatabaseUrlError("database %s is not a gapless database (it has tables %s but no gapless_meta)"
+                                   % (self.redacted_url, ", ".join(sorted(tables)[:5])))
+
+    def _create_base_schema(self):
+        models = [self.models[name] for name in _FAMILY_TABLES + ("coverage", "meta")]
+        with self._schema_lock():
+            with self.db.atomic():
+                self.db.create_tables(models, safe=True)
+                meta = self.models["meta"]
+                meta.insert(key="schema_version", value=str(SCHEMA_VERSION)).on_conflict_ignore().execute()
+                meta.insert(key="created_at", value=str(int(time.time()))).on_conflict_ignore().execute()
+
+    def _schema_lock(self):
+        """Serialise schema changes between processes starting at once (PostgreSQL advisory lock)."""
+        if self.is_sqlite:
+            return _NullContext()
+        from .pgstore import advisory_lock
+        return advisory_lock(self.db)
+
+    def _meta_value(self, key):
+        meta = self.models["meta"]
+        row = meta.get_or_none(meta.key == key)
+        return row.value if row else None
+
+    def snapshot_model(self, depth):
+        """The model of the ``book_snapshot_<depth>`` table."""
+        key = "book_snapshot_%d" % depth
+        model = self.models.get(key)
+        if model is None:
+            model = self.models[key] = self._snapshot_factory(depth)
+        return model
+
+    def model(self, table):
+        """The model for a table name (``trade``, ``book_snapshot_5``, ``coverage`` ...)."""
+        if table.startswith("book_snapshot_"):
+            return self.snapshot_model(int(table.rsplit("_", 1)[1]))
+        return self.models[table]
+
+    def ensure_tables(self, tables):
+        """Create the tables (e.g. ``book_snapshot_5``) needed for some data types, if missing."""
+        missing = [t for t in tables if t not in self._tables]
+        if not missing:
+            return
+        with self._lock:
+            with self._schema_lock():
+                self.db.create_tables([self.model(t) for t in missing], safe=True)
+            self._tables.update(missing)
+
+    def has_table(self, table):
+        """True when the table exists (tables are created on first use)."""
+        if table not in self._tables:
+            self._tables = set(self.db.get_tables())
+        return table in self._tables
+
+    def close(self):
+        """Close this thread's connection."""
+        if not self.db.is_closed():
+            self.db.close()
+
+    # -- writes --------------------------------------------------------------------------------
+    def insert_sql(self, table):
+        """The prepared ``INSERT ... ON CONFLICT DO NOTHING`` for a table, generated by Peewee once."""
+        sql = self._insert_sql.get(table)
+        if sql is None:
+            model = self.model(table)
+            columns = table_columns(table)
+            fields = [model._meta.fields[c] for c in columns]
+            # ON CONFLICT DO NOTHING skips duplicates only; INSERT OR IGNORE would also drop rows that
+            # break NOT NULL silently
+            query = model.insert_many([tuple(None for _ in columns)], fields=fields).on_conflict(action="NOTHING")
+            sql, _ = query.sql()
+            sql = self._insert_sql[table] = sql
+        return sql
+
+    def write(self, rows_by_table, claims=()):
+        """Insert rows (``{table: [row tuples]}``) and upsert coverage claims in ONE transaction.
+
+        Returns the number of rows actually inserted (duplicates are ignored, not counted).
+        """
+        inserted = 0
+        tables = [t for t, rows in rows_by_table.items() if rows]
+        self.ensure_tables(tables)
+        try:
+            with self.db.atomic():
+                cursor = self.db.cursor()
+                for table in tables:
+                    inserted += self._insert_rows(cursor, table, rows_by_table[table])
+                if claims:
+                    self._upsert_claims(claims)
+        except (DatabaseError, InterfaceError, OperationalError, sqlite3.DatabaseError) as exc:
+            raise StorageError("writing to %s failed: %s" % (self.redacted_url, _clean(exc, self.url))) from exc
+        return inserted
+
+    def _insert_rows(self, cursor, table, rows):
+        if not self.is_sqlite:
+            from .pgstore import copy_rows
+            return copy_rows(cursor, table, table_columns(table), rows)
+        before = self.db.connection().total_changes
+        cursor.executemany(self.insert_sql(table), rows)
+        return self.db.connection().total_changes - before
+
+    def _upsert_claims(self, claims):
+        coverage = self.models["coverage"]
+        now = int(time.time() * US)
+        rows = [{"exchange": c.exchange, "symbol": c.symbol, "data_type": c.data_type, "source": c.source,
+                 "segment": c.segment, "start": c.start, "end": c.end, "end_reason": c.end_reason,
+                 "is_open": c.is_open, "updated_at": now} for c in claims]
+        excluded = SQL("EXCLUDED")
+        coverage.insert_many(rows).on_conflict(
+            conflict_target=[coverage.segment, coverage.exchange, coverage.symbol, coverage.data_type,
+                             coverage.source],
+            update={coverage.end: SQL('EXCLUDED."end"'), coverage.start: SQL('EXCLUDED."start"'),
+                    coverage.end_reason: SQL("EXCLUDED.end_reason"), coverage.is_open: SQL("EXCLUDED.is_open"),
+                    coverage.updated_at: SQL("EXCLUDED.updated_at")}).execute()
+        del excluded
+
+    # -- coverage reads ------------------------------------------------------------------------
+    def coverage_rows(self, exchange=None, symbol=None, data_type=None, source=None):
+        """Raw coverage rows (dicts), optionally filtered, ordered by start."""
+        coverage = self.models["coverage"]
+        query = coverage.select()
+        for field, value in ((coverage.exchange, exchange), (coverage.symbol, symbol),
+                             (coverage.data_type, data_type), (coverage.source, source)):
+            if value is not None:
+                query = query.where(field == value)
+        return list(query.order_by(coverage.start).dicts())
+
+    def covered(self, exchange, symbol, data_type, source):
+        """Merged ``[(start, end), ...]`` this stream has stored from this source."""
+        from .intervals import merge
+        rows = self.coverage_rows(exchange, symbol, data_type, source)
+        return merge((r["start"], r["end"]) for r in rows if r["end"] > r["start"])
+
+    def open_segments(self, source="live"):
+        """Coverage rows still marked open (a recorder that is running, or one that crashed)."""
+        coverage = self.models["coverage"]
+        return list(coverage.select().where((coverage.source == source) & (coverage.is_open == True))  # noqa: E712
+                    .dicts())
+
+    # -- row reads -----------------------------------------------------------------------------
+    def read_rows(self, table, exchange, symbol, name, source, start, end, columns=None):
+        """Rows of one stream with ``start <= timestamp < end`` as ``(columns, list of tuples)``."""
+        if not self.has_table(table):
+            return list(columns or table_columns(table)), []
+        model = self.model(table)
+        columns = list(columns or table_columns(table))
+        fields = [model._meta.fields[c] for c in columns]
+        query = (model.select(*fields)
+                 .where((model.exchange == exchange) & (model.symbol == symbol) & (model.source == source)
+                        & (model.timestamp >= start) & (model.timestamp < end)))
+        if table != "trade":
+            query = query.where(model.name == name)
+        sql, params = query.order_by(model.timestamp).sql()
+        cursor = self.db.execute_sql(sql, params)
+        return columns, cursor.fetchall()
+
+    def last_row_before(self, table, exchange, symbol, name, source, before, not_before, columns=None):
+        """The latest row of a stream with ``not_before <= timestamp < before`` (or None)."""
+        if not self.has_table(table):
+            return None
+        model = self.model(table)
+        columns = list(columns or table_columns(table))
+        fields = [model._meta.fields[c] for c in columns]
+        query = (model.select(*fields)
+                 .where((model.exchange == exchange) & (model.symbol == symbol) & (model.source == source)
+                        & (model.timestamp >= not_before) & (model.timestamp < before)))
+        if table != "trade":
+            query = query.where(model.name == name)
+        sql, params = query.order_by(model.timestamp.desc()).limit(1).sql()
+        row = self.db.execute_sql(sql, params).fetchone()
+        return row
+
+    def count_rows(self, table, **where):
+        """Number of rows in a table matching equality filters (used by status and tests)."""
+        if not self.has_table(table):
+            return 0
+        model = self.model(table)
+        query = model.select()
+        for key, value in where.items():
+            query = query.where(getattr(model, key) == value)
+        return query.count()
+
+
+class _NullContext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _clean(exc, url):
+    """An exception's text with the database password removed."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    if password:
+        text = text.replace(password, "***")
+    return text

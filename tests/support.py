@@ -1,0 +1,62 @@
+"""Helpers shared by the tests: fixture files, stores, and feeding captured lines through the parser."""
+import os
+from pathlib import Path
+
+import orjson
+
+from gapless.ingest import ReplayRequest, RunParser
+from gapless.storage import Storage
+from gapless.timeutil import MINUTE_US, parse_time_arg
+
+FIXTURES = Path(os.environ.get("GAPLESS_FIXTURES",
+                               Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"))
+
+
+def fixture_path(name):
+    """Path of a captured tardis-machine file in ``../shared/fixtures``."""
+    path = FIXTURES / name
+    assert path.exists(), "fixture %s missing: ../shared must sit beside the checkout" % path
+    return path
+
+
+def fixture_lines(name):
+    """Raw lines (bytes, newline stripped) of a fixture file."""
+    return [line.rstrip(b"\n") for line in fixture_path(name).read_bytes().splitlines() if line.strip()]
+
+
+def fixture_messages(name):
+    """Parsed messages of a fixture file."""
+    return [orjson.loads(line) for line in fixture_lines(name)]
+
+
+def us(text):
+    """µs since epoch of an ISO time."""
+    return parse_time_arg(text)
+
+
+def sqlite_store(tmp_path, name="gapless.db"):
+    """A fresh SQLite-backed Storage in ``tmp_path``."""
+    return Storage("sqlite:///%s" % (tmp_path / name))
+
+
+def ingest_fixture(store, name, exchange, symbols, data_types, start, request_end, batch_rows=500,
+                   complete=True, cut_after=None):
+    """Feed a captured replay file through RunParser into the store, as if tardis-machine had streamed it.
+
+    ``request_end`` is the ``to`` the capture was made with; the claim ends one minute earlier.
+    Returns the list of batches written.
+    """
+    request = ReplayRequest(exchange, tuple(symbols), tuple(data_types), us(start), us(request_end) - MINUTE_US)
+    parser = RunParser(request, batch_rows=batch_rows)
+    lines = fixture_lines(name)
+    if cut_after is not None:
+        lines = lines[:cut_after]
+        complete = False
+    batches = []
+    for i in range(0, len(lines), 64):
+        batches.extend(parser.feed(lines[i:i + 64]))
+    batches.append(parser.finish(complete))
+    store.ensure_tables({"book_snapshot_1", "book_snapshot_5"})
+    for batch in batches:
+        store.write(batch.rows, batch.claims)
+    return batches
