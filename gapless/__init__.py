@@ -10,7 +10,16 @@ __version__ = "0.1.0"
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 # heavy imports (pandas) stay lazy: download worker processes import this package too
-_LAZY = {}
+_LAZY = {
+    "get_data_without_gap": (".api", "get_data_without_gap"),
+    "GapWarning": (".api", "GapWarning"),
+    "Gapless": (".service", "Gapless"),
+    "Recorder": (".recorder", "Recorder"),
+    "Downloader": (".download", "Downloader"),
+    "Storage": (".storage", "Storage"),
+    "load_settings": (".config", "load_settings"),
+}
+__all__ = ["__version__"] + sorted(_LAZY)
 
 
 def __getattr__(name):

@@ -8,9 +8,8 @@ import logging
 import os
 import sys
 import tempfile
-import time
 
-from .config import load_settings
+from .config import load_settings, make_clock
 from .datatypes import parse_data_types
 from .exceptions import GaplessError, UsageError
 from .timeutil import MINUTE_US, ceil_minute, floor_minute, iso, parse_time_arg, to_us
@@ -59,6 +58,8 @@ def build_parser():
     _streams(download)
     download.add_argument("--workers", type=int, help="parallel download processes (GAPLESS_WORKERS, default 1; "
                                                       "0 = all in this process)")
+    download.add_argument("--history-delay", help="how far history lags now, e.g. 15m (GAPLESS_HISTORY_DELAY); "
+                                                  "--to is capped at now minus this")
     download.add_argument("--no-progress", action="store_true", help="no progress bar")
     _common(download)
     series = sub.add_parser("series", help="print or export the minute series",
@@ -70,12 +71,36 @@ def build_parser():
     series.add_argument("--source", choices=("both", "replay", "live"), default="both",
                         help="which stored data to use (default both: replay where it exists, live after it)")
     _common(series)
+    serve = sub.add_parser("serve", help="run the service (the default command)",
+                           description="Record live data, download history, heal gaps and rebuild the combined "
+                                       "minute series every GAPLESS_REBUILD_INTERVAL until SIGTERM/SIGINT.")
+    _streams(serve, times=False)
+    _service_flags(serve)
+    _common(serve)
+    for name, text in (("status", "coverage, gaps, history delay, live lag and disagreements per stream"),
+                       ("gaps", "the gaps only")):
+        command = sub.add_parser(name, help=text, description="Show %s (reads the database only)." % text)
+        _streams(command, times=False)
+        command.add_argument("--lookback", help="window, e.g. 7d or 90m (GAPLESS_LOOKBACK)")
+        command.add_argument("--history-delay", help="history delay to assume if the service has not stored one "
+                                                     "(GAPLESS_HISTORY_DELAY)")
+        command.add_argument("--json", action="store_true", help="machine-readable output (stable, see README)")
+        _common(command)
     return parser
 
 
+def _service_flags(parser):
+    parser.add_argument("--lookback", help="window kept gapless, e.g. 7d or 90m (GAPLESS_LOOKBACK)")
+    parser.add_argument("--history-delay", help="initial history delay, e.g. 15m (GAPLESS_HISTORY_DELAY)")
+    parser.add_argument("--rebuild-interval", help="healing/rebuild period, e.g. 60s (GAPLESS_REBUILD_INTERVAL)")
+    parser.add_argument("--export", help="also write the series to this .csv/.parquet file (GAPLESS_EXPORT)")
+    parser.add_argument("--workers", type=int, help="parallel download processes (GAPLESS_WORKERS)")
+
+
 def _settings(args):
-    overrides = {key: getattr(args, key, None) for key in ("tardis_url", "tardis_ws_url", "database_url", "api_key",
-                                                            "exchange", "log_level", "workers")}
+    overrides = {key: getattr(args, key, None) for key in (
+        "tardis_url", "tardis_ws_url", "database_url", "api_key", "exchange", "log_level", "workers", "lookback",
+        "history_delay", "rebuild_interval", "export")}
     overrides["symbols"] = getattr(args, "symbols", None)
     overrides["data_types"] = getattr(args, "data_types", None)
     return load_settings(config_dir=getattr(args, "config_dir", CONFIG_DIR), **overrides)
@@ -190,7 +215,53 @@ def write_frame(frame, path):
         raise
 
 
-COMMANDS = {"download": cmd_download, "series": cmd_series}
+def cmd_serve(args, settings, now_us):
+    """``serve`` (and no command): run the service until SIGTERM/SIGINT."""
+    from .service import Gapless
+
+    from .replay import ReplayClient
+    try:
+        ReplayClient(settings.tardis_url, timeout=(5.0, 10.0)).health_check()
+    except GaplessError as exc:
+        # not fatal for a service: tardis-machine may come up after us; healing retries
+        log.warning("%s; will keep trying", exc)
+    gapless = Gapless.from_settings(settings)
+    return gapless.run()
+
+
+def cmd_status(args, settings, now_us, gaps_only=False):
+    """``status`` / ``gaps``: read the database and print per-stream coverage and gaps."""
+    import json
+
+    from .status import format_status, status_report
+    from .storage import Storage
+
+    storage = Storage(settings.database_url, create=False)
+    try:
+        meta = storage.models["meta"]
+        row = meta.get_or_none(meta.key == "history_delay_us:%s" % settings.exchange)
+        delay = int(row.value) if row is not None else settings.history_delay
+        report = status_report(storage, settings.exchange, settings.symbols, settings.data_types, settings.lookback,
+                               delay, now_us)
+    finally:
+        storage.close()
+    if gaps_only:
+        report = {"now": report["now"], "window": report["window"], "streams": [
+            {k: s[k] for k in ("exchange", "symbol", "data_type", "gaps")} for s in report["streams"]]}
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_status(report, gaps_only=gaps_only))
+    return 0
+
+
+def cmd_gaps(args, settings, now_us):
+    """``gaps``: the gaps only."""
+    return cmd_status(args, settings, now_us, gaps_only=True)
+
+
+COMMANDS = {"download": cmd_download, "series": cmd_series, "serve": cmd_serve, "status": cmd_status,
+            "gaps": cmd_gaps}
 
 
 def main(argv=None, now=None):
@@ -209,7 +280,7 @@ def main(argv=None, now=None):
         setup_logging(settings.log_level)
         for warning in settings.warnings:
             log.warning(warning)
-        now_us = to_us(now()) if now else int((time.time() + settings.clock_offset) * 1e6)
+        now_us = to_us(now()) if now else make_clock(settings.test_clock)()
         return command(args, settings, now_us)
     except UsageError as exc:
         print("gapless: error: %s" % (exc,), file=sys.stderr)

@@ -9,6 +9,7 @@ import difflib
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass, field, fields, replace
 
 from .datatypes import parse_data_types
@@ -37,7 +38,8 @@ DEFAULTS = {
     "export": ("GAPLESS_EXPORT", ""),
     "workers": ("GAPLESS_WORKERS", "1"),
     "log_level": ("GAPLESS_LOG_LEVEL", "INFO"),
-    "clock_offset": ("GAPLESS_CLOCK_OFFSET", "0"),
+    # testing only: "<start epoch s>,<wall epoch s at start>,<speed>" runs the service on a shifted clock
+    "test_clock": ("GAPLESS_TEST_CLOCK", ""),
 }
 KNOWN_KEYS = frozenset(env for env, _ in DEFAULTS.values())
 
@@ -59,7 +61,7 @@ class Settings:
     export: str
     workers: int
     log_level: str
-    clock_offset: float
+    test_clock: str
     warnings: tuple = field(default=(), compare=False)
 
     def __repr__(self):
@@ -176,16 +178,28 @@ def _validate(values, warnings):
     log_level = str(text("log_level")).strip().upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigurationError("%s: %r is not DEBUG, INFO, WARNING or ERROR" % (label("log_level"), log_level))
-    try:
-        clock_offset = float(text("clock_offset"))
-    except (TypeError, ValueError):
-        raise ConfigurationError("%s: %r is not a number of seconds" % (label("clock_offset"),
-                                                                       text("clock_offset"))) from None
+    test_clock = str(text("test_clock") or "").strip()
+    if test_clock:
+        try:
+            make_clock(test_clock)
+        except ValueError:
+            raise ConfigurationError("%s: %r is not '<start epoch s>,<wall epoch s>,<speed>'"
+                                     % (label("test_clock"), test_clock)) from None
     return Settings(tardis_url=tardis_url, tardis_ws_url=ws_url, database_url=database_url,
                     api_key=str(text("api_key") or "").strip(), exchange=exchange, symbols=symbols,
                     data_types=data_types, lookback=lookback, history_delay=history_delay,
                     rebuild_interval=rebuild_interval, export=export, workers=workers, log_level=log_level,
-                    clock_offset=clock_offset, warnings=warnings)
+                    test_clock=test_clock, warnings=warnings)
+
+
+def make_clock(spec=""):
+    """A ``now()`` returning µs since epoch: real time, or the testing clock ``start,wall,speed``."""
+    if not spec:
+        return lambda: int(time.time() * US)
+    start, wall, speed = (float(part) for part in spec.split(","))
+    if speed <= 0:
+        raise ValueError("speed must be positive")
+    return lambda: int((start + (time.time() - wall) * speed) * US)
 
 
 def _duration(values, name):

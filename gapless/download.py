@@ -128,6 +128,9 @@ def fetch_run(request, client, api_key, batch_rows, emit, should_stop=lambda: Fa
             complete = True
     except ServerError as exc:
         failure = exc
+    if failure is not None:
+        # how far this run got: the history horizon learns from refusals near the present
+        failure.delivered_until = parser.last_arrival if parser.has_data else None
     final = parser.finish(complete)
     if final.rows or final.claims or final.lines:
         emit(final)

@@ -47,7 +47,15 @@ class RequestRejectedError(ServerError, UsageError):
 
 
 class IncompleteStreamError(ServerError):
-    """A replay stream ended early: cut connection, or the server appended its error line."""
+    """A replay stream ended early: cut connection, or the server appended its error line.
+
+    ``refused`` is True when tardis-machine itself said it could not go on (the error line): near
+    the present that means history is not available yet.
+    """
+
+    def __init__(self, message, refused=False):
+        super().__init__(message, transient=True)
+        self.refused = refused
 
 
 class StorageError(GaplessError):

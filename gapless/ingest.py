@@ -73,27 +73,31 @@ class Batch:
     malformed: int = 0
     errors: int = 0
     progress_us: int = 0
+    disconnects: int = 0
     samples: list = field(default_factory=list)
 
 
 class RunParser:
-    """Feeds the lines of one run and produces :class:`Batch` objects.
+    """Feeds the lines of one run (a replay request or a live connection) and produces :class:`Batch` es.
 
-    Batches are cut only between two different localTimestamps, so a group of messages that share
-    an arrival time (one exchange packet) is never split between transactions.
+    Size-triggered batches are cut only between two different localTimestamps, so a group of messages
+    that share an arrival time (one exchange packet) is never split between transactions. For live
+    connections (``live=True``) the first segment opens at the first message, claims stay marked open
+    until :meth:`close`, and :meth:`flush` cuts a batch on demand (the recorder commits by time).
     """
 
-    def __init__(self, request, batch_rows=5000, source="replay"):
+    def __init__(self, request, batch_rows=5000, source="replay", live=False):
         self.request = request
         self.batch_rows = batch_rows
         self.source = source
+        self.live = live
         self.converter = BatchConverter(source)
         self.run_id = uuid.uuid4().hex[:16]
         self._types = {name: parse_data_type(name) for name in request.data_types}
         self._expected = {(s, d) for s in request.symbols for d in request.data_types}
         self._skip = {(s, d): us for s, d, us in request.skip_before}
         self._segment_no = 0
-        self._segment_start = request.start
+        self._segment_start = None if live else request.start
         self._seen_in_run = set()
         self._evidence = {}
         self._pending = []
@@ -145,6 +149,29 @@ class RunParser:
             pending.append(message)
         return batches
 
+    def flush(self):
+        """Cut a batch now with everything received so far (live: the periodic commit)."""
+        return self._flush(progress_us=self._arrival)
+
+    def close(self, reason):
+        """Last batch of a live connection: claims end at the last message and are closed."""
+        return self._flush(progress_us=self._arrival, end_reason=reason, closing=True)
+
+    @property
+    def last_arrival(self):
+        """Latest localTimestamp seen (µs)."""
+        return self._arrival
+
+    @property
+    def has_data(self):
+        """True once any line with a valid localTimestamp arrived."""
+        return self._last_lts_text is not None
+
+    @property
+    def segment_start(self):
+        """Start of the current coverage segment (µs), or None before its first message."""
+        return self._segment_start
+
     def finish(self, complete):
         """The last batch of the run. ``complete`` is False when the stream was cut or errored."""
         if self.out_of_order:
@@ -168,14 +195,15 @@ class RunParser:
         if len(self._samples) < 5:
             self._samples.append("%s: %r" % (reason, bytes(line[:200])))
 
-    def _flush(self, progress_us, end_reason=None):
+    def _flush(self, progress_us, end_reason=None, closing=False):
         messages = self._pending
         self._pending = []
         rows, malformed = self.converter.convert_many(messages) if messages else ({}, [])
         for message, reason in malformed:
             self._bad(orjson.dumps(message), reason)
         self._track(rows)
-        claims = self._claims(progress_us, end_reason=end_reason)
+        claims = self._claims(progress_us, end_reason=end_reason,
+                              is_open=self.live and not closing and end_reason is None)
         batch = Batch(rows=rows, claims=claims, lines=self._lines, messages=len(messages) - len(malformed),
                       malformed=self._malformed, errors=self._errors, progress_us=progress_us,
                       samples=self._samples)
@@ -219,7 +247,7 @@ class RunParser:
         if ts > self._evidence.get(key, 0):
             self._evidence[key] = ts
 
-    def _claims(self, progress_us, end_reason=None):
+    def _claims(self, progress_us, end_reason=None, is_open=False):
         request = self.request
         claims = []
         raw_end = min(request.claim_end, progress_us - LATENCY_MARGIN_US)
@@ -236,7 +264,7 @@ class RunParser:
                 continue
             claims.append(Claim(request.exchange, symbol, name, self.source,
                                 "%s:%d" % (self.run_id, self._segment_no), self._segment_start, end,
-                                end_reason=end_reason))
+                                end_reason=end_reason, is_open=is_open))
         return claims
 
     def _disconnect(self, message):
@@ -246,8 +274,9 @@ class RunParser:
         except (KeyError, ValueError, TypeError):
             at = self._arrival
         batch = self._flush(progress_us=at, end_reason="disconnect")
-        log.info("%s: replay disconnect at %s (the history recorder's exchange connection dropped)",
-                 self.request.exchange, iso(at))
+        batch.disconnects = 1
+        log.info("%s: %s disconnect at %s (%s exchange connection dropped)", self.request.exchange,
+                 self.source, iso(at), "tardis-machine's" if self.live else "the history recorder's")
         self._segment_no += 1
         self._segment_start = None
         self._evidence = {}

@@ -112,17 +112,18 @@ class ReplayClient:
                     requests.exceptions.ContentDecodingError, requests.Timeout) as exc:
                 raise IncompleteStreamError("replay stream cut (%s)" % (_reason(exc),)) from None
             if buffer.strip():
-                raise IncompleteStreamError(_final_line_error(buffer))
+                raise _final_line_error(buffer)
 
 
 def _final_line_error(line):
     try:
         message = orjson.loads(line)
     except orjson.JSONDecodeError:
-        return "replay stream ended with a partial line (%d bytes)" % len(line)
+        return IncompleteStreamError("replay stream ended with a partial line (%d bytes)" % len(line))
     if isinstance(message, dict) and "message" in message and "type" not in message:
-        return "tardis-machine error after streaming started: %s" % (str(message["message"])[:300],)
-    return "replay stream ended without a final newline"
+        return IncompleteStreamError("tardis-machine error after streaming started: %s"
+                                     % (str(message["message"])[:300],), refused=True)
+    return IncompleteStreamError("replay stream ended without a final newline")
 
 
 def _status_error(response):

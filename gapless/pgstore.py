@@ -1,0 +1,80 @@
+"""PostgreSQL specifics: connecting, the bulk-insert hot path (COPY), and the schema lock.
+
+Rows are COPYed into a temporary staging table and moved with ``INSERT ... SELECT ... ON CONFLICT DO
+NOTHING`` on the natural key: COPY is PostgreSQL's fast path, and the final INSERT keeps the same
+idempotence as SQLite (re-inserting the same data is a no-op, several writers never duplicate a row).
+"""
+from urllib.parse import parse_qsl, urlsplit
+
+from peewee import PostgresqlDatabase
+
+from .exceptions import DatabaseUrlError
+
+# pg_advisory_xact_lock key for schema changes: several services starting at once create tables in turn
+SCHEMA_LOCK_KEY = 0x6761706C657373  # "gapless"
+
+
+def connect_postgres(url, timeout):
+    """A Peewee PostgreSQL database for ``postgresql://user:pass@host:port/db`` (not connected yet)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise DatabaseUrlError("database URL: %s" % exc) from None
+    database = parts.path.lstrip("/")
+    if not database:
+        raise DatabaseUrlError("database URL %s names no database (postgresql://user:pass@host:port/db)"
+                               % (_redacted(url),))
+    kwargs = {"host": parts.hostname or "localhost", "port": port or 5432,
+              "connect_timeout": max(1, int(timeout))}
+    if parts.username:
+        kwargs["user"] = parts.username
+    if parts.password:
+        kwargs["password"] = parts.password
+    for key, value in parse_qsl(parts.query):
+        kwargs[key] = value
+    return PostgresqlDatabase(database, autoconnect=True, **kwargs)
+
+
+def _redacted(url):
+    from .urls import redact_url
+    return redact_url(url)
+
+
+class advisory_lock:
+    """``with advisory_lock(db):`` serialises schema creation between processes (transaction-scoped)."""
+
+    def __init__(self, db):
+        self.db = db
+        self._atomic = None
+
+    def __enter__(self):
+        self._atomic = self.db.atomic()
+        self._atomic.__enter__()
+        self.db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
+        return self
+
+    def __exit__(self, *exc):
+        return self._atomic.__exit__(*exc)
+
+
+def copy_rows(cursor, table, columns, rows):
+    """Insert rows through COPY into a staging table, skipping rows whose key already exists.
+
+    Returns the number of rows inserted. Runs inside the caller's transaction.
+    """
+    if not rows:
+        return 0
+    staging = "gapless_staging_%s" % table
+    column_list = ", ".join('"%s"' % c for c in columns)
+    # table and column names come from our own schema, never from user input
+    cursor.execute('CREATE TEMP TABLE IF NOT EXISTS "%s" (LIKE "%s" INCLUDING DEFAULTS) ON COMMIT DELETE ROWS'
+                   % (staging, table))
+    with cursor.copy('COPY "%s" (%s) FROM STDIN' % (staging, column_list)) as copy:
+        for row in rows:
+            copy.write_row(row)
+    cursor.execute('INSERT INTO "%s" (%s) SELECT %s FROM "%s" ON CONFLICT DO NOTHING'
+                   % (table, column_list, column_list, staging))
+    inserted = cursor.rowcount
+    cursor.execute('TRUNCATE "%s"' % staging)
+    return inserted

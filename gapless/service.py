@@ -1,0 +1,277 @@
+"""The gapless service: record live, download history, heal gaps and rebuild the series on a schedule.
+
+:class:`Gapless` is the long-lived object (library and ``python run.py``): a :class:`~gapless.recorder.Recorder`
+thread records the live stream; :meth:`Gapless.heal` downloads the replay that coverage lacks and that
+history can deliver (history's reach is learned by :class:`~gapless.horizon.HistoryHorizon`), then
+rebuilds the combined minute series; an APScheduler job runs it every ``rebuild_interval``
+(``max_instances=1``, coalescing). :meth:`Gapless.run` is the service: the initial download runs in the
+calling (main) thread, signals stop it gracefully, and a component that dies makes it return non-zero.
+"""
+import logging
+import signal
+import threading
+import time
+
+from .config import make_clock
+from .datatypes import parse_data_types
+from .download import Downloader
+from .exceptions import GaplessError, RequestRejectedError
+from .horizon import HistoryHorizon
+from .recorder import Recorder
+from .series import series as compute_series
+from .status import SETTLE_US, status_report
+from .stitch import rebuild
+from .storage import Storage
+from .timeutil import MINUTE_US, ceil_minute, floor_minute, iso, parse_duration_us
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_COMPONENT_DIED = 3
+
+
+class Gapless:
+    """Gapless minute series for one exchange's symbols and data types, kept up to now.
+
+    ``start()``/``stop()`` (or ``with Gapless(...) as g:``) for long-lived library use; ``run()`` for the
+    service. ``series()``, ``coverage()``, ``gaps()`` and ``status()`` read the database; a second process
+    can read the same database while this one writes.
+    """
+
+    def __init__(self, exchange, symbols, data_types, lookback="1d", database_url="sqlite:///gapless.db",
+                 tardis_url="http://localhost:8000", tardis_ws_url="ws://localhost:8001", api_key=None,
+                 history_delay="15m", rebuild_interval="60s", export=None, workers=1, now=None,
+                 recorder_options=None, downloader_options=None):
+        self.exchange = exchange
+        self.symbols = tuple(symbols)
+        self.data_types = tuple(dt.name for dt in parse_data_types(list(data_types)))
+        self.lookback = parse_duration_us(lookback, "lookback")
+        if self.lookback <= 0:
+            raise GaplessError("lookback must be longer than zero")
+        self.rebuild_interval = parse_duration_us(rebuild_interval, "rebuild_interval") / 1e6
+        self.export = export or None
+        self.tardis_url = tardis_url
+        self.tardis_ws_url = tardis_ws_url
+        self.api_key = api_key or None
+        self.workers = workers
+        self.now = now or make_clock()
+        self.storage = Storage(database_url)
+        self.horizon = HistoryHorizon(parse_duration_us(history_delay, "history_delay"))
+        self._restore_horizon()
+        self.stop_event = threading.Event()
+        self._heal_lock = threading.Lock()
+        self._scheduler = None
+        self.recorder = Recorder(self.storage, tardis_ws_url, exchange, self.symbols, self.data_types,
+                                 clock=lambda: self.now() / 1e6, **(recorder_options or {}))
+        self._downloader_options = dict(downloader_options or {})
+        self.last_rebuild = None
+        self.last_download = None
+        self.heal_error = None
+
+    @classmethod
+    def from_settings(cls, settings, **kwargs):
+        """Build from validated :class:`~gapless.config.Settings`."""
+        kwargs.setdefault("now", make_clock(settings.test_clock))
+        return cls(settings.exchange, settings.symbols, settings.data_types, lookback=settings.lookback,
+                   database_url=settings.database_url, tardis_url=settings.tardis_url,
+                   tardis_ws_url=settings.tardis_ws_url, api_key=settings.api_key or None,
+                   history_delay=settings.history_delay, rebuild_interval=settings.rebuild_interval,
+                   export=settings.export or None, workers=settings.workers, **kwargs)
+
+    # -- windows -------------------------------------------------------------------------------
+    def window(self, now_us=None):
+        """``(start, end)`` µs of the series: the lookback up to the last settled minute."""
+        now_us = self.now() if now_us is None else now_us
+        end = floor_minute(now_us - SETTLE_US)
+        return end - ceil_minute(self.lookback), end
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self, initial_heal=True):
+        """Start recording and the healing schedule (the first pass runs at once, in the scheduler thread)."""
+        self.stop_event.clear()
+        self.recorder.start()
+        self._start_scheduler(first_run_now=initial_heal)
+        return self
+
+    def stop(self, timeout=8.0):
+        """Stop the scheduler (and any download), the recorder (flushed), then close the database."""
+        self.stop_event.set()
+        deadline = time.monotonic() + timeout
+        if self._scheduler is not None:
+            try:
+                self._scheduler.shutdown(wait=True)
+            except Exception:  # a scheduler that is already down must not keep us from stopping the rest
+                log.exception("scheduler shutdown failed")
+            self._scheduler = None
+        self.recorder.stop(max(1.0, deadline - time.monotonic()))
+        self.storage.close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False
+
+    def _start_scheduler(self, first_run_now):
+        from datetime import datetime, timedelta, timezone
+
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        scheduler = BackgroundScheduler(timezone=timezone.utc)
+        first = datetime.now(timezone.utc) + (timedelta(0) if first_run_now else
+                                              timedelta(seconds=self.rebuild_interval))
+        scheduler.add_job(self._scheduled_heal, "interval", seconds=self.rebuild_interval, id="heal",
+                          max_instances=1, coalesce=True, misfire_grace_time=max(30, int(self.rebuild_interval)),
+                          next_run_time=first)
+        scheduler.start()
+        self._scheduler = scheduler
+
+    def _scheduled_heal(self):
+        try:
+            self.heal()
+            self.heal_error = None
+        except RequestRejectedError as exc:
+            # tardis-machine refuses the configuration itself: healing cannot ever succeed
+            self.heal_error = exc
+            log.error("healing stopped: %s", exc)
+        except Exception as exc:  # the schedule must survive a bad pass (network, database busy)
+            self.heal_error = exc
+            log.exception("healing pass failed")
+
+    # -- healing -------------------------------------------------------------------------------
+    def heal(self, download=True, publish=True):
+        """One pass: download replay that coverage lacks and history can deliver, then rebuild.
+
+        Returns the rebuild report (or None when another pass is running or we are stopping).
+        """
+        if not self._heal_lock.acquire(blocking=False):
+            log.info("a healing pass is still running; skipping this one")
+            return None
+        try:
+            if download and not self.stop_event.is_set():
+                self.last_download = self.download_history()
+            if publish and not self.stop_event.is_set():
+                start, end = self.window()
+                self.last_rebuild = rebuild(self.storage, self.exchange, self.symbols, self.data_types, start, end,
+                                            export=self.export, now_us=self.now())
+                missing = sum(int(f["missing"].sum()) for f in self.last_rebuild.frames.values())
+                log.info("rebuilt %d stream(s) over %s .. %s in %.2fs: %s", len(self.last_rebuild.frames),
+                         iso(start), iso(end), self.last_rebuild.seconds,
+                         "gapless" if not missing else "%d missing minute(s)" % missing)
+            return self.last_rebuild
+        finally:
+            self._heal_lock.release()
+
+    def download_history(self):
+        """Download what replay coverage lacks over the window, up to where history can deliver."""
+        now_us = self.now()
+        start, _ = self.window(now_us)
+        limit = self.horizon.claim_limit(now_us)
+        if limit <= start:
+            return None
+        downloader = Downloader(self.storage, self.tardis_url, api_key=self.api_key, workers=self.workers,
+                                stop_event=self.stop_event, progress=False, **self._downloader_options)
+        downloader.on_run_finished = self._learn_horizon
+        report = downloader.download(self.exchange, self.symbols, self.data_types, start, limit)
+        if report.requests:
+            log.info("history: %d request(s), %d new rows, %d lines in %.1fs%s", report.requests, report.rows_inserted,
+                     report.lines, report.seconds, "; %d incomplete" % len(report.failed) if report.failed else "")
+        self._save_horizon()
+        return report
+
+    def _learn_horizon(self, request, failure):
+        now_us = self.now()
+        if failure is None:
+            self.horizon.delivered(now_us, request.request_end)
+        elif getattr(failure, "refused", False) and request.request_end >= now_us - 120 * MINUTE_US:
+            # refused near the present: history does not reach that far yet
+            self.horizon.refused(now_us, getattr(failure, "delivered_until", None))
+
+    def _horizon_key(self):
+        return "history_delay_us:%s" % self.exchange
+
+    def _restore_horizon(self):
+        meta = self.storage.models["meta"]
+        row = meta.get_or_none(meta.key == self._horizon_key())
+        if row is not None:
+            try:
+                self.horizon.delay = max(self.horizon.delay, min(self.horizon.max_delay, int(row.value)))
+            except ValueError:
+                pass
+
+    def _save_horizon(self):
+        meta = self.storage.models["meta"]
+        meta.replace(key=self._horizon_key(), value=str(self.horizon.state()["delay"])).execute()
+
+    # -- reading -------------------------------------------------------------------------------
+    def series(self, start=None, end=None, sources=("replay", "live")):
+        """``{(symbol, data_type): DataFrame}`` over the window (or ``[start, end)`` µs/datetimes)."""
+        from .timeutil import to_us
+        window_start, window_end = self.window()
+        start = window_start if start is None else to_us(start)
+        end = window_end if end is None else to_us(end)
+        return compute_series(self.storage, self.exchange, self.symbols, self.data_types, start, end, sources)
+
+    def is_gapless(self, frames=None):
+        """True when no minute of the window is missing in any stream."""
+        frames = frames if frames is not None else self.series()
+        return all(not frame["missing"].any() for frame in frames.values())
+
+    def coverage(self):
+        """Coverage rows of our streams (list of dicts with ISO times)."""
+        rows = []
+        for symbol in self.symbols:
+            for data_type in self.data_types:
+                for row in self.storage.coverage_rows(self.exchange, symbol, data_type):
+                    rows.append(dict(row, start=iso(row["start"]), end=iso(row["end"])))
+        return rows
+
+    def status(self):
+        """The status document (see :mod:`gapless.status`)."""
+        return status_report(self.storage, self.exchange, self.symbols, self.data_types, self.lookback,
+                             self.horizon.state()["delay"], self.now())
+
+    def gaps(self):
+        """Gaps per stream: ``[{symbol, data_type, start, end, minutes, reason, healable}, ...]``."""
+        gaps = []
+        for stream in self.status()["streams"]:
+            for gap in stream["gaps"]:
+                gaps.append(dict(gap, symbol=stream["symbol"], data_type=stream["data_type"]))
+        return gaps
+
+    # -- service -------------------------------------------------------------------------------
+    def run(self, install_signals=True):
+        """Run as a service until SIGTERM/SIGINT; return the exit status (non-zero if a component died)."""
+        if install_signals:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda *_: self.stop_event.set())
+        log.info("gapless %s %s %s: lookback %d min, history delay %d min, rebuild every %.0fs, database %s",
+                 self.exchange, ",".join(self.symbols), ",".join(self.data_types), self.lookback // MINUTE_US,
+                 self.horizon.state()["delay"] // MINUTE_US, self.rebuild_interval, self.storage.redacted_url)
+        status = EXIT_OK
+        try:
+            self.recorder.start()
+            try:
+                self.heal()  # the initial download, in the main thread
+            except RequestRejectedError:
+                raise
+            except GaplessError as exc:
+                log.error("initial download failed: %s (healing will retry)", exc)
+            if not self.stop_event.is_set():
+                self._start_scheduler(first_run_now=False)
+            while not self.stop_event.wait(1.0):
+                if not self.recorder.is_alive():
+                    log.error("the recorder thread died (%r); exiting so the service manager restarts us",
+                              self.recorder.error)
+                    status = EXIT_COMPONENT_DIED
+                    break
+                if self._scheduler is not None and not self._scheduler.running:
+                    log.error("the scheduler stopped; exiting")
+                    status = EXIT_COMPONENT_DIED
+                    break
+        finally:
+            began = time.monotonic()
+            self.stop()
+            log.info("stopped in %.1fs", time.monotonic() - began)
+        return status
