@@ -121,7 +121,8 @@ def load_settings(environ=None, config_dir=None, dotenv_path=".env", **overrides
     values = {}
     for name, (env, default) in DEFAULTS.items():
         flag = overrides.get(name)
-        values[name] = (flag, "--" + name.replace("_", "-")) if flag is not None else (raw.get(env, default), env)
+        label = "--database" if name == "database_url" else "--" + name.replace("_", "-")
+        values[name] = (flag, label) if flag is not None else (raw.get(env, default), env)
     settings = _validate(values, tuple(warnings))
     return settings
 

@@ -111,9 +111,12 @@ def parse_data_types(names):
         names = [part for part in names.split(",")]
     parsed = []
     for name in names:
-        if not str(name).strip():
+        if isinstance(name, DataType):
+            data_type = name
+        elif not str(name).strip():
             continue
-        data_type = parse_data_type(name)
+        else:
+            data_type = parse_data_type(name)
         if data_type not in parsed:
             parsed.append(data_type)
     if not parsed:

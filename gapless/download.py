@@ -56,7 +56,7 @@ def plan_requests(storage, exchange, symbols, data_types, start, end):
     ``start``/``end`` are µs (minute aligned outward). Requests never cross a UTC day; book-derived
     types start at 00:00 of their day; streams needing the same range share one request.
     """
-    data_types = parse_data_types(data_types) if not hasattr(data_types[0], "family") else data_types
+    data_types = parse_data_types(data_types)
     start, end = floor_minute(start), ceil_minute(end)
     groups = {}
     skips = {}

@@ -193,7 +193,8 @@ class RunParser:
     def _bad(self, line, reason):
         self._malformed += 1
         if len(self._samples) < 5:
-            self._samples.append("%s: %r" % (reason, bytes(line[:200])))
+            sample = line[:200] if isinstance(line, (bytes, str)) else repr(line)[:200]
+            self._samples.append("%s: %r" % (reason, sample))
 
     def _flush(self, progress_us, end_reason=None, closing=False):
         messages = self._pending

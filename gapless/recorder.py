@@ -30,8 +30,11 @@ from .timeutil import US, iso
 log = logging.getLogger(__name__)
 
 FOREVER_US = 2 ** 62
-# a live segment untouched for this long belongs to a process that is gone
-STALE_SEGMENT_US = 120 * US
+# an open live segment is refreshed at least every HEARTBEAT seconds by its recorder; one untouched for
+# STALE_SEGMENT seconds belongs to a process that is gone (killed, crashed, machine lost)
+HEARTBEAT = 5.0
+STALE_SEGMENT = 30.0
+FIRST_FRAME_GRACE = 15.0
 _FAST_FAMILIES = ("book_snapshot", "book_change", "derivative_ticker")
 
 
@@ -66,7 +69,7 @@ class Recorder:
     def __init__(self, storage, ws_url, exchange, symbols, data_types, batch_rows=5000, flush_interval=0.25,
                  connect_timeout=10.0, recv_timeout=0.5, backoff_base=0.5, backoff_cap=30.0, healthy_after=60.0,
                  ping_interval=20.0, dead_after=45.0, data_silence=None, health_interval=60.0,
-                 max_write_failures=40, clock=time.time):
+                 max_write_failures=40, stale_segment=STALE_SEGMENT, clock=time.time):
         self.storage = storage
         self.ws_url = ws_url
         self.exchange = exchange
@@ -84,6 +87,7 @@ class Recorder:
         self.data_silence = data_silence if data_silence is not None else data_silence_tolerance(self.data_types)
         self.health_interval = health_interval
         self.max_write_failures = max_write_failures
+        self.stale_segment = stale_segment
         self.clock = clock
         self.url = stream_url(ws_url, exchange, self.symbols, self.data_types)
         self.error = None
@@ -172,15 +176,15 @@ class Recorder:
         """Close live segments of our streams that a killed process left open, at their last commit.
 
         A segment still being refreshed by another running recorder (same streams, another process)
-        is left alone.
+        is left alone. Freshness is judged on the wall clock, the one ``updated_at`` is written with.
         """
-        now = int(self.clock() * US)
+        now = int(time.time() * US)
         ours = {(s, d) for s in self.symbols for d in self.data_types}
         repaired = []
         for row in self.storage.open_segments("live"):
             if row["exchange"] != self.exchange or (row["symbol"], row["data_type"]) not in ours:
                 continue
-            if now - row["updated_at"] < STALE_SEGMENT_US:
+            if now - row["updated_at"] < self.stale_segment * US:
                 log.warning("live segment %s for %s %s is open and fresh: another recorder is running for the "
                             "same stream; both will record (rows deduplicate where tardis gives identical data)",
                             row["segment"], row["symbol"], row["data_type"])
@@ -198,6 +202,7 @@ class Recorder:
     # -- thread body ---------------------------------------------------------------------------
     def _run(self):
         next_health = time.monotonic() + self.health_interval
+        self._next_repair = time.monotonic() + self.stale_segment
         attempt = 0
         try:
             while not self._stop.is_set():
@@ -243,6 +248,7 @@ class Recorder:
         reason = "drop"
         ws.settimeout(self.recv_timeout)
         last_flush = last_data = last_frame = time.monotonic()
+        got_data = False
         last_ping = last_frame
         next_health = time.monotonic() + self.health_interval
         try:
@@ -251,7 +257,7 @@ class Recorder:
                     reason = "stop"
                     break
                 try:
-                    opcode, data = ws.recv_data_frame(True)
+                    opcode, data = ws.recv_data(control_frame=True)
                 except websocket.WebSocketTimeoutException:
                     opcode = None
                 except (websocket.WebSocketConnectionClosedException, OSError,
@@ -265,6 +271,7 @@ class Recorder:
                         pending.append(data)
                         pending_times.append(now)
                         last_data = now
+                        got_data = True
                     elif opcode == websocket.ABNF.OPCODE_CLOSE:
                         log.warning("recorder %s: tardis-machine closed the connection", self.exchange)
                         break
@@ -272,16 +279,18 @@ class Recorder:
                     self._commit(parser, pending, pending_times, final=None)
                     pending, pending_times = [], []
                     last_flush = time.monotonic()
-                elif not pending and now - last_flush >= 5.0:
+                elif not pending and now - last_flush >= HEARTBEAT:
                     # heartbeat: keeps the open segment's updated_at fresh so a restart can tell us from a crash
                     self._commit(parser, [], [], final=None)
                     last_flush = now
-                if now - last_frame > self.dead_after:
+                if now - last_frame > (self.dead_after if got_data else max(self.dead_after, FIRST_FRAME_GRACE)):
                     log.warning("recorder %s: nothing received for %.0fs; reconnecting", self.exchange,
                                 now - last_frame)
                     reason = "stale"
                     break
-                if now - last_data > self.data_silence:
+                # the first frame may take longer (the server subscribes upstream first)
+                silence_limit = self.data_silence if got_data else max(self.data_silence, FIRST_FRAME_GRACE)
+                if now - last_data > silence_limit:
                     log.warning("recorder %s: no data for %.0fs; reconnecting", self.exchange, now - last_data)
                     reason = "stale"
                     break
@@ -294,6 +303,10 @@ class Recorder:
                 if now > next_health:
                     self._log_health()
                     next_health = now + self.health_interval
+                if now > self._next_repair:
+                    # a recorder of the same streams that died while we run leaves segments to close
+                    self.repair_open_segments()
+                    self._next_repair = now + self.stale_segment
         finally:
             with self._lock:
                 self._connected = False

@@ -60,3 +60,46 @@ def ingest_fixture(store, name, exchange, symbols, data_types, start, request_en
     for batch in batches:
         store.write(batch.rows, batch.claims)
     return batches
+
+
+def wait_until(predicate, timeout=10.0, interval=0.02, message="condition"):
+    """Poll ``predicate`` until it is true; fail the test after ``timeout`` seconds."""
+    import time
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out after %.1fs waiting for %s" % (timeout, message))
+        time.sleep(interval)
+
+
+def live_rows_by_table(store):
+    """Every stored live row, per table, as a set of tuples (converter order)."""
+    from gapless.convert import table_columns
+    result = {}
+    for table in ("book_snapshot_1", "book_snapshot_5", "trade", "trade_bar", "derivative_ticker", "book_change"):
+        if not store.has_table(table):
+            continue
+        columns = ", ".join('"%s"' % c for c in table_columns(table))
+        rows = store.db.execute_sql('SELECT %s FROM "%s" WHERE source = %s' % (
+            columns, table, "?" if store.is_sqlite else "%s"), ("live",)).fetchall()
+        if rows:
+            result[table] = [tuple(r) for r in rows]
+    return result
+
+
+def sent_rows_by_table(connections, data_only=True):
+    """The data frames the double sent on the given connections, converted like live rows."""
+    from gapless.convert import Converter
+    result = {}
+    for connection in connections:
+        converter = Converter("live")  # the recorder starts a fresh parser per connection too
+        for text in connection.sent:
+            message = orjson.loads(text)
+            if message.get("type") in ("disconnect", "error"):
+                continue
+            table, row = converter.convert(message)
+            result.setdefault(table, []).append(row)
+    return result
