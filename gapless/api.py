@@ -16,7 +16,7 @@ class GapWarning(UserWarning):
 
 def get_data_without_gap(exchange, symbols, data_types, lookback="1d", recording_warmup_seconds=1200.0, *,
                          database_url=None, tardis_url=None, tardis_ws_url=None, api_key=None, history_delay=None,
-                         workers=None, poll_seconds=2.0, now=None, recorder_options=None):
+                         workers=0, poll_seconds=2.0, now=None, recorder_options=None):
     """Record, download history and wait until the minute series is gapless up to now; return it.
 
     Blocks. Starts recording ``exchange``'s ``symbols`` and ``data_types`` (lists or comma-separated),
@@ -28,6 +28,8 @@ def get_data_without_gap(exchange, symbols, data_types, lookback="1d", recording
     Returns a dict ``{(symbol, data_type): DataFrame}``: one frame per stream, indexed by minute start
     (tz-aware UTC), with the stream's value columns plus ``source`` ("replay", "live" or "missing")
     and ``missing`` (bool). Settings not given here come from ``GAPLESS_*`` variables / ``.env``.
+    Downloads run in the calling process unless ``workers`` > 0 (worker processes re-import the
+    caller's main module, which must then be guarded by ``if __name__ == "__main__":``).
     """
     settings = load_settings(exchange=exchange, symbols=_joined(symbols), data_types=_joined(data_types),
                              lookback=lookback, database_url=database_url, tardis_url=tardis_url,

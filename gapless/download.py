@@ -165,6 +165,7 @@ class Downloader:
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.stop_event = stop_event or threading.Event()
         self.on_run_finished = None  # callback(request, failure) for the history-horizon logic
+        self.should_retry = None  # callback(request, failure) -> bool; default: retry every transient failure
 
     def download(self, exchange, symbols, data_types, start, end):
         """Download what replay coverage lacks in ``[start, end)`` (µs). Returns a :class:`DownloadReport`."""
@@ -218,6 +219,9 @@ class Downloader:
             return [], 0
         if isinstance(failure, RequestRejectedError):
             raise failure
+        if self.should_retry is not None and not self.should_retry(request, failure):
+            report.failed.append((request, str(failure)))
+            return [], 0
         if request.attempt >= self.max_attempts:
             log.error("giving up on %s after %d attempts: %s", request.describe(), request.attempt, failure)
             report.failed.append((request, str(failure)))

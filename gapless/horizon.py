@@ -7,8 +7,8 @@ configured value and adapts:
 
 * a refused run (error line or error status) that delivered up to ``t`` shows history ends near ``t``:
   the delay grows to ``now - t`` plus a safety minute (at once: a wrong guess costs requests);
-* runs that complete at the watermark let the delay shrink back by one minute per success, never
-  below ``min_delay`` (probing slowly: a wrong guess costs one retried request).
+* every ``probe_after`` runs that complete at the watermark let the delay shrink back by one minute,
+  never below ``min_delay`` (probing slowly: a wrong guess costs one refused request).
 """
 import logging
 import threading
@@ -21,11 +21,13 @@ log = logging.getLogger(__name__)
 class HistoryHorizon:
     """The history delay in use and the watermark it implies (thread-safe)."""
 
-    def __init__(self, delay_us, min_delay_us=None, max_delay_us=None):
+    def __init__(self, delay_us, min_delay_us=None, max_delay_us=None, probe_after=10):
         self.configured = delay_us
         self.delay = delay_us
         self.min_delay = min_delay_us if min_delay_us is not None else max(MINUTE_US, delay_us // 3)
         self.max_delay = max_delay_us if max_delay_us is not None else max(delay_us * 8, 6 * 60 * MINUTE_US)
+        self.probe_after = probe_after
+        self._successes = 0
         self._lock = threading.Lock()
 
     def watermark(self, now_us):
@@ -42,6 +44,7 @@ class HistoryHorizon:
         with self._lock:
             reach = delivered_until_us if delivered_until_us else now_us - self.delay - MINUTE_US
             wanted = min(self.max_delay, max(self.delay, now_us - floor_minute(reach) + MINUTE_US))
+            self._successes = 0
             if wanted != self.delay:
                 log.warning("history ends near %s: history delay %d -> %d min", iso(floor_minute(reach)),
                             self.delay // MINUTE_US, -(-wanted // MINUTE_US))
@@ -50,7 +53,11 @@ class HistoryHorizon:
     def delivered(self, now_us, request_end_us):
         """A run that ended at ``request_end_us`` completed; shrink the delay if it reached the edge."""
         with self._lock:
-            if request_end_us >= floor_minute(now_us - self.delay) and self.delay > self.min_delay:
+            if request_end_us < floor_minute(now_us - self.delay) or self.delay <= self.min_delay:
+                return
+            self._successes += 1
+            if self._successes >= self.probe_after:
+                self._successes = 0
                 self.delay = max(self.min_delay, self.delay - MINUTE_US)
                 log.info("history delivered up to %s: history delay now %d min", iso(request_end_us),
                          self.delay // MINUTE_US)

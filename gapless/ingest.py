@@ -91,6 +91,7 @@ class RunParser:
         self.batch_rows = batch_rows
         self.source = source
         self.live = live
+        self.owner = None  # set by a live recorder: its "host:pid"
         self.converter = BatchConverter(source)
         self.run_id = uuid.uuid4().hex[:16]
         self._types = {name: parse_data_type(name) for name in request.data_types}
@@ -265,7 +266,7 @@ class RunParser:
                 continue
             claims.append(Claim(request.exchange, symbol, name, self.source,
                                 "%s:%d" % (self.run_id, self._segment_no), self._segment_start, end,
-                                end_reason=end_reason, is_open=is_open))
+                                end_reason=end_reason, is_open=is_open, owner=self.owner))
         return claims
 
     def _disconnect(self, message):

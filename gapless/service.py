@@ -11,6 +11,7 @@ import logging
 import signal
 import threading
 import time
+from datetime import timedelta
 
 from .config import make_clock
 from .datatypes import parse_data_types
@@ -40,7 +41,7 @@ class Gapless:
 
     def __init__(self, exchange, symbols, data_types, lookback="1d", database_url="sqlite:///gapless.db",
                  tardis_url="http://localhost:8000", tardis_ws_url="ws://localhost:8001", api_key=None,
-                 history_delay="15m", rebuild_interval="60s", export=None, workers=1, now=None,
+                 history_delay="15m", rebuild_interval="60s", export=None, workers=0, now=None,
                  recorder_options=None, downloader_options=None):
         self.exchange = exchange
         self.symbols = tuple(symbols)
@@ -72,10 +73,12 @@ class Gapless:
     def from_settings(cls, settings, **kwargs):
         """Build from validated :class:`~gapless.config.Settings`."""
         kwargs.setdefault("now", make_clock(settings.test_clock))
-        return cls(settings.exchange, settings.symbols, settings.data_types, lookback=settings.lookback,
+        as_delta = lambda us: timedelta(microseconds=us)  # noqa: E731 (settings hold µs)
+        return cls(settings.exchange, settings.symbols, settings.data_types, lookback=as_delta(settings.lookback),
                    database_url=settings.database_url, tardis_url=settings.tardis_url,
                    tardis_ws_url=settings.tardis_ws_url, api_key=settings.api_key or None,
-                   history_delay=settings.history_delay, rebuild_interval=settings.rebuild_interval,
+                   history_delay=as_delta(settings.history_delay),
+                   rebuild_interval=as_delta(settings.rebuild_interval),
                    export=settings.export or None, workers=settings.workers, **kwargs)
 
     # -- windows -------------------------------------------------------------------------------
@@ -173,6 +176,9 @@ class Gapless:
         downloader = Downloader(self.storage, self.tardis_url, api_key=self.api_key, workers=self.workers,
                                 stop_event=self.stop_event, progress=False, **self._downloader_options)
         downloader.on_run_finished = self._learn_horizon
+        # a refusal near the present means "not available yet": the next pass asks less, no retry storm
+        downloader.should_retry = lambda request, failure: not (
+            getattr(failure, "refused", False) and request.request_end >= self.now() - 120 * MINUTE_US)
         report = downloader.download(self.exchange, self.symbols, self.data_types, start, limit)
         if report.requests:
             log.info("history: %d request(s), %d new rows, %d lines in %.1fs%s", report.requests, report.rows_inserted,
@@ -202,7 +208,8 @@ class Gapless:
 
     def _save_horizon(self):
         meta = self.storage.models["meta"]
-        meta.replace(key=self._horizon_key(), value=str(self.horizon.state()["delay"])).execute()
+        meta.insert(key=self._horizon_key(), value=str(self.horizon.state()["delay"])).on_conflict(
+            conflict_target=[meta.key], preserve=[meta.value]).execute()
 
     # -- reading -------------------------------------------------------------------------------
     def series(self, start=None, end=None, sources=("replay", "live")):

@@ -57,7 +57,8 @@ def gap_reason(rows, gap_start, gap_end, claim_limit):
     live_before = [r for r in before if r["source"] == "live"]
     if any(r["end_reason"] == "disconnect" for r in before):
         return "disconnect"
-    if any(r["end_reason"] in ("stop", "crash", "drop", "stale") for r in live_before):
+    if live_before:
+        # the recorder was connected up to the gap and then was not (stopped, killed, dropped, stale)
         return "downtime"
     if gap_end > claim_limit:
         return "not_yet_available"

@@ -171,7 +171,7 @@ def publish(storage, exchange, frames, comparisons, start, end, now_us=None):
     now_us = now_us or int(time.time() * US)
     columns = ["exchange", "symbol", "data_type", "minute", "source", "missing"] + list(SERIES_VALUES)
     fields = [series_model._meta.fields[c] for c in columns]
-    with storage.db.atomic():
+    with storage.write_transaction():
         for (symbol, name), frame in frames.items():
             series_model.delete().where((series_model.exchange == exchange) & (series_model.symbol == symbol)
                                         & (series_model.data_type == name)).execute()
@@ -180,13 +180,19 @@ def publish(storage, exchange, frames, comparisons, start, end, now_us=None):
                 series_model.insert_many(rows[i:i + 5000], fields=fields).execute()
             counts = frame["source"].value_counts()
             comparison = comparisons[(symbol, name)]
-            status_model.replace(
+            values = dict(
                 exchange=exchange, symbol=symbol, data_type=name, window_start=start, window_end=end,
                 minutes_replay=int(counts.get("replay", 0)), minutes_live=int(counts.get("live", 0)),
                 minutes_missing=int(counts.get("missing", 0)), compared=comparison.compared,
                 disagreements=comparison.disagreements, max_difference=comparison.max_difference,
                 worst_minute=int(comparison.worst_minute.value // 1000) if comparison.worst_minute is not None
-                else None, worst_column=comparison.worst_column, rebuilt_at=now_us).execute()
+                else None, worst_column=comparison.worst_column, rebuilt_at=now_us)
+            keys = (status_model.exchange, status_model.symbol, status_model.data_type)
+            # an upsert both SQLite and PostgreSQL understand (REPLACE is SQLite only)
+            status_model.insert(**values).on_conflict(
+                conflict_target=keys,
+                preserve=[f for f in status_model._meta.sorted_fields
+                          if f.name not in ("exchange", "symbol", "data_type")]).execute()
 
 
 def _series_rows(exchange, symbol, name, frame):

@@ -54,6 +54,7 @@ class Claim:
     end: int
     end_reason: str = None
     is_open: bool = False
+    owner: str = None  # "host:pid" of the live recorder that writes an open segment
 
 
 def _make_models(database):
@@ -111,6 +112,7 @@ def _make_models(database):
         end = BigIntegerField()
         end_reason = CharField(max_length=32, null=True)
         is_open = BooleanField(default=False)
+        owner = CharField(max_length=128, null=True)
         updated_at = BigIntegerField()
 
         class Meta:
@@ -209,7 +211,9 @@ class Storage:
                                        % (self.redacted_url, version, SCHEMA_VERSION))
         elif not create:
             raise DatabaseUrlError("database %s is empty (not a gapless database yet)" % (self.redacted_url,))
-        self._create_base_schema()
+        if create:
+            self._create_base_schema()
+        # readers (create=False: status, gaps, series) never write, so they never wait for a running service
         self._tables = set(self.db.get_tables())
 
     def _inspect_sqlite_read_only(self, path):
@@ -229,11 +233,22 @@ class Storage:
     def _create_base_schema(self):
         models = [self.models[name] for name in _FAMILY_TABLES + ("coverage", "meta")]
         with self._schema_lock():
-            with self.db.atomic():
+            with self.write_transaction():
                 self.db.create_tables(models, safe=True)
                 meta = self.models["meta"]
                 meta.insert(key="schema_version", value=str(SCHEMA_VERSION)).on_conflict_ignore().execute()
                 meta.insert(key="created_at", value=str(int(time.time()))).on_conflict_ignore().execute()
+
+    def write_transaction(self):
+        """A transaction that takes the write lock at BEGIN on SQLite (``BEGIN IMMEDIATE``).
+
+        A deferred transaction that reads first and writes later fails with "database is locked" at once,
+        without waiting, when another connection wrote in between; taking the lock up front makes it
+        wait (busy timeout) instead.
+        """
+        if self.is_sqlite:
+            return self.db.atomic("IMMEDIATE")
+        return self.db.atomic()
 
     def _schema_lock(self):
         """Serialise schema changes between processes starting at once (PostgreSQL advisory lock)."""
@@ -306,7 +321,7 @@ class Storage:
         tables = [t for t, rows in rows_by_table.items() if rows]
         self.ensure_tables(tables)
         try:
-            with self.db.atomic():
+            with self.write_transaction():
                 cursor = self.db.cursor()
                 for table in tables:
                     inserted += self._insert_rows(cursor, table, rows_by_table[table])
@@ -329,13 +344,14 @@ class Storage:
         now = int(time.time() * US)
         rows = [{"exchange": c.exchange, "symbol": c.symbol, "data_type": c.data_type, "source": c.source,
                  "segment": c.segment, "start": c.start, "end": c.end, "end_reason": c.end_reason,
-                 "is_open": c.is_open, "updated_at": now} for c in claims]
+                 "is_open": c.is_open, "owner": c.owner, "updated_at": now} for c in claims]
         excluded = SQL("EXCLUDED")
         coverage.insert_many(rows).on_conflict(
             conflict_target=[coverage.segment, coverage.exchange, coverage.symbol, coverage.data_type,
                              coverage.source],
             update={coverage.end: SQL('EXCLUDED."end"'), coverage.start: SQL('EXCLUDED."start"'),
                     coverage.end_reason: SQL("EXCLUDED.end_reason"), coverage.is_open: SQL("EXCLUDED.is_open"),
+                    coverage.owner: SQL("EXCLUDED.owner"),
                     coverage.updated_at: SQL("EXCLUDED.updated_at")}).execute()
         del excluded
 

@@ -100,7 +100,7 @@ _DURATION_UNITS = {"us": 1, "ms": 1000, "s": US, "m": MINUTE_US, "h": 60 * MINUT
 
 
 def parse_duration_us(text, name="duration"):
-    """Parse ``90m``, ``7d``, ``15m``, ``60s``, ``2h``, ``1w`` or plain seconds to µs.
+    """Parse ``90m``, ``7d``, ``15m``, ``60s``, ``2h``, ``1w``, a ``timedelta``, or seconds (number) to µs.
 
     ``name`` is the setting or flag being parsed, so the error names it.
     """

@@ -1,0 +1,24 @@
+"""A test double of tardis-machine (Tardis.dev's local server) for the gapless tests.
+
+``FakeTardisMachine`` serves ``/replay-normalized`` (HTTP) and ``/ws-stream-normalized``
+(websocket, on a second port) on 127.0.0.1 from a deterministic synthetic market, printing
+the same bytes the real server prints (see the fixtures in shared/fixtures), with switches
+to inject faults::
+
+    from tests.fake_tardis import FakeTardisMachine, FakeClock, MarketConfig, Outage
+
+    clock = FakeClock(start=datetime(2026, 11, 25, 0, 20, tzinfo=timezone.utc))
+    with FakeTardisMachine(clock=clock, market=MarketConfig(book_rate=2, trade_rate=1)) as tm:
+        requests.get(tm.http_url + "/replay-normalized", params={"options": json.dumps(opts)})
+        tm.expected_replay(opts)          # what a fault-free replay sends
+        tm.add_replay_fault("cut", after_lines=100)
+        tm.requests, tm.connections       # what was asked and sent
+
+Run it as its own process with ``python -m tests.fake_tardis`` (see ``__main__``).
+"""
+from .clock import FakeClock
+from .machine import FakeTardisMachine
+from .market import MarketConfig
+from .streams import Outage
+
+__all__ = ["FakeTardisMachine", "FakeClock", "MarketConfig", "Outage"]

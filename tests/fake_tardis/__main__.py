@@ -1,0 +1,56 @@
+"""Run the double as its own process (benchmarks, kill -9 tests).
+
+    python -m tests.fake_tardis --http-port 0 --ws-port 0 [--clock-offset S]
+        [--availability-delay S] [--book-rate R] [--trade-rate R] [--seed N]
+        [--firehose-seconds S] [--symbols A,B]
+
+Prints one JSON line ``{"http_url": ..., "ws_url": ..., "pid": ...}`` once both servers
+listen, then serves until SIGTERM/SIGINT.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from datetime import timedelta
+
+from . import FakeClock, FakeTardisMachine, MarketConfig
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, serve until a signal, return the exit code."""
+    ap = argparse.ArgumentParser(prog="python -m tests.fake_tardis", description=__doc__.splitlines()[0])
+    ap.add_argument("--http-port", type=int, default=0)
+    ap.add_argument("--ws-port", type=int, default=0)
+    ap.add_argument("--clock-offset", type=float, default=0.0, help="seconds added to real time")
+    ap.add_argument("--availability-delay", type=float, default=0.0, help="seconds")
+    ap.add_argument("--book-rate", type=float, default=MarketConfig.book_rate)
+    ap.add_argument("--trade-rate", type=float, default=MarketConfig.trade_rate)
+    ap.add_argument("--seed", type=int, default=MarketConfig.seed)
+    ap.add_argument("--firehose-seconds", type=float, default=0.0, help="every connection is a firehose")
+    ap.add_argument("--symbols", default="BTC-PERPETUAL,ETH-PERPETUAL", help="default symbols")
+    args = ap.parse_args(argv)
+    stop = threading.Event()
+    # the handlers only set the event; the main thread does the shutdown
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    tm = FakeTardisMachine(
+        clock=FakeClock.from_offset(args.clock_offset),
+        market=MarketConfig(seed=args.seed, book_rate=args.book_rate, trade_rate=args.trade_rate),
+        availability_delay=timedelta(seconds=args.availability_delay),
+        default_symbols=args.symbols.split(","), http_port=args.http_port, ws_port=args.ws_port,
+        firehose=args.firehose_seconds > 0, firehose_seconds=args.firehose_seconds,
+    )
+    with tm:
+        sys.stdout.write(json.dumps({"http_url": tm.http_url, "ws_url": tm.ws_url, "pid": os.getpid()}) + "\n")
+        sys.stdout.flush()
+        while not stop.wait(1.0):
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

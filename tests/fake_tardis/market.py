@@ -1,0 +1,126 @@
+"""A deterministic synthetic exchange: raw book changes, trades and tickers per symbol.
+
+Everything is a pure function of (config, exchange, symbol, time). Events are generated
+ten minutes at a time ("segments"); random draws come from a generator keyed by
+(seed, exchange, symbol, minute), and the book/price/open-interest state is carried
+from segment to segment, starting fresh at each day's snapshot (00:00:00.1xx). Generating
+a segment needs the previous segments of that day, so days are cached (bounded LRU, shared by
+every machine in the process because the data depends only on the config).
+
+Prices are integer ticks (rendered exactly, see ``render.price_str``); amounts are
+integers. Replay local times have µs precision, live ones ms; both are exchange time
+plus a latency within ``latency_ms`` and never go backwards for one symbol.
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from datetime import datetime
+
+import numpy as np
+
+from .generator import Carry, SegmentBuilder
+from .render import price_str
+from .segment import (DAY_MS, SEGMENT_MS, SEGMENTS_PER_DAY, KIND_BOOK, KIND_TICKER, KIND_TRADE, KNOWN_EXCHANGES, SYMBOL_RE,
+                      MarketConfig, Segment, SymbolParams, symbol_params)
+
+__all__ = ["MarketConfig", "Market", "SymbolParams", "symbol_params", "Segment", "KNOWN_EXCHANGES", "SYMBOL_RE",
+           "SEGMENT_MS", "SEGMENTS_PER_DAY", "DAY_MS", "KIND_BOOK", "KIND_TRADE", "KIND_TICKER"]
+
+_CACHE_BYTES = 1 << 30  # bound of the shared day cache (arrays of generated segments)
+
+
+class _Day:
+    """The segments of one (exchange, symbol, UTC day), generated in order on demand."""
+
+    def __init__(self, cfg, exchange, symbol, day):
+        self.key = (cfg, exchange, symbol, day)
+        self.segments: list[Segment] = []
+        self.carry = Carry()
+        self.lock = threading.Lock()
+        self.nbytes = 0
+
+    def segment(self, i: int) -> Segment:
+        """Segment ``i`` of the day, generating the ones before it first."""
+        with self.lock:
+            cfg, exchange, symbol, day = self.key
+            while len(self.segments) <= i:
+                n = day * SEGMENTS_PER_DAY + len(self.segments)
+                seg = SegmentBuilder(cfg, exchange, symbol, n, self.carry).build()
+                self.segments.append(seg)
+                self.nbytes += seg.nbytes
+            return self.segments[i]
+
+
+class _DayCache:
+    """Process-wide LRU of generated days, bounded by their array bytes."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._days: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, cfg, exchange, symbol, day) -> _Day:
+        """The day for this key (created empty on a miss), evicting old days."""
+        key = (cfg, exchange, symbol, day)
+        with self._lock:
+            d = self._days.get(key)
+            if d is None:
+                d = self._days[key] = _Day(cfg, exchange, symbol, day)
+            self._days.move_to_end(key)
+            total = sum(x.nbytes for x in self._days.values())
+            while total > self.max_bytes and len(self._days) > 1:
+                _, old = self._days.popitem(last=False)
+                total -= old.nbytes
+            return d
+
+
+_DAYS = _DayCache(_CACHE_BYTES)
+
+
+class Market:
+    """Ground truth of the synthetic exchanges for one :class:`MarketConfig`."""
+
+    def __init__(self, config: MarketConfig | None = None):
+        self.config = config or MarketConfig()
+
+    def segment(self, exchange: str, symbol: str, index: int) -> Segment:
+        """Segment number ``index`` since the epoch (``ms // SEGMENT_MS``)."""
+        day, i = divmod(index, SEGMENTS_PER_DAY)
+        return _DAYS.get(self.config, exchange, symbol, day).segment(i)
+
+    def book_before(self, exchange: str, symbol: str, ex_ms: int):
+        """Full book (bids, asks as [(price ticks, amount)]) after every change before ``ex_ms``.
+
+        Before the day's first snapshot the book of the day is empty.
+        """
+        seg = self.segment(exchange, symbol, ex_ms // SEGMENT_MS)
+        return seg.book_state_before(ex_ms)
+
+    def book(self, exchange: str, symbol: str, at: datetime) -> dict:
+        """The full book in force at exchange time ``at``: {"bids": [(price, amount)], "asks": [...]}."""
+        tick_h = symbol_params(symbol).tick_h
+        bids, asks = self.book_before(exchange, symbol, _dt_ms(at) + 1)
+        return {"bids": [(float(price_str(p, tick_h)), a) for p, a in bids],
+                "asks": [(float(price_str(p, tick_h)), a) for p, a in asks]}
+
+    def trades(self, exchange: str, symbol: str, from_: datetime, to: datetime) -> list[dict]:
+        """Every trade with exchange time in [from_, to): id, price, amount, side, timestamp (ms)."""
+        lo, hi = _dt_ms(from_), _dt_ms(to)
+        sp, out = symbol_params(symbol), []
+        for index in range(lo // SEGMENT_MS, (hi - 1) // SEGMENT_MS + 1):
+            seg = self.segment(exchange, symbol, index)
+            t = np.repeat(seg.ev_ex[seg.ev_kind == KIND_TRADE], np.diff(seg.g_off))
+            for j in np.nonzero((t >= lo) & (t < hi))[0].tolist():
+                out.append({
+                    "id": sp.id_prefix + str(int(seg.t_id[j])),
+                    "price": float(price_str(int(seg.t_px[j]), sp.tick_h)),
+                    "amount": int(seg.t_amt[j]),
+                    "side": "buy" if seg.t_buy[j] else "sell",
+                    "timestamp": int(t[j]),
+                })
+        return out
+
+
+def _dt_ms(dt: datetime) -> int:
+    return int(dt.timestamp()) * 1000 + dt.microsecond // 1000

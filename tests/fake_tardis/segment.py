@@ -1,0 +1,97 @@
+"""Types shared by the market generator and its readers: config, symbol shapes, segments."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["MarketConfig", "SymbolParams", "symbol_params", "Segment", "KNOWN_EXCHANGES", "SYMBOL_RE",
+           "SEGMENT_MS", "SEGMENTS_PER_DAY", "DAY_MS", "KIND_BOOK", "KIND_TRADE", "KIND_TICKER"]
+
+KNOWN_EXCHANGES = ("deribit", "binance", "binance-futures", "bitmex", "okex", "bybit", "coinbase", "kraken")
+SYMBOL_RE = re.compile(r"^[A-Z0-9][A-Z0-9._:/-]*$")
+
+SEGMENT_MS = 600_000  # events are generated ten minutes at a time
+SEGMENTS_PER_DAY = 144
+DAY_MS = 86_400_000
+KIND_BOOK, KIND_TRADE, KIND_TICKER = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class MarketConfig:
+    """Parameters of the synthetic market (all rates per second per symbol)."""
+
+    seed: int = 1
+    book_rate: float = 2.0
+    trade_rate: float = 1.0
+    ticker_interval_s: float = 1.0
+    depth: int = 25
+    latency_ms: tuple[float, float] = (0.3, 5.0)
+
+
+@dataclass(frozen=True)
+class SymbolParams:
+    """Per-symbol shape of prices and sizes."""
+
+    base: float  # typical price
+    tick_h: int  # tick size in hundredths (50 = 0.5)
+    lot: int  # amounts are multiples of this
+    btc_like: bool  # numeric trade ids
+    id_prefix: str
+    book_mu: float  # log-mean of book level sizes, in lots
+    trade_mu: float  # log-mean of trade sizes, in lots
+    oi_base: int
+
+
+def symbol_params(symbol: str) -> SymbolParams:
+    """BTC-* ~ 85000 tick 0.5, ETH-* ~ 2700 tick 0.05, anything else ~ 100 tick 0.01."""
+    if symbol.startswith(("BTC", "XBT")):
+        return SymbolParams(85000.0, 50, 10, True, "", 6.2, 5.2, 1_050_000_000)
+    prefix = re.split(r"[^A-Z0-9]", symbol, maxsplit=1)[0] or symbol
+    if symbol.startswith("ETH"):
+        return SymbolParams(2700.0, 5, 1, False, prefix + "-", 7.0, 6.0, 410_000_000)
+    return SymbolParams(100.0, 1, 1, False, prefix + "-", 6.5, 5.5, 50_000_000)
+
+
+class Segment:
+    """Ten minutes of raw events for one (exchange, symbol); numpy arrays, read-only.
+
+    ``ev_*`` is the merged event index in arrival order (kind, index into the kind's
+    arrays, exchange ms, replay local µs, live local µs). Book events store their
+    changes flat (``b_off`` delimits them), the best level after the change, and the
+    shallowest level index the change touched (``b_low``: a snapshot of depth N
+    changed iff ``b_low < N``). Every event of the segment also arrives within it, so
+    reading a segment never needs the previous one.
+    """
+
+    __slots__ = (
+        "symbol", "params", "start_ms", "ev_kind", "ev_idx", "ev_ex", "ev_loc", "ev_live",
+        "b_ex", "b_snap", "b_off", "c_side", "c_px", "c_amt", "b_best", "b_low",
+        "g_off", "t_id", "t_px", "t_amt", "t_buy",
+        "k_last", "k_oi", "k_fund", "k_index", "k_mark",
+        "checkpoints", "nbytes",
+    )
+
+    def book_state_before(self, ex_ms: int):
+        """Book (bids desc, asks asc as [price, amount] lists) after all events < ex_ms."""
+        n = int(np.searchsorted(self.b_ex, ex_ms, side="left"))
+        ck = max(i for i in range(len(self.checkpoints)) if self.checkpoints[i][0] <= n)
+        start, state = self.checkpoints[ck]
+        if state is None:
+            bids, asks = {}, {}
+        else:
+            bids = dict(zip(state[0], state[1]))
+            asks = dict(zip(state[2], state[3]))
+        off, side, px, amt = self.b_off, self.c_side, self.c_px, self.c_amt
+        for e in range(start, n):
+            if self.b_snap[e]:
+                bids, asks = {}, {}
+            for c in range(off[e], off[e + 1]):
+                book = bids if side[c] == 0 else asks
+                p, a = int(px[c]), int(amt[c])
+                if a == 0:
+                    book.pop(p, None)
+                else:
+                    book[p] = a
+        return sorted(bids.items(), reverse=True), sorted(asks.items())

@@ -1,0 +1,337 @@
+"""The gapless service: stitching, healing, the history horizon, the library API, and the process itself.
+
+The double's clock runs 30x faster than real time here, so minutes of market time pass in seconds.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from gapless import GapWarning, get_data_without_gap
+from gapless.service import Gapless
+from gapless.storage import Storage
+from tests.fake_tardis import FakeClock, FakeTardisMachine, MarketConfig, Outage
+from tests.support import live_rows_by_table, sent_rows_by_table, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+SYMBOLS = ["BTC-PERPETUAL", "ETH-PERPETUAL"]
+TYPES = ["quote_1m", "trade_bar_1m", "trade"]
+SPEED = 30.0
+START = datetime(2026, 11, 25, 0, 20, tzinfo=timezone.utc)
+
+
+def at(hh_mm_ss):
+    return datetime.strptime("2026-11-25T" + hh_mm_ss, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def fast_clock():
+    return FakeClock(start=START, speed=SPEED)
+
+
+@pytest.fixture
+def fast_tardis(fast_clock):
+    with FakeTardisMachine(clock=fast_clock, market=MarketConfig(book_rate=2.0, trade_rate=1.0),
+                           availability_delay=timedelta(seconds=5)) as machine:
+        yield machine
+
+
+def make_gapless(database_url, tardis, **options):
+    options.setdefault("lookback", "10m")
+    options.setdefault("history_delay", "10s")
+    options.setdefault("rebuild_interval", "0.5s")
+    options.setdefault("workers", 0)
+    options.setdefault("recorder_options", {"backoff_base": 0.05, "backoff_cap": 0.5})
+    return Gapless("deribit", SYMBOLS, options.pop("data_types", TYPES), database_url=database_url,
+                   tardis_url=tardis.http_url, tardis_ws_url=tardis.ws_url, now=tardis.clock.now_us, **options)
+
+
+def sources_by_minute(frame):
+    return {t.strftime("%H:%M"): s for t, s in frame["source"].items()}
+
+
+def test_a_fresh_start_reports_gaps_then_becomes_gapless_with_replay_then_live(fast_tardis, database_url):
+    gapless = make_gapless(database_url, fast_tardis)
+    with gapless:
+        wait_until(lambda: gapless.last_rebuild is not None, message="first rebuild")
+        first = gapless.status()
+        assert not all(s["gapless"] for s in first["streams"])
+        reasons = {g["reason"] for s in first["streams"] for g in s["gaps"]}
+        assert reasons == {"not_yet_available"}
+        wait_until(lambda: gapless.is_gapless(), timeout=30, message="gapless")
+        frames = gapless.series()
+        status = gapless.status()
+    assert all(s["gapless"] and not s["gaps"] for s in status["streams"])
+    for key, frame in frames.items():
+        assert not frame["missing"].any(), key
+        sources = list(frame["source"])
+        # history first, recorded live data after it: replay up to the watermark, then live
+        assert sources[0] == "replay" and set(sources) <= {"replay", "live"}
+        assert sources == sorted(sources, key=lambda s: s == "live"), key
+        assert "live" in sources, key
+    # the live minutes are the newest: after the recording started
+    live_minutes = [t for t, s in frames[("BTC-PERPETUAL", "trade")]["source"].items() if s == "live"]
+    assert min(live_minutes) >= pd.Timestamp(START)
+
+
+def test_live_and_replay_agree_and_a_forced_disagreement_is_reported(fast_tardis, database_url):
+    fast_tardis.perturb("live", "BTC-PERPETUAL", at("00:21:00"), factor=1.01)
+    gapless = make_gapless(database_url, fast_tardis, data_types=["trade", "trade_bar_1m"])
+    with gapless:
+        # wait until history covers minute 00:21 too, so both sources know it
+        wait_until(lambda: gapless.last_rebuild is not None and any(
+            c.compared >= 2 for c in gapless.last_rebuild.comparisons.values()), timeout=40,
+            message="overlap of replay and live")
+        wait_until(lambda: gapless.status()["streams"][0]["disagreements"] is not None, message="status")
+        comparisons = gapless.last_rebuild.comparisons
+        status = {(s["symbol"], s["data_type"]): s["disagreements"] for s in gapless.status()["streams"]}
+    for key, comparison in comparisons.items():
+        if key[0] == "ETH-PERPETUAL":
+            assert comparison.compared >= 1 and comparison.disagreements == 0, key
+    btc = comparisons[("BTC-PERPETUAL", "trade")]
+    assert btc.disagreements == 1 and btc.worst_minute == pd.Timestamp(at("00:21:00"))
+    assert btc.max_difference > 100  # 1 % of a BTC price
+    assert status[("BTC-PERPETUAL", "trade")]["count"] == 1
+
+
+def test_a_live_outage_is_healed_by_replay(fast_clock, database_url):
+    outage = Outage(at("00:21:10"), at("00:21:40"))
+    with FakeTardisMachine(clock=fast_clock, live_outages=[outage], availability_delay=timedelta(seconds=5)) as tm:
+        gapless = make_gapless(database_url, tm, data_types=["trade", "quote_1m"])
+        with gapless:
+            wait_until(lambda: any(r["end_reason"] == "disconnect" for r in gapless.storage.coverage_rows(source="live")),
+                       timeout=30, message="live disconnect")
+            # before history reaches it, the outage minute is a gap
+            wait_until(lambda: tm.clock.now_us() > 1795566180000000, message="00:23")  # 00:23:00
+            gaps = gapless.gaps()
+            assert any(g["start"] == "2026-11-25T00:21:00Z" and g["reason"] == "disconnect" for g in gaps), gaps
+            wait_until(lambda: "00:21" in (lambda f: [m for m, s in sources_by_minute(f).items() if s == "replay"])(
+                gapless.series()[("BTC-PERPETUAL", "trade")]), timeout=30, message="healed by replay")
+            frames = gapless.series()
+    for key, frame in frames.items():
+        assert sources_by_minute(frame)["00:21"] == "replay", key
+
+
+def test_an_outage_in_history_is_filled_from_live_data(fast_clock, database_url):
+    outage = Outage(at("00:21:10"), at("00:21:40"))
+    with FakeTardisMachine(clock=fast_clock, replay_outages=[outage], availability_delay=timedelta(seconds=5)) as tm:
+        gapless = make_gapless(database_url, tm, data_types=["trade", "trade_bar_1m"])
+        with gapless:
+            wait_until(lambda: any(r["end_reason"] == "disconnect" for r in gapless.storage.coverage_rows(source="replay")),
+                       timeout=40, message="history with its outage downloaded")
+            wait_until(lambda: gapless.is_gapless(), timeout=30, message="gapless")
+            frames = gapless.series()
+    for key, frame in frames.items():
+        sources = sources_by_minute(frame)
+        assert sources["00:21"] == "live", key  # the recorder was connected then
+        assert sources["00:20"] == "replay", key
+
+
+def test_the_history_delay_adapts_to_what_the_server_refuses(fast_clock, tmp_path):
+    # the server has history only up to now - 3 min; gapless starts believing 10 s
+    with FakeTardisMachine(clock=fast_clock, availability_delay=timedelta(minutes=3)) as tm:
+        gapless = make_gapless("sqlite:///%s" % (tmp_path / "g.db"), tm, data_types=["trade"])
+        with gapless:
+            wait_until(lambda: gapless.horizon.state()["delay"] >= 3 * 60 * 10 ** 6, timeout=30,
+                       message="delay learned")
+            refused = sum(1 for r in tm.requests if r.error_line)
+            wait_until(lambda: len(tm.requests) >= refused + 6, timeout=30, message="more passes")
+            later = tm.requests[refused + 2:]
+        assert refused >= 1
+        # after learning, no request asks for what the server cannot deliver
+        assert not any(r.error_line for r in later)
+        assert gapless.status()["history_delay_minutes"] >= 3
+
+
+def test_get_data_without_gap_returns_a_gapless_frame(fast_tardis, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GapWarning)
+        frames = get_data_without_gap("deribit", SYMBOLS, ["quote_1m", "trade_bar_1m"], lookback="8m",
+                                      recording_warmup_seconds=60, database_url="sqlite:///%s" % (tmp_path / "g.db"),
+                                      tardis_url=fast_tardis.http_url, tardis_ws_url=fast_tardis.ws_url,
+                                      history_delay="10s", now=fast_tardis.clock.now_us, poll_seconds=0.2)
+    assert set(frames) == {(s, d) for s in SYMBOLS for d in ("quote_1m", "trade_bar_1m")}
+    for key, frame in frames.items():
+        assert len(frame) == 8 and not frame["missing"].any(), key
+        assert str(frame.index.tz) == "UTC"
+        assert set(frame["source"]) <= {"replay", "live"}
+    assert all(c.closed_at is not None for c in fast_tardis.connections)  # it stopped what it started
+
+
+def test_get_data_without_gap_with_a_short_warmup_flags_missing_minutes_and_warns(fast_tardis, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.warns(GapWarning, match="missing minute"):
+        frames = get_data_without_gap("deribit", ["BTC-PERPETUAL"], ["trade"], lookback="8m",
+                                      recording_warmup_seconds=0.5, database_url="sqlite:///%s" % (tmp_path / "g.db"),
+                                      tardis_url=fast_tardis.http_url, tardis_ws_url=fast_tardis.ws_url,
+                                      history_delay="10s", now=fast_tardis.clock.now_us, poll_seconds=0.1)
+    frame = frames[("BTC-PERPETUAL", "trade")]
+    assert frame["missing"].any()
+    missing = frame[frame["missing"]]
+    assert (missing["source"] == "missing").all() and missing[["close", "volume"]].isna().all().all()
+
+
+# -- the service as a process -------------------------------------------------------------------------
+def service_env(tardis, database_url, **extra):
+    clock = tardis.clock
+    start = clock.now_us() / 1e6
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GAPLESS_")}
+    env.update({
+        "GAPLESS_TARDIS_URL": tardis.http_url, "GAPLESS_TARDIS_WS_URL": tardis.ws_url,
+        "GAPLESS_DATABASE_URL": database_url, "GAPLESS_EXCHANGE": "deribit",
+        "GAPLESS_SYMBOLS": ",".join(SYMBOLS), "GAPLESS_DATA_TYPES": ",".join(TYPES),
+        "GAPLESS_LOOKBACK": "10m", "GAPLESS_HISTORY_DELAY": "10s", "GAPLESS_REBUILD_INTERVAL": "1s",
+        "GAPLESS_WORKERS": "0", "GAPLESS_TEST_CLOCK": "%f,%f,%f" % (start, time.time(), clock.speed),
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.update(extra)
+    return env
+
+
+def start_service(tardis, database_url, tmp_path, **extra):
+    log = open(tmp_path / ("service-%d.log" % time.monotonic_ns()), "w")
+    process = subprocess.Popen([sys.executable, str(ROOT / "run.py")], cwd=tmp_path, stdout=log,
+                               stderr=subprocess.STDOUT, env=service_env(tardis, database_url, **extra))
+    process.log_path = log.name
+    return process
+
+
+def run_status(tardis, database_url, tmp_path, command="status", must_work=True):
+    result = subprocess.run([sys.executable, str(ROOT / "run.py"), command, "--json"], cwd=tmp_path,
+                            capture_output=True, text=True, env=service_env(tardis, database_url), timeout=60)
+    if not must_work and result.returncode != 0:
+        return None  # e.g. the service has not created its database yet
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def all_gapless(tardis, database_url, tmp_path):
+    status = run_status(tardis, database_url, tmp_path, must_work=False)
+    return status is not None and all(s["gapless"] for s in status["streams"])
+
+
+def test_sigkill_then_restart_reports_the_downtime_heals_it_and_downloads_only_what_was_missed(
+        fast_tardis, database_url, tmp_path):
+    service = start_service(fast_tardis, database_url, tmp_path)
+    try:
+        wait_until(lambda: all_gapless(fast_tardis, database_url, tmp_path), timeout=60,
+                   message="gapless before the kill")
+    finally:
+        service.kill()
+        service.wait(10)
+    killed_at = fast_tardis.clock.now_us()
+    requests_before = len(fast_tardis.requests)
+    covered_before = {}
+    store = Storage(database_url)
+    for symbol in SYMBOLS:
+        for data_type in TYPES:
+            covered_before[(symbol, data_type)] = store.covered("deribit", symbol, data_type, "replay")
+    store.close()
+    # down for about three market minutes
+    wait_until(lambda: fast_tardis.clock.now_us() > killed_at + 180 * 10 ** 6, message="downtime")
+    service = start_service(fast_tardis, database_url, tmp_path)
+    try:
+        status = wait_until(lambda: (lambda s: s if any(g["reason"] == "downtime" for st in s["streams"]
+                                                         for g in st["gaps"]) else None)(
+            run_status(fast_tardis, database_url, tmp_path, "gaps")), timeout=30, message="downtime gap reported")
+        assert status["streams"][0]["gaps"][0]["minutes"] >= 2
+        wait_until(lambda: all_gapless(fast_tardis, database_url, tmp_path), timeout=60, message="healed")
+    finally:
+        service.send_signal(signal.SIGTERM)
+        assert service.wait(15) == 0
+    # after the restart: book-derived types from 00:00 (the 00:00 rule), everything else only from
+    # where replay coverage ended before the kill
+    for record in fast_tardis.requests[requests_before:]:
+        data_types = record.options[0]["dataTypes"]
+        start = int(record.from_.timestamp() * 10 ** 6)
+        if data_types == ["quote_1m"]:
+            assert record.from_.strftime("%H:%M") == "00:00"
+            continue
+        for symbol in record.options[0]["symbols"]:
+            for data_type in data_types:
+                ends = [b for a, b in covered_before[(symbol, data_type)]]
+                assert start >= max(ends) - 60 * 10 ** 6, (record.from_, symbol, data_type)
+
+
+def test_sigterm_under_load_exits_0_quickly_with_every_received_frame_stored(clock, tmp_path):
+    with FakeTardisMachine(clock=clock, market=MarketConfig(book_rate=300.0, trade_rate=100.0),
+                           availability_delay=timedelta(seconds=5)) as tardis:
+        database_url = "sqlite:///%s" % (tmp_path / "g.db")
+        service = start_service(tardis, database_url, tmp_path, GAPLESS_DATA_TYPES="quote,trade",
+                                GAPLESS_LOOKBACK="5m")
+        try:
+            wait_until(lambda: tardis.connections and len(tardis.connections[0].sent) > 5000, timeout=60,
+                       message="load")
+            began = time.monotonic()
+            service.send_signal(signal.SIGTERM)
+            code = service.wait(15)
+            elapsed = time.monotonic() - began
+        finally:
+            if service.poll() is None:
+                service.kill()
+        log = Path(service.log_path).read_text()
+        assert code == 0, log[-3000:]
+        assert elapsed < 10, elapsed
+        store = Storage(database_url)
+        stored = live_rows_by_table(store)
+        store.close()
+        (connection,) = tardis.connections
+        sent = sent_rows_by_table([connection])
+        stored_count = sum(len(v) for v in stored.values())
+        # what was stored is exactly a prefix of what was sent: nothing received was dropped
+        from types import SimpleNamespace
+        prefix = sent_rows_by_table([SimpleNamespace(sent=connection.sent[:stored_count])])
+        assert {t: Counter(v) for t, v in stored.items()} == {t: Counter(v) for t, v in prefix.items()}
+        assert stored_count > 5000 and sum(len(v) for v in sent.values()) - stored_count < 200
+
+
+READER = """
+import sys, time, json
+sys.path.insert(0, %r)
+from gapless.storage import Storage
+from gapless.stitch import read_published
+store = Storage(sys.argv[1], create=False)
+deadline = time.time() + float(sys.argv[2])
+reads, sizes, errors = 0, set(), []
+while time.time() < deadline:
+    try:
+        for symbol in ("BTC-PERPETUAL", "ETH-PERPETUAL"):
+            frame = read_published(store, "deribit", symbol, "trade")
+            if frame is not None and len(frame):
+                sizes.add(len(frame))
+                reads += 1
+    except Exception as exc:
+        errors.append(repr(exc))
+print(json.dumps({"reads": reads, "sizes": sorted(sizes), "errors": errors}))
+"""
+
+
+def test_a_reader_process_reads_while_the_service_writes(fast_tardis, tmp_path):
+    database_url = "sqlite:///%s" % (tmp_path / "g.db")
+    service = start_service(fast_tardis, database_url, tmp_path)
+    try:
+        wait_until(lambda: (lambda s: s is not None and s["streams"][0]["disagreements"] is not None)(
+            run_status(fast_tardis, database_url, tmp_path, must_work=False)), timeout=60, message="first rebuild")
+        script = tmp_path / "reader.py"
+        script.write_text(READER % str(ROOT))
+        result = subprocess.run([sys.executable, str(script), database_url, "6"], capture_output=True, text=True,
+                                timeout=60)
+    finally:
+        service.send_signal(signal.SIGTERM)
+        service.wait(15)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["errors"] == []
+    assert report["reads"] > 20
+    # every read saw a whole window (10 minutes), never a half-written rebuild
+    assert report["sizes"] == [10]
