@@ -7,7 +7,7 @@ Anything that is not a valid message raises :class:`MalformedMessage`; callers c
 and never store them.
 """
 import math
-from itertools import repeat
+from itertools import chain, repeat
 
 import numpy as np
 import orjson
@@ -96,6 +96,110 @@ def _ts(value):
         return parse_timestamp_us(value)
     except (ValueError, TypeError, IndexError):
         raise MalformedMessage("bad timestamp %r" % (value,)) from None
+
+
+class Const:
+    """A column whose value is the same in every row of a :class:`RowBlock` (stored once)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def __reduce__(self):
+        return Const, (self.value,)
+
+
+class RowBlock:
+    """Rows of one table kept as columns (in :func:`table_columns` order).
+
+    Columns are lists, NumPy arrays or :class:`Const`. Keeping columns avoids building a tuple per row
+    in the parsing process and makes batches cheap to send between processes; iterating a block
+    yields the row tuples the database driver needs.
+    """
+
+    __slots__ = ("table", "columns", "n")
+
+    def __init__(self, table, columns, n):
+        self.table = table
+        self.columns = list(columns)
+        self.n = n
+
+    @classmethod
+    def from_rows(cls, table, rows):
+        """A block from row tuples."""
+        rows = list(rows)
+        if not rows:
+            return cls(table, [[] for _ in table_columns(table)], 0)
+        return cls(table, [list(column) for column in zip(*rows)], len(rows))
+
+    def __len__(self):
+        return self.n
+
+    def __bool__(self):
+        return self.n > 0
+
+    def __iter__(self):
+        return zip(*(self.column(i) for i in range(len(self.columns))))
+
+    def __reduce__(self):
+        return RowBlock, (self.table, self.columns, self.n)
+
+    def column(self, index):
+        """Column ``index`` as a sequence of Python values."""
+        column = self.columns[index]
+        if column.__class__ is Const:
+            return repeat(column.value, self.n)
+        if isinstance(column, np.ndarray):
+            return column.tolist()
+        return column
+
+    def distinct(self, index):
+        """The set of values of column ``index``."""
+        column = self.columns[index]
+        if column.__class__ is Const:
+            return {column.value} if self.n else set()
+        return set(column.tolist() if isinstance(column, np.ndarray) else column)
+
+    def array(self, index):
+        """An integer column as a NumPy int64 array."""
+        column = self.columns[index]
+        if isinstance(column, np.ndarray):
+            return column
+        if column.__class__ is Const:
+            return np.full(self.n, column.value, dtype=np.int64)
+        return np.asarray(column, dtype=np.int64)
+
+    def select(self, keep):
+        """A block of the rows whose index is in ``keep`` (a boolean NumPy mask)."""
+        indices = np.flatnonzero(keep)
+        columns = []
+        for column in self.columns:
+            if column.__class__ is Const or isinstance(column, np.ndarray):
+                columns.append(column if column.__class__ is Const else column[indices])
+            else:
+                columns.append([column[i] for i in indices.tolist()])
+        return RowBlock(self.table, columns, len(indices))
+
+    @classmethod
+    def concat(cls, table, blocks):
+        """One block with the rows of several."""
+        blocks = [b for b in blocks if b.n]
+        if len(blocks) == 1:
+            return blocks[0]
+        if not blocks:
+            return cls.from_rows(table, [])
+        columns = []
+        for i in range(len(blocks[0].columns)):
+            parts = [b.columns[i] for b in blocks]
+            if all(p.__class__ is Const for p in parts) and len({repr(p.value) for p in parts}) == 1:
+                columns.append(parts[0])
+            else:
+                merged = []
+                for b in blocks:
+                    merged.extend(b.column(i))
+                columns.append(merged)
+        return cls(table, columns, sum(b.n for b in blocks))
 
 
 class Converter:
@@ -236,19 +340,26 @@ class BatchConverter(Converter):
     """
 
     def convert_many(self, messages):
-        """Convert data messages; returns ``(rows_by_table, malformed)``.
+        """Convert data messages; returns ``({table: RowBlock}, malformed)``.
 
         ``malformed`` is a list of ``(message, reason)`` for messages that were not stored.
         """
-        groups = {}
-        for m in messages:
-            key = (m.get("type"), m.get("name"))
-            group = groups.get(key)
-            if group is None:
-                groups[key] = [m]
-            else:
-                group.append(m)
-        rows_by_table = {}
+        if not messages:
+            return {}, []
+        kinds = [m.get("type") for m in messages]
+        names = [m.get("name") for m in messages]
+        if len(set(kinds)) == 1 and len(set(names)) == 1:
+            groups = {(kinds[0], names[0]): messages}  # the common case: one stream type per batch
+        else:
+            groups = {}
+            for key, m in zip(zip(kinds, names), messages):
+                group = groups.get(key)
+                if group is None:
+                    groups[key] = [m]
+                else:
+                    group.append(m)
+        blocks = {}
+        slow = {}
         malformed = []
         for (kind, name), group in groups.items():
             table = rows = None
@@ -270,55 +381,96 @@ class BatchConverter(Converter):
                     except MalformedMessage as exc:
                         malformed.append((m, str(exc)))
                         continue
-                    rows_by_table.setdefault(table, []).append(row)
+                    slow.setdefault(table, []).append(row)
             else:
-                rows_by_table.setdefault(table, []).extend(rows)
-        return rows_by_table, malformed
+                blocks.setdefault(table, []).append(rows)
+        for table, rows in slow.items():
+            blocks.setdefault(table, []).append(RowBlock.from_rows(table, rows))
+        return {table: RowBlock.concat(table, parts) for table, parts in blocks.items()}, malformed
 
     def _common(self, group):
         exchanges = [m["exchange"] for m in group]
         symbols = [m["symbol"] for m in group]
+        streams = set()
         for column in (exchanges, symbols):
-            kinds = set(map(type, column))
-            if kinds != {str} or "" in set(column):
-                raise _FastPathMiss()
+            values = set(column)
+            for value in values:
+                if value.__class__ is not str or not value:
+                    raise _FastPathMiss()
+            streams.add(len(values))
+        self._single_stream = streams == {1}
         ts = _timestamps([m["timestamp"] for m in group])
         lts = _timestamps([m["localTimestamp"] for m in group])
         return exchanges, symbols, ts, lts
 
-    def _seqs(self, keys, lts):
-        """``seq`` for each row: 0 unless an earlier message of the stream had the same timestamps."""
-        first = keys[0]
-        state = self._seq.get(first[:3])
-        if len(set(keys)) == len(keys) and (state is None or state[0] != lts[0]):
-            # the common case: all distinct and no group carried over from the previous batch
-            last = {}
-            for key in keys:
-                last[key[:3]] = key
-            for stream, key in last.items():
-                self._seq[stream] = (key[4], {key[3]: 1})
-            return [0] * len(keys)
-        return [self._next_seq(key[:3], key[3], key[4]) for key in keys]
+    def _seqs(self, exchanges, symbols, name, ts, lts):
+        """``seq`` of each row: 0 unless an earlier message of the stream had the same timestamps.
+
+        The common case (no repeated (stream, timestamp, localTimestamp), nothing carried over from
+        the previous batch) is checked with NumPy; anything else takes the exact per-row path.
+        """
+        n = len(ts)
+        streams = {(exchanges[0], symbols[0])} if self._single_stream else set(zip(exchanges, symbols))
+        ts_a, lts_a = ts.array, lts.array
+        first_arrival = int(lts_a.min())
+        carried = any(self._seq.get((e, s, name), (-1,))[0] >= first_arrival for e, s in streams)
+        key = lts_a * 1_000_003 + ts_a  # a hash: equal keys are checked exactly below
+        if len(streams) > 1:
+            codes = {stream: i for i, stream in enumerate(streams)}
+            key = key * 1_009 + np.fromiter((codes[x] for x in zip(exchanges, symbols)), dtype=np.int64, count=n)
+        if carried:
+            return [self._next_seq((e, s, name), t, a) for e, s, t, a in zip(exchanges, symbols, ts, lts)]
+        order = np.argsort(key, kind="stable")
+        sorted_keys = key[order]
+        repeated = np.flatnonzero(sorted_keys[1:] == sorted_keys[:-1])
+        if repeated.size:
+            # a few messages share both timestamps: number them exactly, in arrival order
+            suspects = np.unique(np.concatenate([order[repeated], order[repeated + 1]])).tolist()
+            seqs = np.zeros(n, dtype=np.int64)
+            counts = {}
+            for i in suspects:
+                exact = (exchanges[i], symbols[i], ts[i], lts[i])
+                seqs[i] = counts.get(exact, 0)
+                counts[exact] = seqs[i] + 1
+            column = seqs
+        else:
+            column = Const(0)
+        # remember, per stream, how many messages it had at its last arrival time (the packet may go
+        # on in the next batch)
+        last, done = {}, set()
+        for i in range(n - 1, -1, -1):
+            stream = (exchanges[i], symbols[i])
+            if stream in done:
+                continue
+            entry = last.get(stream)
+            if entry is None:
+                last[stream] = (lts[i], {ts[i]: 1})
+            elif entry[0] == lts[i]:
+                entry[1][ts[i]] = entry[1].get(ts[i], 0) + 1
+            else:
+                done.add(stream)
+                if len(done) == len(streams):
+                    break
+        for stream, entry in last.items():
+            self._seq[stream + (name,)] = entry
+        return column
 
     def _snapshots_fast(self, group, name, depth):
         exchanges, symbols, ts, lts = self._common(group)
         n = len(group)
-        names = repeat(name, n)
-        seqs = self._seqs(list(zip(exchanges, symbols, repeat(name, n), ts, lts)), lts)
+        seqs = self._seqs(exchanges, symbols, name, ts, lts)
         columns = []
         for side in ([m["bids"] for m in group], [m["asks"] for m in group]):
             if set(map(type, side)) != {list}:
                 raise _FastPathMiss()
             for i in range(depth):
                 levels = [s[i] if len(s) > i else _EMPTY for s in side]
-                prices = [level.get("price") for level in levels]
-                amounts = [level.get("amount") for level in levels]
-                _check_numbers(prices, optional=True)
-                _check_numbers(amounts, optional=True)
-                columns.append(prices)
-                columns.append(amounts)
-        return list(zip(exchanges, symbols, repeat("book_snapshot", n), names, repeat(self.source, n),
-                        ts, lts, seqs, *columns))
+                columns.append([level.get("price") for level in levels])
+                columns.append([level.get("amount") for level in levels])
+        _check_numbers(columns, optional=True)
+        return RowBlock("book_snapshot_%d" % depth, [
+            _column(exchanges), _column(symbols), Const("book_snapshot"), Const(name), Const(self.source),
+            ts.array, lts.array, seqs] + columns, n)
 
     def _trades_fast(self, group):
         exchanges, symbols, ts, lts = self._common(group)
@@ -328,28 +480,25 @@ class BatchConverter(Converter):
             raise _FastPathMiss()
         prices = [m["price"] for m in group]
         amounts = [m["amount"] for m in group]
-        _check_numbers(prices, optional=False)
-        _check_numbers(amounts, optional=False)
+        _check_numbers([prices, amounts], optional=False)
         sides = [m.get("side") for m in group]
         if not set(sides) <= _SIDES:
             raise _FastPathMiss()
-        return list(zip(exchanges, symbols, repeat("trade", n), repeat("trade", n), repeat(self.source, n),
-                        ts, lts, ids, prices, amounts, sides))
+        return RowBlock("trade", [_column(exchanges), _column(symbols), Const("trade"), Const("trade"),
+                                  Const(self.source), ts.array, lts.array, ids, prices, amounts, sides], n)
 
     def _tickers_fast(self, group):
         exchanges, symbols, ts, lts = self._common(group)
         n = len(group)
         name = "derivative_ticker"
-        seqs = self._seqs(list(zip(exchanges, symbols, repeat(name, n), ts, lts)), lts)
-        columns = []
-        for _, field in TICKER_FIELDS:
-            values = [m.get(field) for m in group]
-            _check_numbers(values, optional=True)
-            columns.append(values)
+        seqs = self._seqs(exchanges, symbols, name, ts, lts)
+        columns = [[m.get(field) for m in group] for _, field in TICKER_FIELDS]
+        _check_numbers(columns, optional=True)
         if any("fundingTimestamp" in m for m in group):
             raise _FastPathMiss()
-        return list(zip(exchanges, symbols, repeat(name, n), repeat(name, n), repeat(self.source, n),
-                        ts, lts, seqs, *columns, repeat(None, n)))
+        return RowBlock("derivative_ticker", [_column(exchanges), _column(symbols), Const(name), Const(name),
+                                              Const(self.source), ts.array, lts.array, seqs] + columns
+                        + [Const(None)], n)
 
 
 class _FastPathMiss(Exception):
@@ -362,22 +511,44 @@ _NUMBER_TYPES = frozenset((int, float))
 _OPTIONAL_NUMBER_TYPES = frozenset((int, float, type(None)))
 
 
+class _Stamps(list):
+    """µs timestamps as a list (for row tuples) that also carries the NumPy array it came from."""
+
+    __slots__ = ("array",)
+
+
 def _timestamps(texts):
-    """Vectorised :func:`parse_timestamp_us` for a list of tardis timestamps."""
-    # numpy parses ISO-8601 in C but also accepts dates without time: insist on the tardis shape
-    stripped = [t[:-1] if t[-1:] == "Z" and t[10:11] == "T" else "x" for t in texts]
-    return np.array(stripped, dtype="datetime64[us]").astype(np.int64).tolist()
-
-
-def _check_numbers(values, optional):
-    kinds = set(map(type, values))
-    if not kinds <= (_OPTIONAL_NUMBER_TYPES if optional else _NUMBER_TYPES):
+    """Vectorised :func:`parse_timestamp_us` for a list of tardis timestamps (strings)."""
+    joined = "\n".join(texts)  # TypeError for anything that is not a string
+    n = len(texts)
+    # numpy parses ISO-8601 in C, but also dates without a time: insist on one 'T' and one final 'Z' each
+    if joined.count("T") != n or joined.count("Z") != n or joined.count("Z\n") != n - 1 or joined[-1:] != "Z":
         raise _FastPathMiss()
-    if kinds - {type(None)}:
-        array = np.array([v for v in values if v is not None] if type(None) in kinds else values,
-                         dtype=np.float64)
-        if array.size and not (np.abs(array) < _MAX_ABS).all():  # false for NaN and inf too
-            raise _FastPathMiss()
+    array = np.array(joined.replace("Z", "").split("\n"), dtype="datetime64[us]").astype(np.int64)
+    stamps = _Stamps(array.tolist())
+    stamps.array = array
+    return stamps
+
+
+def _column(values):
+    """A column stored once when all its values are the same object (exchange, symbol of a batch)."""
+    first = values[0]
+    if values.count(first) == len(values):
+        return Const(first)
+    return values
+
+
+def _check_numbers(columns, optional):
+    """Every value a finite int/float (or None when ``optional``) below the sanity bound."""
+    kinds = set(map(type, chain.from_iterable(columns)))
+    if kinds <= _NUMBER_TYPES:
+        array = np.array(columns, dtype=np.float64)  # one C call for all the columns
+    elif optional and kinds <= _OPTIONAL_NUMBER_TYPES:
+        array = np.array([v for v in chain.from_iterable(columns) if v is not None], dtype=np.float64)
+    else:
+        raise _FastPathMiss()
+    if array.size and not (np.abs(array) < _MAX_ABS).all():  # false for NaN and inf too
+        raise _FastPathMiss()
 
 
 def is_server_error_line(message):

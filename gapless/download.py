@@ -9,10 +9,12 @@ Fetching and parsing run in worker processes (``workers`` of them, default 1) an
 the single database writer: parsing JSON is CPU-bound, threads would share one core under the GIL, and
 SQLite wants one writer. ``workers=0`` does everything in the calling thread.
 """
+import gc
 import logging
 import multiprocessing
 import queue
 import random
+import signal
 import sys
 import threading
 import time
@@ -166,6 +168,7 @@ class Downloader:
         self.stop_event = stop_event or threading.Event()
         self.on_run_finished = None  # callback(request, failure) for the history-horizon logic
         self.should_retry = None  # callback(request, failure) -> bool; default: retry every transient failure
+        self.on_batch = None  # callback(report) after each written batch (benchmarks, progress displays)
 
     def download(self, exchange, symbols, data_types, start, end):
         """Download what replay coverage lacks in ``[start, end)`` (µs). Returns a :class:`DownloadReport`."""
@@ -182,12 +185,16 @@ class Downloader:
             return report
         report.minutes_asked = sum((r.claim_end - r.start) // MINUTE_US for r in requests)
         bar = _progress_bar(report.minutes_asked) if self.progress else None
+        # batches are large: collect garbage less often while writing them (restored afterwards)
+        thresholds = gc.get_threshold()
+        gc.set_threshold(max(thresholds[0], 50_000), thresholds[1], thresholds[2])
         try:
             if self.workers == 0:
                 self._run_inline(requests, report, bar)
             else:
                 self._run_pool(requests, report, bar)
         finally:
+            gc.set_threshold(*thresholds)
             if bar is not None:
                 bar.close()
             report.seconds = time.monotonic() - began
@@ -200,6 +207,8 @@ class Downloader:
         report.messages += batch.messages
         report.malformed += batch.malformed
         report.server_errors += batch.errors
+        if self.on_batch is not None:
+            self.on_batch(report)
         if batch.malformed:
             log.warning("%d malformed line(s) from tardis-machine in %s, e.g. %s", batch.malformed,
                         request.describe(), "; ".join(batch.samples[:2]))
@@ -347,6 +356,12 @@ class Downloader:
 
 def _worker_main(tasks, results, abort, config):
     """Body of a download worker process: fetch and parse runs, send batches to the writer."""
+    # the parent stops us through ``abort``; a Ctrl-C or SIGTERM for the process group must not kill a
+    # worker halfway through a batch
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # parsing allocates millions of short-lived dicts and no reference cycles: the cyclic GC only costs
+    gc.disable()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(processName)s %(message)s")
     client = ReplayClient(config["tardis_url"], timeout=tuple(config["timeout"]))
     while True:

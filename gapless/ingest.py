@@ -21,6 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 from operator import itemgetter
 
+import numpy as np
 import orjson
 
 from .convert import BatchConverter
@@ -32,6 +33,12 @@ log = logging.getLogger(__name__)
 
 LATENCY_MARGIN_US = 5 * US
 _TS = itemgetter(5)
+_LTS = itemgetter(6)
+_STR = {str}
+
+
+class _LineByLine(Exception):
+    """This list of lines needs the careful line-by-line path."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +117,48 @@ class RunParser:
 
     # -- feeding -----------------------------------------------------------------------------
     def feed(self, lines):
-        """Consume a list of lines; return the batches that became complete."""
+        """Consume a list of lines; return the batches that became complete.
+
+        The common case (only data messages) is handled for the whole list at once; a list with a
+        control message, an unparseable line or an odd field goes line by line.
+        """
+        try:
+            messages = [orjson.loads(line) for line in lines]
+            kinds = [m["type"] for m in messages]
+            texts = [m["localTimestamp"] for m in messages]
+            if "disconnect" in kinds or "error" in kinds or set(map(type, texts)) != _STR:
+                raise _LineByLine()
+            if self._segment_start is None and messages:
+                self._segment_start = parse_timestamp_us(texts[0])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError, _LineByLine):
+            return self._feed_line_by_line(lines)
+        n = len(messages)
+        if not n:
+            return []
+        self._lines += n
+        batches = []
+        start = 0
+        while len(self._pending) + n - start >= self.batch_rows:
+            # cut at the first arrival-time change after the batch is full, never inside a packet
+            cut = start + max(0, self.batch_rows - len(self._pending))
+            previous = texts[cut - 1] if cut > start else self._last_lts_text
+            while cut < n and texts[cut] == previous:
+                previous = texts[cut]
+                cut += 1
+            if cut >= n:
+                break
+            self._pending.extend(messages[start:cut])
+            try:
+                progress = parse_timestamp_us(texts[cut])
+            except ValueError:
+                progress = None  # a malformed message follows: fall back to what arrived
+            batches.append(self._flush(progress_us=progress))
+            start = cut
+        self._pending.extend(messages[start:] if start else messages)
+        self._last_lts_text = texts[-1]
+        return batches
+
+    def _feed_line_by_line(self, lines):
         batches = []
         pending = self._pending
         for line in lines:
@@ -130,9 +178,7 @@ class RunParser:
                 except (ValueError, TypeError):
                     self._bad(line, "bad localTimestamp")
                     continue
-                if lts < self._arrival:
-                    self.out_of_order += 1
-                elif len(pending) >= self.batch_rows and lts > self._arrival:
+                if len(pending) >= self.batch_rows and lts > self._arrival:
                     # a new arrival time: the batch may end here without splitting a packet
                     batches.append(self._flush(progress_us=lts))
                     pending = self._pending
@@ -152,11 +198,11 @@ class RunParser:
 
     def flush(self):
         """Cut a batch now with everything received so far (live: the periodic commit)."""
-        return self._flush(progress_us=self._arrival)
+        return self._flush(progress_us=None)
 
     def close(self, reason):
         """Last batch of a live connection: claims end at the last message and are closed."""
-        return self._flush(progress_us=self._arrival, end_reason=reason, closing=True)
+        return self._flush(progress_us=None, end_reason=reason, closing=True)
 
     @property
     def last_arrival(self):
@@ -179,7 +225,7 @@ class RunParser:
             log.warning("%s: %d line(s) arrived out of localTimestamp order", self.request.describe(),
                         self.out_of_order)
         # after a cut, only messages strictly older than the last arrival time are known complete
-        batch = self._flush(progress_us=self.request.request_end if complete else self._arrival,
+        batch = self._flush(progress_us=self.request.request_end if complete else None,
                             end_reason="complete" if complete else "partial")
         if complete:
             missing = sorted(self._expected - self._seen_in_run)
@@ -204,6 +250,8 @@ class RunParser:
         for message, reason in malformed:
             self._bad(orjson.dumps(message), reason)
         self._track(rows)
+        if progress_us is None:
+            progress_us = self._arrival
         claims = self._claims(progress_us, end_reason=end_reason,
                               is_open=self.live and not closing and end_reason is None)
         batch = Batch(rows=rows, claims=claims, lines=self._lines, messages=len(messages) - len(malformed),
@@ -215,34 +263,56 @@ class RunParser:
 
     def _track(self, rows):
         """Record which streams delivered data and the source-event evidence; drop unwanted rows."""
-        for table, table_rows in list(rows.items()):
-            if not table_rows:
+        for table, block in list(rows.items()):
+            if not block:
                 continue
-            streams = {(r[1], r[3]) for r in table_rows}
+            symbols, names = block.distinct(1), block.distinct(3)
+            if len(names) == 1:
+                name = next(iter(names))
+                streams = {(symbol, name) for symbol in symbols}
+            else:
+                streams = set(zip(block.column(1), block.column(3)))
             unexpected = streams - self._expected
             if unexpected:
                 log.warning("%s: tardis-machine sent streams that were not asked for: %s (ignored)",
                             self.request.exchange, sorted(unexpected)[:5])
-                table_rows = [r for r in table_rows if (r[1], r[3]) in self._expected]
+                keep = np.fromiter(((s, d) in self._expected for s, d in zip(block.column(1), block.column(3))),
+                                   dtype=bool, count=len(block))
+                block = block.select(keep)
                 streams -= unexpected
+                symbols = {s for s, _ in streams}
+                if not block:
+                    rows[table] = block
+                    continue
             self._seen_in_run |= streams
+            ts = block.array(5)
             evidence_kind = "trade" if table in ("trade", "trade_bar") else (
                 "book" if table.startswith("book_") else None)
-            if evidence_kind and table_rows:
-                symbols = {s for s, _ in streams}
+            if evidence_kind:
                 if len(symbols) == 1:
-                    self._raise_evidence(evidence_kind, symbols.pop(), max(map(_TS, table_rows)))
+                    self._raise_evidence(evidence_kind, next(iter(symbols)), int(ts.max()))
                 else:
                     latest = {}
-                    for r in table_rows:
-                        if r[5] > latest.get(r[1], 0):
-                            latest[r[1]] = r[5]
-                    for symbol, ts in latest.items():
-                        self._raise_evidence(evidence_kind, symbol, ts)
+                    for symbol, stamp in zip(block.column(1), ts.tolist()):
+                        if stamp > latest.get(symbol, 0):
+                            latest[symbol] = stamp
+                    for symbol, stamp in latest.items():
+                        self._raise_evidence(evidence_kind, symbol, stamp)
+            arrivals = block.array(6)
+            self.out_of_order += int(np.count_nonzero(arrivals[1:] < arrivals[:-1]))
+            latest_arrival = int(arrivals.max())
+            if latest_arrival > self._arrival:
+                self._arrival = latest_arrival
             if self._skip:
                 # already stored (coverage says so): don't spend insert time on them again
-                table_rows = [r for r in table_rows if r[5] >= self._skip.get((r[1], r[3]), 0)]
-            rows[table] = table_rows
+                if len(streams) == 1:
+                    keep = ts >= self._skip.get(next(iter(streams)), 0)
+                else:
+                    keep = ts >= np.fromiter((self._skip.get(k, 0) for k in zip(block.column(1), block.column(3))),
+                                             dtype=np.int64, count=len(block))
+                if not keep.all():
+                    block = block.select(keep)
+            rows[table] = block
 
     def _raise_evidence(self, kind, symbol, ts):
         key = (kind, symbol)

@@ -20,6 +20,7 @@ from .urls import validate_http_url
 log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1 << 16
+GATHER_BYTES = 1 << 19
 # tardis answers these for requests it will never serve, whatever we retry
 _PERMANENT = re.compile(r"not supported|invalid|unknown|not allowed|unauthori[sz]ed|forbidden|api key",
                         re.IGNORECASE)
@@ -98,21 +99,33 @@ class ReplayClient:
         with response:
             if response.status_code != 200:
                 raise _status_error(response)
-            buffer = b""
-            try:
-                for chunk in response.iter_content(chunk_size=CHUNK_SIZE):
+            buffer = bytearray()
+            cut = None
+            chunks = response.iter_content(chunk_size=CHUNK_SIZE)
+            while True:
+                # tardis-machine writes small HTTP chunks (32 lines); gather them, so the parser gets a
+                # few thousand lines per call instead of a few dozen
+                try:
+                    chunk = next(chunks, None)
+                except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError,
+                        requests.exceptions.ContentDecodingError, requests.Timeout) as exc:
+                    cut = IncompleteStreamError("replay stream cut (%s)" % (_reason(exc),))
+                    chunk = None
+                if chunk is not None:
                     self.bytes_received += len(chunk)
-                    if buffer:
-                        chunk = buffer + chunk
-                    lines = chunk.split(b"\n")
-                    buffer = lines.pop()
-                    if lines:
-                        yield lines
-            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError,
-                    requests.exceptions.ContentDecodingError, requests.Timeout) as exc:
-                raise IncompleteStreamError("replay stream cut (%s)" % (_reason(exc),)) from None
+                    buffer += chunk
+                    if len(buffer) < GATHER_BYTES:
+                        continue
+                lines = bytes(buffer).split(b"\n")
+                buffer = bytearray(lines.pop())
+                if lines:
+                    yield lines  # the complete lines, also those that arrived before a cut
+                if chunk is None:
+                    break
+            if cut is not None:
+                raise cut
             if buffer.strip():
-                raise _final_line_error(buffer)
+                raise _final_line_error(bytes(buffer))
 
 
 def _final_line_error(line):
