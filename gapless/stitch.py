@@ -170,14 +170,11 @@ def publish(storage, exchange, frames, comparisons, start, end, now_us=None):
         storage.db.create_tables([series_model, status_model], safe=True)
     now_us = now_us or int(time.time() * US)
     columns = ["exchange", "symbol", "data_type", "minute", "source", "missing"] + list(SERIES_VALUES)
-    fields = [series_model._meta.fields[c] for c in columns]
     with storage.write_transaction():
         for (symbol, name), frame in frames.items():
             series_model.delete().where((series_model.exchange == exchange) & (series_model.symbol == symbol)
                                         & (series_model.data_type == name)).execute()
-            rows = _series_rows(exchange, symbol, name, frame)
-            for i in range(0, len(rows), 5000):
-                series_model.insert_many(rows[i:i + 5000], fields=fields).execute()
+            storage.bulk_insert(series_model, columns, _series_rows(exchange, symbol, name, frame))
             counts = frame["source"].value_counts()
             comparison = comparisons[(symbol, name)]
             values = dict(

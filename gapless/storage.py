@@ -331,6 +331,22 @@ class Storage:
             raise StorageError("writing to %s failed: %s" % (self.redacted_url, _clean(exc, self.url))) from exc
         return inserted
 
+    def bulk_insert(self, model, columns, rows):
+        """Fast insert of row tuples into any of our models (inside the caller's transaction).
+
+        SQL comes from Peewee; rows go through the driver's bulk path (``executemany`` / ``COPY``).
+        """
+        if not rows:
+            return 0
+        cursor = self.db.cursor()
+        if not self.is_sqlite:
+            from .pgstore import copy_rows
+            return copy_rows(cursor, model._meta.table_name, columns, rows)
+        fields = [model._meta.fields[c] for c in columns]
+        sql, _ = model.insert_many([tuple(None for _ in columns)], fields=fields).sql()
+        cursor.executemany(sql, iter(rows))
+        return len(rows)
+
     def _insert_rows(self, cursor, table, rows):
         if not self.is_sqlite:
             from .pgstore import copy_rows
