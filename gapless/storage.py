@@ -32,6 +32,12 @@ from .urls import redact_url
 
 log = logging.getLogger(__name__)
 
+try:  # the PostgreSQL driver's own errors (COPY goes around Peewee's exception wrapping)
+    from psycopg import Error as _PsycopgError
+except ImportError:  # pragma: no cover - psycopg is in requirements.txt
+    _PsycopgError = DatabaseError
+DRIVER_ERRORS = (DatabaseError, InterfaceError, OperationalError, sqlite3.DatabaseError, _PsycopgError)
+
 SCHEMA_VERSION = 1
 SOURCES = ("replay", "live")
 _FAMILY_TABLES = ("trade", "trade_bar", "book_change", "derivative_ticker")
@@ -198,7 +204,7 @@ class Storage:
         try:
             self.db.connect(reuse_if_open=True)
             existing = set(self.db.get_tables())
-        except (DatabaseError, InterfaceError, OperationalError, sqlite3.DatabaseError) as exc:
+        except DRIVER_ERRORS as exc:
             raise StorageError("cannot open database %s: %s" % (self.redacted_url, _clean(exc, self.url))) from None
         meta = self.models["meta"]
         if existing and meta._meta.table_name not in existing:
@@ -327,7 +333,7 @@ class Storage:
                     inserted += self._insert_rows(cursor, table, rows_by_table[table])
                 if claims:
                     self._upsert_claims(claims)
-        except (DatabaseError, InterfaceError, OperationalError, sqlite3.DatabaseError) as exc:
+        except DRIVER_ERRORS as exc:
             raise StorageError("writing to %s failed: %s" % (self.redacted_url, _clean(exc, self.url))) from exc
         return inserted
 

@@ -1,6 +1,7 @@
 """Minute series from stored data: values from the captured lines, forward fill inside coverage only."""
 import numpy as np
 import pandas as pd
+import pytest
 
 from gapless.series import series, stream_series
 from gapless.storage import Claim
@@ -12,22 +13,23 @@ DISCONNECT = "replay_btc_disconnect_2026-11-24T1330_1345.ndjson"
 TYPES = ["quote", "quote_1m", "book_snapshot_5_1m", "trade", "trade_bar_1m", "derivative_ticker"]
 
 
-def _store(tmp_path):
-    store = sqlite_store(tmp_path)
+@pytest.fixture
+def filled(store):
+    """The 20-minute capture of all common types, ingested (SQLite and PostgreSQL)."""
     ingest_fixture(store, QUOTES, "deribit", ["BTC-PERPETUAL", "ETH-PERPETUAL"], TYPES, "2026-11-23T00:00",
                    "2026-11-23T00:20")
     return store
 
 
-def test_minute_rows_are_labelled_by_minute_start_in_utc(tmp_path):
-    frame = stream_series(_store(tmp_path), "deribit", "BTC-PERPETUAL", "quote_1m", us("2026-11-23T00:00"),
+def test_minute_rows_are_labelled_by_minute_start_in_utc(filled):
+    frame = stream_series(filled, "deribit", "BTC-PERPETUAL", "quote_1m", us("2026-11-23T00:00"),
                           us("2026-11-23T00:05"), "replay")
     assert list(frame.index) == list(pd.date_range("2026-11-23 00:00", periods=5, freq="min", tz="UTC"))
     assert str(frame.index.tz) == "UTC" and frame.index.name == "minute"
 
 
-def test_quote_1m_minute_is_the_snapshot_stamped_at_its_end(tmp_path):
-    frame = stream_series(_store(tmp_path), "deribit", "BTC-PERPETUAL", "quote_1m", us("2026-11-23T00:00"),
+def test_quote_1m_minute_is_the_snapshot_stamped_at_its_end(filled):
+    frame = stream_series(filled, "deribit", "BTC-PERPETUAL", "quote_1m", us("2026-11-23T00:00"),
                           us("2026-11-23T00:20"), "replay")
     snapshots = {m["timestamp"]: m for m in fixture_messages(QUOTES)
                  if m.get("name") == "quote_1m" and m["symbol"] == "BTC-PERPETUAL"}
@@ -41,8 +43,8 @@ def test_quote_1m_minute_is_the_snapshot_stamped_at_its_end(tmp_path):
     assert frame["missing"].iloc[19]
 
 
-def test_trades_give_ohlc_volume_and_vwap_equal_to_the_servers_bars(tmp_path):
-    store = _store(tmp_path)
+def test_trades_give_ohlc_volume_and_vwap_equal_to_the_servers_bars(filled):
+    store = filled
     start, end = us("2026-11-23T00:00"), us("2026-11-23T00:19")
     trades = stream_series(store, "deribit", "ETH-PERPETUAL", "trade", start, end, "replay")
     bars = stream_series(store, "deribit", "ETH-PERPETUAL", "trade_bar_1m", start, end, "replay")
@@ -52,8 +54,8 @@ def test_trades_give_ohlc_volume_and_vwap_equal_to_the_servers_bars(tmp_path):
     assert np.allclose(trades["vwap"], bars["vwap"], rtol=1e-12)
 
 
-def test_quote_mid_ohlc_and_close_from_every_top_of_book_change(tmp_path):
-    frame = stream_series(_store(tmp_path), "deribit", "BTC-PERPETUAL", "quote", us("2026-11-23T00:03"),
+def test_quote_mid_ohlc_and_close_from_every_top_of_book_change(filled):
+    frame = stream_series(filled, "deribit", "BTC-PERPETUAL", "quote", us("2026-11-23T00:03"),
                           us("2026-11-23T00:04"), "replay")
     quotes = [m for m in fixture_messages(QUOTES) if m.get("name") == "quote" and m["symbol"] == "BTC-PERPETUAL"
               and m["timestamp"].startswith("2026-11-23T00:03")]
@@ -64,8 +66,8 @@ def test_quote_mid_ohlc_and_close_from_every_top_of_book_change(tmp_path):
     assert row["bid_price"] == quotes[-1]["bids"][0]["price"]
 
 
-def test_derivative_ticker_takes_the_last_values(tmp_path):
-    frame = stream_series(_store(tmp_path), "deribit", "BTC-PERPETUAL", "derivative_ticker",
+def test_derivative_ticker_takes_the_last_values(filled):
+    frame = stream_series(filled, "deribit", "BTC-PERPETUAL", "derivative_ticker",
                           us("2026-11-23T00:10"), us("2026-11-23T00:11"), "replay")
     tickers = [m for m in fixture_messages(QUOTES) if m["type"] == "derivative_ticker"
                and m["symbol"] == "BTC-PERPETUAL" and m["timestamp"] < "2026-11-23T00:11"]

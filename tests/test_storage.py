@@ -10,8 +10,7 @@ from tests.support import ingest_fixture, sqlite_store, us
 QUOTES = "replay_btc_eth_quote_trade_bars_2026-11-23T0000_0020.ndjson"
 
 
-def test_reinserting_the_same_data_creates_no_duplicates(tmp_path):
-    store = sqlite_store(tmp_path)
+def test_reinserting_the_same_data_creates_no_duplicates(store):
     types = ["quote", "quote_1m", "book_snapshot_5_1m", "trade", "trade_bar_1m", "derivative_ticker"]
     args = (store, QUOTES, "deribit", ["BTC-PERPETUAL", "ETH-PERPETUAL"], types, "2026-11-23T00:00",
             "2026-11-23T00:20")
@@ -24,8 +23,7 @@ def test_reinserting_the_same_data_creates_no_duplicates(tmp_path):
     assert {t: store.count_rows(t) for t in counts} == counts
 
 
-def test_claims_are_upserted_per_segment_and_merged_on_read(tmp_path):
-    store = sqlite_store(tmp_path)
+def test_claims_are_upserted_per_segment_and_merged_on_read(store):
     claim = Claim("deribit", "BTC-PERPETUAL", "trade", "replay", "run1:0", us("2026-11-23T00:00"),
                   us("2026-11-23T00:05"))
     store.write({}, [claim])
@@ -38,8 +36,7 @@ def test_claims_are_upserted_per_segment_and_merged_on_read(tmp_path):
     assert store.covered("deribit", "BTC-PERPETUAL", "trade", "live") == []
 
 
-def test_a_failed_write_stores_neither_rows_nor_coverage(tmp_path):
-    store = sqlite_store(tmp_path)
+def test_a_failed_write_stores_neither_rows_nor_coverage(store):
     claim = Claim("deribit", "X", "trade", "replay", "r:0", 0, 10)
     good = ("deribit", "X", "trade", "trade", "replay", 1, 2, "id1", 1.0, 1.0, "buy")
     bad = ("deribit", "X", "trade", "trade", "replay", 1, 2, "id2", None, 1.0, "buy")  # NOT NULL price
