@@ -7,7 +7,6 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 
 from .config import load_settings, make_clock
 from .datatypes import parse_data_types
@@ -186,33 +185,14 @@ def cmd_series(args, settings, now_us):
                                                ", ".join("%s %d" % kv for kv in sorted(counts.items()))),
               file=sys.stderr if not args.out else sys.stdout)
     if args.out:
-        write_frame(long, args.out)
+        from .stitch import export_frames
+        export_frames(frames, settings.exchange, args.out)
         print("wrote %d rows to %s" % (len(long), args.out))
     else:
         printable = long.copy()
         printable["minute"] = printable["minute"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
         print(printable.to_string(index=False, max_rows=200))
     return 0
-
-
-def write_frame(frame, path):
-    """Write a frame to CSV or Parquet atomically (temp file in the same directory, then rename)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    out = frame.copy()
-    if "minute" in out.columns and path.lower().endswith(".csv"):
-        out["minute"] = out["minute"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
-    fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), dir=directory)
-    os.close(fd)
-    try:
-        if path.lower().endswith(".parquet"):
-            out.to_parquet(tmp, index=False)
-        else:
-            out.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def cmd_serve(args, settings, now_us):

@@ -25,7 +25,7 @@ from .exceptions import GaplessError, RequestRejectedError, ServerError
 from .ingest import ReplayRequest, RunParser
 from .intervals import merge, split, subtract
 from .replay import ReplayClient, redact_options, replay_options
-from .timeutil import DAY_US, MINUTE_US, ceil_minute, floor_day, floor_minute, iso
+from .timeutil import DAY_US, MINUTE_US, ceil_minute, floor_day, floor_minute
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,6 @@ import json
 import multiprocessing
 import subprocess
 import sys
-import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace

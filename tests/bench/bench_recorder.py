@@ -11,28 +11,17 @@ them. Printed, from one run:
     from frame receipt to commit; the ratio to the baseline.
 """
 import argparse
-import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
-from urllib.parse import quote
 
-import orjson
 import websocket
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import fresh_database, start_double  # noqa: E402
 
 from gapless.recorder import Recorder, stream_url  # noqa: E402
 from gapless.storage import Storage  # noqa: E402
-
-
-def start_double(seconds):
-    process = subprocess.Popen([sys.executable, "-m", "tests.fake_tardis", "--firehose-seconds", str(seconds),
-                                "--symbols", "BTC-PERPETUAL"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    return process, json.loads(process.stdout.readline())
 
 
 def bare_loop(ws_url, seconds):
@@ -60,20 +49,11 @@ def main():
     parser.add_argument("--database", default="sqlite", choices=("sqlite", "postgresql"))
     parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/test")
     args = parser.parse_args()
-    double, info = start_double(args.seconds + 5)
+    double, info = start_double("--firehose-seconds", str(args.seconds + 5), "--symbols", "BTC-PERPETUAL")
     try:
         baseline = bare_loop(info["ws_url"], args.seconds)
         print("baseline: bare websocket-client recv() loop, discarding frames: %.0f frames/s" % baseline)
-        directory = tempfile.mkdtemp(prefix="gapless-bench-")
-        if args.database == "sqlite":
-            url = "sqlite:///%s" % os.path.join(directory, "live.db")
-        else:
-            import psycopg
-            schema = "bench_live_%d" % os.getpid()
-            with psycopg.connect(args.pg_url, autocommit=True) as connection:
-                connection.execute('CREATE SCHEMA "%s"' % schema)
-            url = "%s?options=%s" % (args.pg_url, quote("-csearch_path=%s" % schema, safe=""))
-        store = Storage(url)
+        store = Storage(fresh_database(args.database, "live", args.pg_url))
         recorder = Recorder(store, info["ws_url"], "deribit", ["BTC-PERPETUAL"], ["quote"])
         recorder.start()
         began = time.perf_counter()

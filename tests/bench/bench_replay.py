@@ -12,21 +12,20 @@ Prints, from one run on one machine:
     to both ceilings, and the peak RSS of the ingest (writer + worker processes) at 500k lines and at the end.
 """
 import argparse
-import json
 import os
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from urllib.parse import quote
 
 import orjson
 import psutil
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import fresh_database, start_double  # noqa: E402
 
 from gapless.convert import BatchConverter, table_columns  # noqa: E402
 from gapless.download import Downloader  # noqa: E402
@@ -35,14 +34,6 @@ from gapless.storage import Storage  # noqa: E402
 from gapless.timeutil import DAY_US, MINUTE_US, floor_day, iso, to_us  # noqa: E402
 
 SYMBOL = "BTC-PERPETUAL"
-
-
-def start_double(book_rate):
-    process = subprocess.Popen([sys.executable, "-m", "tests.fake_tardis", "--book-rate", str(book_rate),
-                                "--trade-rate", "0.1", "--symbols", SYMBOL], cwd=ROOT, stdout=subprocess.PIPE,
-                               text=True)
-    info = json.loads(process.stdout.readline())
-    return process, info
 
 
 def curl_seconds(url, out_path=os.devnull):
@@ -137,7 +128,7 @@ def main():
     args = parser.parse_args()
 
     directory = tempfile.mkdtemp(prefix="gapless-bench-")
-    double, info = start_double(args.book_rate)
+    double, info = start_double("--book-rate", str(args.book_rate), "--trade-rate", "0.1", "--symbols", SYMBOL)
     try:
         day = floor_day(to_us(datetime.now(timezone.utc))) - 2 * DAY_US
         options = replay_options("deribit", [SYMBOL], ["quote"], day, day + DAY_US)
@@ -151,15 +142,7 @@ def main():
         curl = min(curl_seconds(url) for _ in range(3))
         print("ceiling curl -s URL > /dev/null: %.2fs = %.0f lines/s" % (curl, lines / curl))
 
-        if args.database == "sqlite":
-            db_url = "sqlite:///%s" % os.path.join(directory, "bench.db")
-        else:
-            schema = "bench_%d" % os.getpid()
-            import psycopg
-            with psycopg.connect(args.pg_url, autocommit=True) as connection:
-                connection.execute('CREATE SCHEMA "%s"' % schema)
-            db_url = "%s?options=%s" % (args.pg_url, quote("-csearch_path=%s" % schema, safe=""))
-        store = Storage(db_url)
+        store = Storage(fresh_database(args.database, "ingest", args.pg_url))
         sampler = RssSampler()
         rss_start = sampler.rss()
         sampler.start()
@@ -198,9 +181,7 @@ def main():
             print("ceiling sqlite3 executemany of the same %d prepared rows (Peewee's SQL, 5000/txn): %.0f rows/s"
                   % (len(rows), ceiling))
         else:
-            with psycopg.connect(args.pg_url, autocommit=True) as connection:
-                connection.execute('CREATE SCHEMA "%s_c"' % schema)
-            ceiling = copy_ceiling(rows, db_url.replace(schema, schema + "_c"))
+            ceiling = copy_ceiling(rows, fresh_database("postgresql", "ceiling", args.pg_url))
             print("ceiling psycopg COPY of the same %d prepared rows: %.0f rows/s" % (len(rows), ceiling))
         print("  ratio gapless / driver ceiling: %.2f" % (rate / ceiling))
     finally:

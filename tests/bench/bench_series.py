@@ -12,17 +12,14 @@ tardis-machine (its own process) into a fresh database, then prints:
     of the same 4 streams, and with a CSV export.
 """
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from datetime import datetime, timezone
-from urllib.parse import quote
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import fresh_database, start_double  # noqa: E402
 
 from gapless.download import Downloader  # noqa: E402
 from gapless.series import series  # noqa: E402
@@ -41,20 +38,10 @@ def main():
     parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/test")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    double = subprocess.Popen([sys.executable, "-m", "tests.fake_tardis", "--symbols", ",".join(SYMBOLS)], cwd=ROOT,
-                              stdout=subprocess.PIPE, text=True)
-    info = json.loads(double.stdout.readline())
+    double, info = start_double("--symbols", ",".join(SYMBOLS))
     try:
         directory = tempfile.mkdtemp(prefix="gapless-bench-")
-        if args.database == "sqlite":
-            url = "sqlite:///%s" % os.path.join(directory, "week.db")
-        else:
-            import psycopg
-            schema = "bench_week_%d" % os.getpid()
-            with psycopg.connect(args.pg_url, autocommit=True) as connection:
-                connection.execute('CREATE SCHEMA "%s"' % schema)
-            url = "%s?options=%s" % (args.pg_url, quote("-csearch_path=%s" % schema, safe=""))
-        store = Storage(url)
+        store = Storage(fresh_database(args.database, "week", args.pg_url))
         end = floor_day(to_us(datetime.now(timezone.utc)))
         start = end - args.days * DAY_US
         began = time.perf_counter()
