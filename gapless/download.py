@@ -59,28 +59,33 @@ def plan_requests(storage, exchange, symbols, data_types, start, end):
     types start at 00:00 of their day; streams needing the same range share one request.
     """
     data_types = parse_data_types(data_types)
-    start, end = floor_minute(start), ceil_minute(end)
+    wanted = {(symbol, data_type): [(start, end)] for symbol in symbols for data_type in data_types}
+    return plan_wanted(storage, exchange, wanted)
+
+
+def plan_wanted(storage, exchange, wanted):
+    """Like :func:`plan_requests`, for ``{(symbol, DataType): [(start, end), ...]}`` wanted per stream."""
     groups = {}
     skips = {}
-    for symbol in symbols:
-        for data_type in data_types:
-            covered = storage.covered(exchange, symbol, data_type.name, "replay")
-            need = merge((floor_minute(a), ceil_minute(b)) for a, b in subtract([(start, end)], covered))
-            if not need:
-                continue
-            if data_type.book_derived:
-                ends = {}
-                for a, b in split(need, DAY_US):
-                    day = floor_day(a)
-                    ends[day] = max(ends.get(day, 0), b)
-                for day, b in ends.items():
-                    groups.setdefault((day, b), set()).add((symbol, data_type.name))
-                    prefix = _covered_prefix(covered, day)
-                    if prefix > day:
-                        skips[(day, symbol, data_type.name)] = prefix
-            else:
-                for a, b in split(need, DAY_US):
-                    groups.setdefault((a, b), set()).add((symbol, data_type.name))
+    for (symbol, data_type), ranges in wanted.items():
+        covered = storage.covered(exchange, symbol, data_type.name, "replay")
+        ranges = [(floor_minute(a), ceil_minute(b)) for a, b in ranges]
+        need = merge((floor_minute(a), ceil_minute(b)) for a, b in subtract(ranges, covered))
+        if not need:
+            continue
+        if data_type.book_derived:
+            ends = {}
+            for a, b in split(need, DAY_US):
+                day = floor_day(a)
+                ends[day] = max(ends.get(day, 0), b)
+            for day, b in ends.items():
+                groups.setdefault((day, b), set()).add((symbol, data_type.name))
+                prefix = _covered_prefix(covered, day)
+                if prefix > day:
+                    skips[(day, symbol, data_type.name)] = prefix
+        else:
+            for a, b in split(need, DAY_US):
+                groups.setdefault((a, b), set()).add((symbol, data_type.name))
     requests = []
     for (a, b), streams in sorted(groups.items()):
         for symbols_, types_ in _product_groups(streams):
@@ -130,12 +135,12 @@ def fetch_run(request, client, api_key, batch_rows, emit, should_stop=lambda: Fa
             complete = True
     except ServerError as exc:
         failure = exc
-    if failure is not None:
-        # how far this run got: the history horizon learns from refusals near the present
-        failure.delivered_until = parser.last_arrival if parser.has_data else None
     final = parser.finish(complete)
     if final.rows or final.claims or final.lines:
         emit(final)
+    if failure is not None:
+        # how far this run got (after the last flush): the history horizon learns from refusals
+        failure.delivered_until = parser.last_arrival if parser.has_data else None
     return failure
 
 
@@ -173,9 +178,12 @@ class Downloader:
     def download(self, exchange, symbols, data_types, start, end):
         """Download what replay coverage lacks in ``[start, end)`` (µs). Returns a :class:`DownloadReport`."""
         data_types = parse_data_types(data_types)
-        self.storage.ensure_tables({dt.table for dt in data_types})
-        requests = plan_requests(self.storage, exchange, list(symbols), data_types, start, end)
-        return self.run(requests)
+        return self.download_wanted(exchange, {(s, dt): [(start, end)] for s in symbols for dt in data_types})
+
+    def download_wanted(self, exchange, wanted):
+        """Download what replay coverage lacks of ``{(symbol, DataType): [(start, end), ...]}``."""
+        self.storage.ensure_tables({dt.table for _, dt in wanted})
+        return self.run(plan_wanted(self.storage, exchange, wanted))
 
     def run(self, requests):
         """Execute planned requests (with retries) and return a :class:`DownloadReport`."""

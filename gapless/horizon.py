@@ -46,8 +46,8 @@ class HistoryHorizon:
             wanted = min(self.max_delay, max(self.delay, now_us - floor_minute(reach) + MINUTE_US))
             self._successes = 0
             if wanted != self.delay:
-                log.warning("history ends near %s: history delay %d -> %d min", iso(floor_minute(reach)),
-                            self.delay // MINUTE_US, -(-wanted // MINUTE_US))
+                log.warning("history ends near %s: history delay %s -> %d min", iso(floor_minute(reach)),
+                            _minutes(self.delay), -(-wanted // MINUTE_US))
                 self.delay = -(-wanted // MINUTE_US) * MINUTE_US
 
     def delivered(self, now_us, request_end_us):
@@ -59,10 +59,15 @@ class HistoryHorizon:
             if self._successes >= self.probe_after:
                 self._successes = 0
                 self.delay = max(self.min_delay, self.delay - MINUTE_US)
-                log.info("history delivered up to %s: history delay now %d min", iso(request_end_us),
-                         self.delay // MINUTE_US)
+                log.info("history delivered up to %s: history delay now %s", iso(request_end_us),
+                         _minutes(self.delay))
 
     def state(self):
         """Delay in use and its bounds (µs)."""
         with self._lock:
             return {"delay": self.delay, "configured": self.configured, "min": self.min_delay, "max": self.max_delay}
+
+
+def _minutes(us):
+    """A delay for humans: ``15 min`` or ``10 s``."""
+    return "%d min" % (us // MINUTE_US) if us >= MINUTE_US else "%d s" % (us // 1_000_000)

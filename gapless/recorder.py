@@ -231,6 +231,10 @@ class Recorder:
             raise
         finally:
             self._connected = False
+            h = self.health()
+            log.info("recorder %s stopped: frames received %d, rows stored %d, duplicates %d, malformed %d, "
+                     "reconnects %d", self.exchange, h["frames_received"], h["rows_stored"], h["duplicates"],
+                     h["malformed"], h["reconnects"])
 
     def _session(self):
         """One connection: connect, receive and commit until it drops or we stop. True if it connected."""

@@ -20,10 +20,10 @@ from .exceptions import GaplessError, RequestRejectedError
 from .horizon import HistoryHorizon
 from .recorder import Recorder
 from .series import series as compute_series
-from .status import SETTLE_US, status_report
+from .status import SETTLE_US, gap_runs, minute_sources, status_report
 from .stitch import rebuild
 from .storage import Storage
-from .timeutil import MINUTE_US, ceil_minute, floor_minute, iso, parse_duration_us
+from .timeutil import MINUTE_US, ceil_minute, floor_day, floor_minute, iso, parse_duration_us
 
 log = logging.getLogger(__name__)
 
@@ -179,12 +179,33 @@ class Gapless:
         # a refusal near the present means "not available yet": the next pass asks less, no retry storm
         downloader.should_retry = lambda request, failure: not (
             getattr(failure, "refused", False) and request.request_end >= self.now() - 120 * MINUTE_US)
-        report = downloader.download(self.exchange, self.symbols, self.data_types, start, limit)
+        report = downloader.download_wanted(self.exchange, self._wanted(start, limit))
         if report.requests:
             log.info("history: %d request(s), %d new rows, %d lines in %.1fs%s", report.requests, report.rows_inserted,
                      report.lines, report.seconds, "; %d incomplete" % len(report.failed) if report.failed else "")
         self._save_horizon()
         return report
+
+    def _wanted(self, start, limit):
+        """What history to fetch this pass, per stream.
+
+        Trades, bars and tickers: everything replay lacks up to the limit (requests are incremental).
+        Book-derived types must be requested from 00:00 of the day every time, so upgrading the
+        newest live minutes each pass would download the day again and again: they are fetched for
+        gaps that history can now fill completely, and for days that are over (one request per day).
+        """
+        wanted = {}
+        for symbol in self.symbols:
+            for data_type in parse_data_types(list(self.data_types)):
+                if not data_type.book_derived:
+                    wanted[(symbol, data_type)] = [(start, limit)]
+                    continue
+                ranges = [(start, min(limit, floor_day(limit)))] if floor_day(limit) > start else []
+                sources = minute_sources(self.storage, self.exchange, symbol, data_type.name, start, limit)
+                ranges += [(a, b) for a, b in gap_runs(sources, start) if b <= limit]
+                if ranges:
+                    wanted[(symbol, data_type)] = ranges
+        return wanted
 
     def _learn_horizon(self, request, failure):
         now_us = self.now()
