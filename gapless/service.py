@@ -201,7 +201,9 @@ class Gapless:
                     wanted[(symbol, data_type)] = [(start, limit)]
                     continue
                 ranges = [(start, min(limit, floor_day(limit)))] if floor_day(limit) > start else []
-                sources = minute_sources(self.storage, self.exchange, symbol, data_type.name, start, limit)
+                # whole gaps only: a gap that history reaches only in part is fetched once it reaches all of it
+                window_end = max(limit, self.window()[1])
+                sources = minute_sources(self.storage, self.exchange, symbol, data_type.name, start, window_end)
                 ranges += [(a, b) for a, b in gap_runs(sources, start) if b <= limit]
                 if ranges:
                     wanted[(symbol, data_type)] = ranges

@@ -67,6 +67,10 @@ def run_until_gapless(tardis, env, cwd, label):
     lines = sum(r.lines_sent for r in made)
     print("%s: gapless after %.0fs of market time (%.1fs wall); %d replay request(s), %d lines, %.2f MB"
           % (label, market, wall, len(made), lines, sent / 1e6))
+    for record in made:
+        print("    %s .. %s %-24s %6d lines %8.0f kB" % (record.from_.strftime("%H:%M"), record.to.strftime("%H:%M"),
+                                                     ",".join(record.options[0]["dataTypes"]), record.lines_sent,
+                                                     record.bytes_sent / 1e3))
     return len(made), sent
 
 
