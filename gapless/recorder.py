@@ -225,10 +225,9 @@ class Recorder:
                     self._log_health()
                     next_health = time.monotonic() + self.health_interval
                 self._stop.wait(delay)
-        except BaseException as exc:
+        except BaseException as exc:  # recorded, logged with its traceback, and seen by is_alive() == False
             self.error = exc
             log.exception("recorder %s died", self.exchange)
-            raise
         finally:
             self._connected = False
             h = self.health()

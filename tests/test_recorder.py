@@ -230,3 +230,19 @@ def test_a_killed_recorder_leaves_a_database_the_next_start_repairs(busy_tardis,
         assert live_rows_by_table(store) == rows_before
     finally:
         store.close()
+
+
+def test_a_recorder_whose_database_fails_dies_visibly(busy_tardis, tmp_path, caplog):
+    store = Storage("sqlite:///%s" % (tmp_path / "g.db"))
+    recorder = make_recorder(store, busy_tardis, types=["trade"], max_write_failures=2)
+    with caplog.at_level(logging.ERROR, logger="gapless.recorder"):
+        recorder.start()
+        wait_until(lambda: recorder.health()["rows_stored"] > 10, message="rows")
+        # the table disappears under the recorder: every write fails from now on
+        other = Storage("sqlite:///%s" % (tmp_path / "g.db"))
+        other.db.execute_sql('DROP TABLE "trade"')
+        other.close()
+        wait_until(lambda: not recorder.is_alive(), timeout=20, message="recorder thread death")
+    assert recorder.error is not None and "trade" in str(recorder.error)
+    assert recorder.health()["alive"] is False and recorder.health()["error"]
+    assert any("recorder deribit died" in r.getMessage() for r in caplog.records)

@@ -59,8 +59,9 @@ def sources_by_minute(frame):
     return {t.strftime("%H:%M"): s for t, s in frame["source"].items()}
 
 
-def test_a_fresh_start_reports_gaps_then_becomes_gapless_with_replay_then_live(fast_tardis, database_url):
-    gapless = make_gapless(database_url, fast_tardis)
+def test_a_fresh_start_reports_gaps_then_becomes_gapless_with_replay_then_live(fast_tardis, database_url, tmp_path):
+    export = tmp_path / "series.parquet"
+    gapless = make_gapless(database_url, fast_tardis, export=str(export))
     with gapless:
         wait_until(lambda: gapless.last_rebuild is not None, message="first rebuild")
         first = gapless.status()
@@ -81,6 +82,10 @@ def test_a_fresh_start_reports_gaps_then_becomes_gapless_with_replay_then_live(f
     # the live minutes are the newest: after the recording started
     live_minutes = [t for t, s in frames[("BTC-PERPETUAL", "trade")]["source"].items() if s == "live"]
     assert min(live_minutes) >= pd.Timestamp(START)
+    # the export is the published series, one row per (symbol, data type, minute), written atomically
+    exported = pd.read_parquet(export)
+    assert set(exported.groupby(["symbol", "data_type"]).size()) == {10}
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".series.parquet")]  # no temp file left
 
 
 def test_live_and_replay_agree_and_a_forced_disagreement_is_reported(fast_tardis, database_url):
