@@ -11,6 +11,7 @@ import sys
 from .config import load_settings, make_clock
 from .datatypes import parse_data_types
 from .exceptions import GaplessError, UsageError
+from .redaction import install_secret_filter, redact, url_password
 from .timeutil import MINUTE_US, ceil_minute, floor_minute, iso, parse_time_arg, to_us
 
 log = logging.getLogger("gapless")
@@ -248,6 +249,7 @@ def main(argv=None, now=None):
     """Entry point of ``python run.py``. Returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     setup_logging("INFO")
+    secrets = []
     try:
         parser = build_parser()
         if not argv or argv[0] not in COMMANDS and argv[0] not in ("-h", "--help") and argv[0].startswith("-"):
@@ -258,15 +260,17 @@ def main(argv=None, now=None):
             raise UsageError("unknown command %r (try --help)" % (args.command,))
         settings = _settings(args)
         setup_logging(settings.log_level)
+        secrets = [settings.api_key, url_password(settings.database_url)]
+        install_secret_filter(secrets)
         for warning in settings.warnings:
             log.warning(warning)
         now_us = to_us(now()) if now else make_clock(settings.test_clock)()
         return command(args, settings, now_us)
     except UsageError as exc:
-        print("gapless: error: %s" % (exc,), file=sys.stderr)
+        print("gapless: error: %s" % (redact(str(exc), secrets),), file=sys.stderr)
         return 2
     except GaplessError as exc:
-        print("gapless: error: %s" % (exc,), file=sys.stderr)
+        print("gapless: error: %s" % (redact(str(exc), secrets),), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("gapless: interrupted", file=sys.stderr)

@@ -145,21 +145,13 @@ def _validate(values, warnings):
     if not re.match(r"^(sqlite:///.+|postgres(ql)?://.+)$", database_url):
         raise ConfigurationError("%s: %r is not sqlite:///path.db or postgresql://user:pass@host:port/db"
                                  % (label("database_url"), redact_url(database_url)))
-    exchange = str(text("exchange")).strip()
-    if not EXCHANGE_PATTERN.match(exchange):
-        raise ConfigurationError("%s: %r is not an exchange name (lower case letters, digits and '-')"
-                                 % (label("exchange"), exchange))
+    exchange = parse_exchange(text("exchange"), label("exchange"))
     symbols = parse_symbols(text("symbols"), label("symbols"))
     try:
         data_types = tuple(dt.name for dt in parse_data_types(text("data_types")))
     except UsageError as exc:
         raise ConfigurationError("%s: %s" % (label("data_types"), exc)) from None
-    lookback = _duration(values, "lookback")
-    if lookback <= 0:
-        raise ConfigurationError("%s: the lookback must be longer than zero" % label("lookback"))
-    if lookback > MAX_LOOKBACK_US:
-        raise ConfigurationError("%s: a lookback of %s is more than a year; refusing" % (label("lookback"),
-                                                                                       text("lookback")))
+    lookback = parse_lookback(_duration(values, "lookback"), label("lookback"))
     history_delay = _duration(values, "history_delay")
     if history_delay > 7 * DAY_US:
         raise ConfigurationError("%s: a history delay of %s is more than a week" % (label("history_delay"),
@@ -209,6 +201,25 @@ def _duration(values, name):
         return parse_duration_us(text, label)
     except UsageError as exc:
         raise ConfigurationError(str(exc)) from None
+
+
+def parse_exchange(text, label="--exchange"):
+    """Validate an exchange id as tardis-machine spells it (e.g. ``deribit``, ``binance-futures``)."""
+    exchange = str(text).strip()
+    if not EXCHANGE_PATTERN.match(exchange):
+        raise ConfigurationError("%s: %r is not an exchange name (lower case letters, digits and '-')"
+                                 % (label, exchange))
+    return exchange
+
+
+def parse_lookback(lookback_us, label="--lookback"):
+    """Check a lookback (µs) is longer than zero and at most a year."""
+    if lookback_us <= 0:
+        raise ConfigurationError("%s: the lookback must be longer than zero" % label)
+    if lookback_us > MAX_LOOKBACK_US:
+        raise ConfigurationError("%s: a lookback of %d days is more than a year; refusing"
+                                 % (label, lookback_us // DAY_US))
+    return lookback_us
 
 
 def parse_symbols(text, label="--symbols"):

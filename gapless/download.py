@@ -24,6 +24,7 @@ from .datatypes import parse_data_types
 from .exceptions import GaplessError, RequestRejectedError, ServerError
 from .ingest import ReplayRequest, RunParser
 from .intervals import merge, split, subtract
+from .redaction import install_secret_filter
 from .replay import ReplayClient, redact_options, replay_options
 from .timeutil import DAY_US, MINUTE_US, ceil_minute, floor_day, floor_minute
 
@@ -371,6 +372,7 @@ def _worker_main(tasks, results, abort, config):
     # parsing allocates millions of short-lived dicts and no reference cycles: the cyclic GC only costs
     gc.disable()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(processName)s %(message)s")
+    install_secret_filter([config["api_key"]])
     client = ReplayClient(config["tardis_url"], timeout=tuple(config["timeout"]))
     while True:
         task = tasks.get()

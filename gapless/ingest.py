@@ -15,6 +15,9 @@ Coverage claims are in exchange time and never claim more than was delivered:
 * a ``disconnect`` message ends every segment of the exchange; the next segment starts at the next
   message. A stream that sent nothing at all in a complete run gets no claim (an unknown symbol and a
   quiet market look the same, so the minutes are reported missing).
+* a line whose localTimestamp is more than :data:`LATENCY_MARGIN_US` older than one already seen
+  breaks the order the claims rely on: it is counted as malformed and logged, never stored (smaller
+  reorderings are stored and counted as out of order).
 """
 import logging
 import uuid
@@ -35,6 +38,7 @@ LATENCY_MARGIN_US = 5 * US
 _TS = itemgetter(5)
 _LTS = itemgetter(6)
 _STR = {str}
+_AFTER_EVERYTHING = 2 ** 62
 
 
 class _LineByLine(Exception):
@@ -108,6 +112,7 @@ class RunParser:
         self._segment_start = None if live else request.start
         self._seen_in_run = set()
         self._evidence = {}
+        self._provisional = {}  # {(kind, symbol): (latest ts, arrival)} of a packet that may be cut
         self._pending = []
         self._last_lts_text = None
         self._arrival = request.start  # latest localTimestamp seen
@@ -127,6 +132,11 @@ class RunParser:
             kinds = [m["type"] for m in messages]
             texts = [m["localTimestamp"] for m in messages]
             if "disconnect" in kinds or "error" in kinds or set(map(type, texts)) != _STR:
+                raise _LineByLine()
+            # arrival order, checked on the ISO texts (one format per server, so text order is time
+            # order); any doubt, e.g. a different precision, goes the exact line-by-line way
+            if (self._last_lts_text is not None and texts and texts[0] < self._last_lts_text) or \
+                    any(map(str.__gt__, texts[:-1], texts[1:])):
                 raise _LineByLine()
             if self._segment_start is None and messages:
                 self._segment_start = parse_timestamp_us(texts[0])
@@ -156,6 +166,10 @@ class RunParser:
             start = cut
         self._pending.extend(messages[start:] if start else messages)
         self._last_lts_text = texts[-1]
+        try:
+            self._arrival = max(self._arrival, parse_timestamp_us(texts[-1]))
+        except ValueError:
+            pass  # the converter reports the line when the batch is flushed
         return batches
 
     def _feed_line_by_line(self, lines):
@@ -177,6 +191,12 @@ class RunParser:
                     lts = parse_timestamp_us(lts_text)
                 except (ValueError, TypeError):
                     self._bad(line, "bad localTimestamp")
+                    continue
+                if lts < self._arrival - LATENCY_MARGIN_US:
+                    # older than what coverage may already claim complete: tardis-machine sends in
+                    # localTimestamp order, so this line is a server fault, not data (counted, logged)
+                    self._bad(line, "arrived out of localTimestamp order (%s after %s)"
+                              % (lts_text, iso(self._arrival)))
                     continue
                 if len(pending) >= self.batch_rows and lts > self._arrival:
                     # a new arrival time: the batch may end here without splitting a packet
@@ -226,7 +246,8 @@ class RunParser:
                         self.out_of_order)
         # after a cut, only messages strictly older than the last arrival time are known complete
         batch = self._flush(progress_us=self.request.request_end if complete else None,
-                            end_reason="complete" if complete else "partial")
+                            end_reason="complete" if complete else "partial",
+                            evidence_bound=_AFTER_EVERYTHING if complete else None)
         if complete:
             missing = sorted(self._expected - self._seen_in_run)
             if missing:
@@ -243,13 +264,17 @@ class RunParser:
             sample = line[:200] if isinstance(line, (bytes, str)) else repr(line)[:200]
             self._samples.append("%s: %r" % (reason, sample))
 
-    def _flush(self, progress_us, end_reason=None, closing=False):
+    def _flush(self, progress_us, end_reason=None, closing=False, evidence_bound=None):
         messages = self._pending
         self._pending = []
         rows, malformed = self.converter.convert_many(messages) if messages else ({}, [])
         for message, reason in malformed:
             self._bad(orjson.dumps(message), reason)
-        self._track(rows)
+        # packets that arrived entirely before the bound are complete (see _gather_evidence)
+        if evidence_bound is None:
+            evidence_bound = self._arrival if progress_us is None else progress_us
+        self._confirm_evidence(evidence_bound)
+        self._track(rows, evidence_bound)
         if progress_us is None:
             progress_us = self._arrival
         claims = self._claims(progress_us, end_reason=end_reason,
@@ -261,7 +286,7 @@ class RunParser:
         self._samples = []
         return batch
 
-    def _track(self, rows):
+    def _track(self, rows, evidence_bound):
         """Record which streams delivered data and the source-event evidence; drop unwanted rows."""
         for table, block in list(rows.items()):
             if not block:
@@ -286,19 +311,11 @@ class RunParser:
                     continue
             self._seen_in_run |= streams
             ts = block.array(5)
+            arrivals = block.array(6)
             evidence_kind = "trade" if table in ("trade", "trade_bar") else (
                 "book" if table.startswith("book_") else None)
             if evidence_kind:
-                if len(symbols) == 1:
-                    self._raise_evidence(evidence_kind, next(iter(symbols)), int(ts.max()))
-                else:
-                    latest = {}
-                    for symbol, stamp in zip(block.column(1), ts.tolist()):
-                        if stamp > latest.get(symbol, 0):
-                            latest[symbol] = stamp
-                    for symbol, stamp in latest.items():
-                        self._raise_evidence(evidence_kind, symbol, stamp)
-            arrivals = block.array(6)
+                self._gather_evidence(evidence_kind, block, symbols, ts, arrivals, evidence_bound)
             self.out_of_order += int(np.count_nonzero(arrivals[1:] < arrivals[:-1]))
             latest_arrival = int(arrivals.max())
             if latest_arrival > self._arrival:
@@ -313,6 +330,44 @@ class RunParser:
                 if not keep.all():
                     block = block.select(keep)
             rows[table] = block
+
+    def _gather_evidence(self, kind, block, symbols, ts, arrivals, bound):
+        """Raise the evidence of ``kind`` per symbol from rows that arrived before ``bound``.
+
+        A sample is sent right after the event that triggers it, in the same arrival packet (same
+        localTimestamp). Until a later packet has begun, the last packet may have been cut between the
+        event and its sample: its events are held back as provisional evidence, so a cut run never
+        claims an interval whose sample did not arrive (the retry would skip it as stored).
+        """
+        confirmed = arrivals < bound
+        if not confirmed.all():
+            held = ~confirmed
+            for symbol, stamp, arrival in zip(block.select(held).column(1), ts[held].tolist(),
+                                              arrivals[held].tolist()):
+                key = (kind, symbol)
+                old_stamp, old_arrival = self._provisional.get(key, (0, arrival))
+                self._provisional[key] = (max(old_stamp, stamp), min(old_arrival, arrival))
+            if not confirmed.any():
+                return
+            ts = ts[confirmed]
+            symbols = None if len(symbols) > 1 else symbols
+            block = block.select(confirmed) if symbols is None else block
+        if symbols is not None and len(symbols) == 1:
+            self._raise_evidence(kind, next(iter(symbols)), int(ts.max()))
+            return
+        latest = {}
+        for symbol, stamp in zip(block.column(1), ts.tolist()):
+            if stamp > latest.get(symbol, 0):
+                latest[symbol] = stamp
+        for symbol, stamp in latest.items():
+            self._raise_evidence(kind, symbol, stamp)
+
+    def _confirm_evidence(self, bound):
+        """Provisional evidence whose packet has been followed by a later one counts now."""
+        for key, (stamp, arrival) in list(self._provisional.items()):
+            if arrival < bound:
+                del self._provisional[key]
+                self._raise_evidence(key[0], key[1], stamp)
 
     def _raise_evidence(self, kind, symbol, ts):
         key = (kind, symbol)
@@ -345,11 +400,13 @@ class RunParser:
             at = parse_timestamp_us(message["localTimestamp"])
         except (KeyError, ValueError, TypeError):
             at = self._arrival
-        batch = self._flush(progress_us=at, end_reason="disconnect")
+        # every line before the disconnect line arrived, the samples in its packet included
+        batch = self._flush(progress_us=at, end_reason="disconnect", evidence_bound=at + 1)
         batch.disconnects = 1
         log.info("%s: %s disconnect at %s (%s exchange connection dropped)", self.request.exchange,
                  self.source, iso(at), "tardis-machine's" if self.live else "the history recorder's")
         self._segment_no += 1
         self._segment_start = None
         self._evidence = {}
+        self._provisional = {}
         return batch

@@ -13,17 +13,19 @@ import threading
 import time
 from datetime import timedelta
 
-from .config import make_clock
+from .config import make_clock, parse_exchange, parse_lookback, parse_symbols
 from .datatypes import parse_data_types
 from .download import Downloader
 from .exceptions import GaplessError, RequestRejectedError
 from .horizon import HistoryHorizon
 from .recorder import Recorder
+from .redaction import protect_url_loggers, url_password
 from .series import series as compute_series
 from .status import SETTLE_US, gap_runs, minute_sources, status_report
 from .stitch import rebuild
 from .storage import Storage
 from .timeutil import MINUTE_US, ceil_minute, floor_day, floor_minute, iso, parse_duration_us
+from .urls import validate_http_url
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +45,17 @@ class Gapless:
                  tardis_url="http://localhost:8000", tardis_ws_url="ws://localhost:8001", api_key=None,
                  history_delay="15m", rebuild_interval="60s", export=None, workers=0, now=None,
                  recorder_options=None, downloader_options=None):
-        self.exchange = exchange
-        self.symbols = tuple(symbols)
+        # the same checks as the command line: names reach URLs, logs and SQL parameters
+        self.exchange = parse_exchange(exchange, "exchange")
+        self.symbols = parse_symbols(list(symbols) if not isinstance(symbols, str) else symbols, "symbols")
         self.data_types = tuple(dt.name for dt in parse_data_types(list(data_types)))
-        self.lookback = parse_duration_us(lookback, "lookback")
-        if self.lookback <= 0:
-            raise GaplessError("lookback must be longer than zero")
+        self.lookback = parse_lookback(parse_duration_us(lookback, "lookback"), "lookback")
         self.rebuild_interval = parse_duration_us(rebuild_interval, "rebuild_interval") / 1e6
         self.export = export or None
-        self.tardis_url = tardis_url
+        self.tardis_url = validate_http_url(tardis_url, "tardis_url")
         self.tardis_ws_url = tardis_ws_url
         self.api_key = api_key or None
+        protect_url_loggers([self.api_key, url_password(database_url)])
         self.workers = workers
         self.now = now or make_clock()
         self.storage = Storage(database_url)

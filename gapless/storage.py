@@ -15,6 +15,7 @@ than is stored. Coverage times are exchange time: "every message whose timestamp
 ``[start, end)`` (for sampled types: every sample whose interval lies in it) is stored".
 """
 import logging
+import contextlib
 import os
 import sqlite3
 import threading
@@ -202,10 +203,15 @@ class Storage:
                 # look before connecting: our connection pragmas (WAL) would rewrite a foreign file's header
                 self._inspect_sqlite_read_only(path)
         try:
-            self.db.connect(reuse_if_open=True)
-            existing = set(self.db.get_tables())
+            self._check_and_create(create)
         except DRIVER_ERRORS as exc:
-            raise StorageError("cannot open database %s: %s" % (self.redacted_url, _clean(exc, self.url))) from None
+            # a wrong host, port, database name or credentials, or a file damaged past its header: the
+            # user's URL or file is what must change (exit 2)
+            raise DatabaseUrlError("cannot open database %s: %s" % (self.redacted_url, _clean(exc, self.url))) from None
+
+    def _check_and_create(self, create):
+        self.db.connect(reuse_if_open=True)
+        existing = set(self.db.get_tables())
         meta = self.models["meta"]
         if existing and meta._meta.table_name not in existing:
             raise DatabaseUrlError("database %s is not a gapless database (it has tables %s but no gapless_meta)"
@@ -230,7 +236,7 @@ class Storage:
             finally:
                 connection.close()
         except sqlite3.DatabaseError as exc:
-            raise StorageError("cannot open database %s: %s (corrupted, or not an SQLite file)"
+            raise DatabaseUrlError("cannot open database %s: %s (corrupted, or not an SQLite file)"
                                % (self.redacted_url, exc)) from None
         if tables and "gapless_meta" not in tables:
             raise DatabaseUrlError("database %s is not a gapless database (it has tables %s but no gapless_meta)"
@@ -252,9 +258,23 @@ class Storage:
         without waiting, when another connection wrote in between; taking the lock up front makes it
         wait (busy timeout) instead.
         """
-        if self.is_sqlite:
-            return self.db.atomic("IMMEDIATE")
-        return self.db.atomic()
+        return self._transaction(self.db.atomic("IMMEDIATE") if self.is_sqlite else self.db.atomic())
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _transaction(atomic):
+        try:
+            with atomic:
+                yield
+        except DRIVER_ERRORS as exc:
+            # SQLite rolls back by itself on some errors (SQLITE_FULL: "database or disk is full"); peewee's
+            # own ROLLBACK then fails with "no transaction is active" and would hide the real cause
+            original = exc
+            while original is not None and "no transaction is active" in str(original):
+                original = original.__cause__ or original.__context__
+            if original is not None and original is not exc and isinstance(original, DRIVER_ERRORS):
+                raise original from None
+            raise
 
     def _schema_lock(self):
         """Serialise schema changes between processes starting at once (PostgreSQL advisory lock)."""

@@ -55,7 +55,9 @@ def test_a_cut_stream_claims_only_what_arrived(tmp_path):
     coverage = {r["data_type"]: r for r in store.coverage_rows()}
     assert coverage["trade"]["end"] == last_lts - LATENCY_MARGIN_US
     assert coverage["trade"]["end_reason"] == "partial"
-    last_trade_ts = max(r[5] for b in batches for r in b.rows.get("trade", []))
+    # bars: up to the last trade of a packet that was followed by another one (the last packet may have
+    # been cut between a trade and the bar it triggered)
+    last_trade_ts = max(r[5] for b in batches for r in b.rows.get("trade", []) if r[6] < last_lts)
     assert coverage["trade_bar_1m"]["end"] == last_trade_ts
     assert store.count_rows("trade") == 300 - sum(1 for b in batches for r in b.rows.get("trade_bar", []))
 
@@ -73,3 +75,28 @@ def test_malformed_lines_are_counted_not_stored(tmp_path):
     assert sum(b.malformed for b in batches) == 4
     assert sum(len(b.rows.get("trade", [])) for b in batches) == 50
     assert any("not JSON" in s or "not a tardis message" in s for b in batches for s in b.samples)
+
+
+def _trade_line(lts_us, trade_id):
+    import orjson
+    stamp = iso(lts_us).replace("Z", "")[:23] + "Z"
+    return orjson.dumps({"type": "trade", "symbol": "BTC-PERPETUAL", "exchange": "deribit", "id": trade_id,
+                         "price": 100.0, "amount": 1.0, "side": "buy", "timestamp": stamp, "localTimestamp": stamp})
+
+
+def test_a_line_older_than_the_latency_margin_is_rejected_a_small_reordering_is_kept():
+    from gapless.ingest import ReplayRequest, RunParser
+    start = us("2026-11-23T13:35")
+    lines = [_trade_line(start + i * 1_000_000, "t%d" % i) for i in range(20)]  # one trade a second
+    late = _trade_line(start + 19_000_000 - LATENCY_MARGIN_US - 1_000_000, "too-late")  # 6 s behind the last
+    slight = _trade_line(start + 19_000_000 - 2_000_000, "slightly-late")  # 2 s behind: inside the margin
+    request = ReplayRequest("deribit", ("BTC-PERPETUAL",), ("trade",), start, start + 60_000_000)
+    for fast in (True, False):  # whole lists take the vectorised path; one at a time the line-by-line one
+        parser = RunParser(request, batch_rows=1000)
+        feed = lines + [late, slight, _trade_line(start + 20_000_000, "t20")]
+        batches = parser.feed(feed) if fast else [b for line in feed for b in parser.feed([line])]
+        batches.append(parser.finish(True))
+        ids = [r[7] for b in batches for r in b.rows.get("trade", [])]
+        assert "too-late" not in ids and "slightly-late" in ids and len(ids) == 22, ids
+        assert sum(b.malformed for b in batches) == 1
+        assert any("out of localTimestamp order" in s for b in batches for s in b.samples)
