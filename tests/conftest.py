@@ -1,4 +1,6 @@
 """Shared fixtures: the fake tardis-machine, clocks, and databases (SQLite files and a real PostgreSQL)."""
+import logging
+import os
 import subprocess
 import time
 import uuid
@@ -103,3 +105,21 @@ def store(database_url):
         yield storage
     finally:
         storage.close()
+
+
+@pytest.fixture
+def isolated_cli(monkeypatch, tmp_path):
+    """For command-line tests: no GAPLESS_* from the developer's environment, a working directory without
+    a .env, and the root logger's handlers and level restored afterwards (``main`` reconfigures them)."""
+    for key in list(os.environ):
+        if key.startswith("GAPLESS_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)

@@ -103,3 +103,15 @@ def sent_rows_by_table(connections, data_only=True):
             table, row = converter.convert(message)
             result.setdefault(table, []).append(row)
     return result
+
+
+def make_gapless(database_url, tardis, data_types, symbols=("BTC-PERPETUAL", "ETH-PERPETUAL"), **options):
+    """A :class:`Gapless` on the double's clock, with short test timings (all overridable)."""
+    from gapless.service import Gapless
+    options.setdefault("lookback", "10m")
+    options.setdefault("history_delay", "10s")
+    options.setdefault("rebuild_interval", "0.5s")
+    options.setdefault("workers", 0)
+    options.setdefault("recorder_options", {"backoff_base": 0.05, "backoff_cap": 0.5})
+    return Gapless("deribit", list(symbols), data_types, database_url=database_url, tardis_url=tardis.http_url,
+                   tardis_ws_url=tardis.ws_url, now=tardis.clock.now_us, **options)

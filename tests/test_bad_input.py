@@ -3,7 +3,6 @@ stored changed (row counts and coverage compared before and after).
 
 Bad lines from the server are in tests/test_bad_lines.py.
 """
-import logging
 import os
 import socket
 import sqlite3
@@ -18,21 +17,7 @@ from tests.service_process import error_lines, run_cli, service_env
 WINDOW = ["--from", "2026-11-25T00:05", "--to", "2026-11-25T00:10"]
 
 
-@pytest.fixture(autouse=True)
-def isolated(monkeypatch, tmp_path):
-    """No GAPLESS_* from the developer's environment, a working directory without a .env, logging restored."""
-    for key in list(os.environ):
-        if key.startswith("GAPLESS_"):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    for handler in handlers:
-        root.addHandler(handler)
-    root.setLevel(level)
+pytestmark = pytest.mark.usefixtures("isolated_cli")
 
 
 def run(capture, clock, *argv):

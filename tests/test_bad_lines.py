@@ -4,7 +4,6 @@ of the stream is stored exactly as sent.
 """
 import json
 import logging
-import os
 
 import orjson
 import pytest
@@ -24,20 +23,7 @@ OPTIONS = {"exchange": "deribit", "symbols": SYMBOLS, "dataTypes": ["trade"], "f
 AFTER = 300  # the bad line comes after this many good ones
 
 
-@pytest.fixture(autouse=True)
-def isolated(monkeypatch, tmp_path):
-    for key in list(os.environ):
-        if key.startswith("GAPLESS_"):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    for handler in handlers:
-        root.addHandler(handler)
-    root.setLevel(level)
+pytestmark = pytest.mark.usefixtures("isolated_cli")
 
 
 def bad_lines(neighbour, earlier):

@@ -1,5 +1,4 @@
 """The command line: downloads and series exports, and one-line errors with exit 2 for bad input."""
-import os
 import socket
 
 import pandas as pd
@@ -8,13 +7,7 @@ import pytest
 from gapless.cli import main
 
 
-@pytest.fixture(autouse=True)
-def isolated(monkeypatch, tmp_path):
-    """No GAPLESS_* from the developer's environment, and a working directory without a .env."""
-    for key in list(os.environ):
-        if key.startswith("GAPLESS_"):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("isolated_cli")
 
 
 def run(capsys, clock, *argv):

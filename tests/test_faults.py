@@ -13,12 +13,11 @@ import pytest
 
 from gapless.download import Downloader
 from gapless.series import series
-from gapless.service import Gapless
 from gapless.timeutil import MINUTE_US, ceil_minute, floor_minute, iso
 from tests.fake_tardis import FakeClock, FakeTardisMachine, MarketConfig
 from tests.invariants import (assert_coverage_truthful, assert_live_is_a_prefix_per_connection,
                               assert_nothing_invented, live_truth, replay_truth, stored_rows)
-from tests.support import us, wait_until
+from tests.support import make_gapless, us, wait_until
 
 SYMBOLS = ["BTC-PERPETUAL", "ETH-PERPETUAL"]
 TYPES = ["quote", "quote_1m", "trade", "trade_bar_1m"]
@@ -214,16 +213,6 @@ def fast_tardis():
     with FakeTardisMachine(clock=clock, market=MarketConfig(book_rate=2.0, trade_rate=1.0),
                            availability_delay=timedelta(seconds=5)) as machine:
         yield machine
-
-
-def make_gapless(database_url, tardis, data_types, **options):
-    options.setdefault("lookback", "10m")
-    options.setdefault("history_delay", "10s")
-    options.setdefault("rebuild_interval", "0.5s")
-    options.setdefault("workers", 0)
-    options.setdefault("recorder_options", {"backoff_base": 0.05, "backoff_cap": 0.5})
-    return Gapless("deribit", SYMBOLS, data_types, database_url=database_url, tardis_url=tardis.http_url,
-                   tardis_ws_url=tardis.ws_url, now=tardis.clock.now_us, **options)
 
 
 def test_tardis_machine_restarted_during_live_recording(fast_tardis, database_url):

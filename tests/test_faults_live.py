@@ -17,14 +17,13 @@ import psutil
 from gapless.download import Downloader
 from gapless.recorder import Recorder
 from gapless.series import series
-from gapless.service import Gapless
 from gapless.status import status_report
 from gapless.storage import Storage
 from gapless.timeutil import MINUTE_US, US, ceil_minute, floor_minute, iso, parse_timestamp_us
 from tests.fake_tardis import FakeClock, FakeTardisMachine, MarketConfig
 from tests.invariants import (assert_coverage_truthful, assert_live_is_a_prefix_per_connection,
                               assert_nothing_invented, live_truth, replay_truth)
-from tests.support import us, wait_until
+from tests.support import make_gapless, us, wait_until
 
 SYMBOLS = ["BTC-PERPETUAL", "ETH-PERPETUAL"]
 
@@ -35,16 +34,6 @@ def fd_count():
 
 def rss_mb():
     return psutil.Process().memory_info().rss / 2 ** 20
-
-
-def make_gapless(database_url, tardis, data_types, **options):
-    options.setdefault("lookback", "10m")
-    options.setdefault("history_delay", "10s")
-    options.setdefault("rebuild_interval", "0.5s")
-    options.setdefault("workers", 0)
-    options.setdefault("recorder_options", {"backoff_base": 0.05, "backoff_cap": 0.5})
-    return Gapless("deribit", SYMBOLS, data_types, database_url=database_url, tardis_url=tardis.http_url,
-                   tardis_ws_url=tardis.ws_url, now=tardis.clock.now_us, **options)
 
 
 # -- 3. the exchange side drops again and again -------------------------------------------------------

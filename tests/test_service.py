@@ -3,7 +3,6 @@
 The double's clock runs 30x faster than real time here, so minutes of market time pass in seconds.
 """
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from gapless import GapWarning, get_data_without_gap
 from gapless.service import Gapless
 from gapless.storage import Storage
 from tests.fake_tardis import FakeClock, FakeTardisMachine, MarketConfig, Outage
+from tests.service_process import run_status, start_service
 from tests.support import live_rows_by_table, sent_rows_by_table, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -187,39 +187,6 @@ def test_get_data_without_gap_with_a_short_warmup_flags_missing_minutes_and_warn
 
 
 # -- the service as a process -------------------------------------------------------------------------
-def service_env(tardis, database_url, **extra):
-    clock = tardis.clock
-    start = clock.now_us() / 1e6
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GAPLESS_")}
-    env.update({
-        "GAPLESS_TARDIS_URL": tardis.http_url, "GAPLESS_TARDIS_WS_URL": tardis.ws_url,
-        "GAPLESS_DATABASE_URL": database_url, "GAPLESS_EXCHANGE": "deribit",
-        "GAPLESS_SYMBOLS": ",".join(SYMBOLS), "GAPLESS_DATA_TYPES": ",".join(TYPES),
-        "GAPLESS_LOOKBACK": "10m", "GAPLESS_HISTORY_DELAY": "10s", "GAPLESS_REBUILD_INTERVAL": "1s",
-        "GAPLESS_WORKERS": "0", "GAPLESS_TEST_CLOCK": "%f,%f,%f" % (start, time.time(), clock.speed),
-        "PYTHONUNBUFFERED": "1",
-    })
-    env.update(extra)
-    return env
-
-
-def start_service(tardis, database_url, tmp_path, **extra):
-    log = open(tmp_path / ("service-%d.log" % time.monotonic_ns()), "w")
-    process = subprocess.Popen([sys.executable, str(ROOT / "run.py")], cwd=tmp_path, stdout=log,
-                               stderr=subprocess.STDOUT, env=service_env(tardis, database_url, **extra))
-    process.log_path = log.name
-    return process
-
-
-def run_status(tardis, database_url, tmp_path, command="status", must_work=True):
-    result = subprocess.run([sys.executable, str(ROOT / "run.py"), command, "--json"], cwd=tmp_path,
-                            capture_output=True, text=True, env=service_env(tardis, database_url), timeout=60)
-    if not must_work and result.returncode != 0:
-        return None  # e.g. the service has not created its database yet
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
-
-
 def all_gapless(tardis, database_url, tmp_path):
     status = run_status(tardis, database_url, tmp_path, must_work=False)
     return status is not None and all(s["gapless"] for s in status["streams"])

@@ -2,7 +2,7 @@
 
 Run by hand (not collected by pytest):
 
-    .venv/bin/python tests/bench/bench_replay.py [--book-rate 32] [--workers 1] [--database sqlite|postgresql]
+    .venv/bin/python tests/bench/bench_replay.py [--book-rate 32] [--workers 1] [--database sqlite|postgresql|both]
 
 Prints, from one run on one machine:
   * ceiling 1 — ``curl -s URL > /dev/null`` of the same (cached) stream: lines/s the server can push;
@@ -119,11 +119,55 @@ def copy_ceiling(rows, url):
     return len(rows) / seconds
 
 
+def ingest(args, database, info, day, rows, directory, curl_rate):
+    """One end-to-end download into ``database``, then its driver ceiling; returns (msg/s, ceiling rows/s)."""
+    store = Storage(fresh_database(database, "ingest", args.pg_url))
+    sampler = RssSampler()
+    rss_start = sampler.rss()
+    sampler.start()
+    marks = {}
+
+    def on_batch(report):
+        for mark in (500_000, 1_000_000, 1_500_000):
+            if report.lines >= mark and mark not in marks:
+                marks[mark] = time.perf_counter()
+
+    downloader = Downloader(store, info["http_url"], workers=args.workers, progress=False, batch_rows=5000)
+    downloader.on_batch = on_batch
+    began = time.perf_counter()
+    # claim up to the last minute of the day: the request asks one minute more (the next day's first
+    # minute, a few hundred extra lines)
+    report = downloader.download("deribit", [SYMBOL], ["quote"], day, day + DAY_US - MINUTE_US)
+    ended = time.perf_counter()
+    sampler.stop.set()
+    sampler.join()
+    store.close()
+    seconds = ended - began
+    rate = report.messages / seconds
+    print("gapless download (%s, workers=%d): %d messages, %d rows inserted in %.2fs = %.0f msg/s"
+          % (database, args.workers, report.messages, report.rows_inserted, seconds, rate))
+    print("  ratio to the curl ceiling: %.3f" % (rate / curl_rate))
+    peak_500k = sampler.peak_between(began, marks.get(500_000, ended))
+    peak_end = sampler.peak_between(began, ended)
+    print("  RSS (this process + workers): start %.0f MB, peak up to 500k lines %.0f MB, peak to the end "
+          "(%dk lines) %.0f MB (%+.1f%%)" % (rss_start / 1e6, peak_500k / 1e6, report.lines // 1000,
+                                             peak_end / 1e6, 100.0 * (peak_end - peak_500k) / peak_500k))
+    if database == "sqlite":
+        ceiling = executemany_ceiling(rows, directory)
+        print("  ceiling sqlite3 executemany of the same %d prepared rows (Peewee's SQL, 5000/txn): %.0f rows/s"
+              % (len(rows), ceiling))
+    else:
+        ceiling = copy_ceiling(rows, fresh_database("postgresql", "ceiling", args.pg_url))
+        print("  ceiling psycopg COPY of the same %d prepared rows (5000/txn): %.0f rows/s" % (len(rows), ceiling))
+    print("  ratio gapless / driver ceiling: %.2f" % (rate / ceiling))
+    return rate, ceiling
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--book-rate", type=float, default=32.0, help="book events/s (32 -> ~2M quote lines/day)")
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("--database", choices=("sqlite", "postgresql", "both"), default="both")
     parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/test")
     args = parser.parse_args()
 
@@ -142,48 +186,13 @@ def main():
         curl = min(curl_seconds(url) for _ in range(3))
         print("ceiling curl -s URL > /dev/null: %.2fs = %.0f lines/s" % (curl, lines / curl))
 
-        store = Storage(fresh_database(args.database, "ingest", args.pg_url))
-        sampler = RssSampler()
-        rss_start = sampler.rss()
-        sampler.start()
-        marks = {}
-
-        def on_batch(report):
-            for mark in (500_000, 1_000_000, 1_500_000):
-                if report.lines >= mark and mark not in marks:
-                    marks[mark] = time.perf_counter()
-
-        downloader = Downloader(store, info["http_url"], workers=args.workers, progress=False,
-                                batch_rows=5000)
-        downloader.on_batch = on_batch
-        began = time.perf_counter()
-        # claim up to the last minute of the day: the request asks one minute more (the next day's first
-        # minute, a few hundred extra lines)
-        report = downloader.download("deribit", [SYMBOL], ["quote"], day, day + DAY_US - MINUTE_US)
-        ended = time.perf_counter()
-        sampler.stop.set()
-        sampler.join()
-        store.close()
-        seconds = ended - began
-        rate = report.messages / seconds
-        print("gapless download (%s, workers=%d): %d messages, %d rows inserted in %.2fs = %.0f msg/s"
-              % (args.database, args.workers, report.messages, report.rows_inserted, seconds, rate))
-        print("  ratio to the curl ceiling: %.3f" % (rate / (lines / curl)))
-        peak_500k = sampler.peak_between(began, marks.get(500_000, ended))
-        peak_end = sampler.peak_between(began, ended)
-        print("  RSS (this process + workers): start %.0f MB, peak up to 500k lines %.0f MB, peak to the end "
-              "(%dk lines) %.0f MB (%+.1f%%)" % (rss_start / 1e6, peak_500k / 1e6, report.lines // 1000,
-                                                 peak_end / 1e6, 100.0 * (peak_end - peak_500k) / peak_500k))
-
         rows = prepared_rows(body, day)
-        if args.database == "sqlite":
-            ceiling = executemany_ceiling(rows, directory)
-            print("ceiling sqlite3 executemany of the same %d prepared rows (Peewee's SQL, 5000/txn): %.0f rows/s"
-                  % (len(rows), ceiling))
-        else:
-            ceiling = copy_ceiling(rows, fresh_database("postgresql", "ceiling", args.pg_url))
-            print("ceiling psycopg COPY of the same %d prepared rows: %.0f rows/s" % (len(rows), ceiling))
-        print("  ratio gapless / driver ceiling: %.2f" % (rate / ceiling))
+        results = {}
+        for database in (("sqlite", "postgresql") if args.database == "both" else (args.database,)):
+            results[database] = ingest(args, database, info, day, rows, directory, lines / curl)
+        if len(results) == 2:
+            print("PostgreSQL / SQLite (same run): gapless %.2f, driver ceilings %.2f"
+                  % (results["postgresql"][0] / results["sqlite"][0], results["postgresql"][1] / results["sqlite"][1]))
     finally:
         double.terminate()
         double.wait(10)
