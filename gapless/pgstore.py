@@ -1,8 +1,9 @@
 """PostgreSQL specifics: connecting, the bulk-insert hot path (COPY), and the schema lock.
 
-Rows are COPYed into a temporary staging table and moved with ``INSERT ... SELECT ... ON CONFLICT DO
-NOTHING`` on the natural key: COPY is PostgreSQL's fast path, and the final INSERT keeps the same
-idempotence as SQLite (re-inserting the same data is a no-op, several writers never duplicate a row).
+Rows are COPYed (PostgreSQL's fast path) straight into their table; a batch that meets existing keys is
+redone through a temporary staging table and ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` on the
+natural key, which keeps the same idempotence as SQLite (re-inserting the same data is a no-op, several
+writers never duplicate a row).
 """
 from urllib.parse import parse_qsl, urlsplit
 
@@ -56,6 +57,44 @@ class advisory_lock:
 
     def __exit__(self, *exc):
         return self._atomic.__exit__(*exc)
+
+
+class CopyInserter:
+    """Bulk insert with ``ON CONFLICT DO NOTHING`` semantics at close to raw ``COPY`` speed.
+
+    A batch is first COPYed straight into its table inside a savepoint: new data (the common case, since
+    downloads ask only for what coverage lacks) pays nothing more than COPY. When a row of the batch
+    already exists, the savepoint is rolled back and the batch goes through a staging table and
+    ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``; the next batches of that table take the staging way
+    directly for a while (two services recording one stream conflict on every batch).
+    """
+
+    STAGING_BATCHES_AFTER_CONFLICT = 50
+
+    def __init__(self):
+        self._staging_left = {}
+
+    def insert(self, cursor, table, columns, rows):
+        """Insert ``rows`` (tuples in ``columns`` order); returns how many were new. In the caller's
+        transaction."""
+        if not rows:
+            return 0
+        if self._staging_left.get(table, 0) > 0:
+            self._staging_left[table] -= 1
+            return copy_rows(cursor, table, columns, rows)
+        from psycopg.errors import UniqueViolation
+        column_list = ", ".join('"%s"' % c for c in columns)
+        cursor.execute("SAVEPOINT gapless_copy")
+        try:
+            with cursor.copy('COPY "%s" (%s) FROM STDIN' % (table, column_list)) as copy:
+                for row in rows:
+                    copy.write_row(row)
+        except UniqueViolation:
+            cursor.execute("ROLLBACK TO SAVEPOINT gapless_copy")
+            self._staging_left[table] = self.STAGING_BATCHES_AFTER_CONFLICT
+            return copy_rows(cursor, table, columns, rows)
+        cursor.execute("RELEASE SAVEPOINT gapless_copy")
+        return len(rows)
 
 
 def copy_rows(cursor, table, columns, rows):

@@ -186,6 +186,7 @@ class Storage:
         self.is_sqlite = isinstance(self.db, SqliteDatabase)
         self.models, self._snapshot_factory = _make_models(self.db)
         self._insert_sql = {}
+        self._copy_inserter = None  # PostgreSQL bulk inserts (made on first use)
         self._lock = threading.Lock()
         self._tables = set()
         self._open(create)
@@ -375,8 +376,10 @@ class Storage:
 
     def _insert_rows(self, cursor, table, rows):
         if not self.is_sqlite:
-            from .pgstore import copy_rows
-            return copy_rows(cursor, table, table_columns(table), rows)
+            if self._copy_inserter is None:
+                from .pgstore import CopyInserter
+                self._copy_inserter = CopyInserter()
+            return self._copy_inserter.insert(cursor, table, table_columns(table), rows)
         before = self.db.connection().total_changes
         cursor.executemany(self.insert_sql(table), iter(rows))
         return self.db.connection().total_changes - before

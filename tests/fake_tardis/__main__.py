@@ -2,10 +2,12 @@
 
     python -m tests.fake_tardis --http-port 0 --ws-port 0 [--clock-offset S]
         [--availability-delay S] [--book-rate R] [--trade-rate R] [--seed N]
-        [--firehose-seconds S] [--symbols A,B]
+        [--firehose-seconds S] [--symbols A,B] [--drop-every S]
 
 Prints one JSON line ``{"http_url": ..., "ws_url": ..., "pid": ...}`` once both servers
-listen, then serves until SIGTERM/SIGINT.
+listen, then serves until SIGTERM/SIGINT. ``--drop-every S`` drops every live connection each
+S seconds, in turn with a close frame, with a reset and on the exchange side (a ``disconnect``
+message). On exit it prints a second JSON line: connections, drops, and the data frames sent.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=MarketConfig.seed)
     ap.add_argument("--firehose-seconds", type=float, default=0.0, help="every connection is a firehose")
     ap.add_argument("--symbols", default="BTC-PERPETUAL,ETH-PERPETUAL", help="default symbols")
+    ap.add_argument("--drop-every", type=float, default=0.0, help="seconds between live drops (0: none)")
     args = ap.parse_args(argv)
     stop = threading.Event()
     # the handlers only set the event; the main thread does the shutdown
@@ -47,8 +50,21 @@ def main(argv: list[str] | None = None) -> int:
     with tm:
         sys.stdout.write(json.dumps({"http_url": tm.http_url, "ws_url": tm.ws_url, "pid": os.getpid()}) + "\n")
         sys.stdout.flush()
-        while not stop.wait(1.0):
-            pass
+        drops = 0
+        period = args.drop_every or 1.0
+        while not stop.wait(period):
+            if args.drop_every:
+                mode = ("close", "reset", "exchange")[drops % 3]
+                if mode == "exchange":
+                    tm.exchange_drop()
+                else:
+                    tm.drop_clients(mode)
+                drops += 1
+        sent = [text for connection in tm.connections for text in connection.sent]
+        data = sum(1 for text in sent if '"type":"disconnect"' not in text and '"type":"error"' not in text)
+        sys.stdout.write(json.dumps({"connections": len(tm.connections), "drops": drops, "frames_sent": len(sent),
+                                     "data_frames_sent": data}) + "\n")
+        sys.stdout.flush()
     return 0
 
 
