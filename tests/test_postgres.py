@@ -161,3 +161,28 @@ def test_two_recorders_of_the_same_stream_store_each_trade_once(pg_url):
         assert sum(r.health()["duplicates"] for r in recorders) > 0
         for store in stores:
             store.close()
+
+
+def test_bulk_insert_copies_new_rows_and_falls_back_to_on_conflict_for_existing_keys(pg_url):
+    """COPY goes straight into the table; a batch meeting stored keys is redone through the staging table,
+    later batches of that table take the staging way, and every way inserts each row exactly once."""
+    from gapless.pgstore import CopyInserter
+    base = 1795564800000000
+
+    def trades(first, count):
+        return [("deribit", "BTC-PERPETUAL", "trade", "trade", "replay", base + i * 1000, base + i * 1000 + 7,
+                 "t%d" % i, 100.0 + i, 1.0, "buy") for i in range(first, first + count)]
+
+    store = Storage(pg_url)
+    try:
+        assert store.write({"trade": trades(0, 100)}) == 100  # direct COPY
+        inserter = store._copy_inserter
+        assert inserter._staging_left.get("trade", 0) == 0
+        assert store.write({"trade": trades(50, 100)}) == 50  # half already stored: staging + ON CONFLICT
+        assert inserter._staging_left["trade"] == CopyInserter.STAGING_BATCHES_AFTER_CONFLICT
+        assert store.write({"trade": trades(150, 10)}) == 10  # the staging way, all new
+        assert store.write({"trade": trades(0, 160)}) == 0  # everything again: nothing new
+        _, rows = store.read_rows("trade", "deribit", "BTC-PERPETUAL", "trade", "replay", base, base + 10 ** 9)
+        assert sorted(r[7] for r in rows) == sorted("t%d" % i for i in range(160))
+    finally:
+        store.close()
