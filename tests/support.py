@@ -115,3 +115,14 @@ def make_gapless(database_url, tardis, data_types, symbols=("BTC-PERPETUAL", "ET
     options.setdefault("recorder_options", {"backoff_base": 0.05, "backoff_cap": 0.5})
     return Gapless("deribit", list(symbols), data_types, database_url=database_url, tardis_url=tardis.http_url,
                    tardis_ws_url=tardis.ws_url, now=tardis.clock.now_us, **options)
+
+
+def foreign_sqlite_file(path):
+    """An SQLite file of some other application (a ``customers`` table); returns its bytes."""
+    import sqlite3
+    connection = sqlite3.connect(path)
+    connection.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+    connection.execute("INSERT INTO customers (name) VALUES ('alice')")
+    connection.commit()
+    connection.close()
+    return Path(path).read_bytes()

@@ -13,6 +13,7 @@ from gapless.cli import main
 from tests.conftest import _pg_connect, pg_schema_url
 from tests.http_stubs import NotTardis, SilentSymbols
 from tests.service_process import error_lines, run_cli, service_env
+from tests.support import foreign_sqlite_file
 
 WINDOW = ["--from", "2026-11-25T00:05", "--to", "2026-11-25T00:10"]
 
@@ -225,12 +226,7 @@ def test_a_postgresql_url_that_is_wrong(tardis, capsys, pg_database, problem):
 
 def test_a_database_that_is_not_a_gapless_database_is_refused_untouched(tardis, tmp_path, capsys, pg_database):
     foreign = tmp_path / "accounts.db"
-    connection = sqlite3.connect(foreign)
-    connection.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
-    connection.execute("INSERT INTO customers (name) VALUES ('alice')")
-    connection.commit()
-    connection.close()
-    original = foreign.read_bytes()
+    original = foreign_sqlite_file(foreign)
     schema, pg_url = pg_schema_url(pg_database)
     with _pg_connect(pg_database.rsplit("/", 1)[1]) as pg:
         pg.execute('CREATE TABLE "%s".customers (id int primary key, name text)' % schema)

@@ -1,11 +1,10 @@
 """Storage: idempotent inserts, coverage in the same transaction, refusal of foreign databases."""
-import sqlite3
 
 import pytest
 
 from gapless.exceptions import DatabaseUrlError, StorageError
 from gapless.storage import Claim, Storage
-from tests.support import ingest_fixture, sqlite_store, us
+from tests.support import foreign_sqlite_file, ingest_fixture, sqlite_store, us
 
 QUOTES = "replay_btc_eth_quote_trade_bars_2026-11-23T0000_0020.ndjson"
 
@@ -48,12 +47,7 @@ def test_a_failed_write_stores_neither_rows_nor_coverage(store):
 
 def test_a_database_that_is_not_gapless_is_refused_untouched(tmp_path):
     path = tmp_path / "other.db"
-    connection = sqlite3.connect(path)
-    connection.execute("create table customers (id integer primary key, name text)")
-    connection.execute("insert into customers (name) values ('alice')")
-    connection.commit()
-    connection.close()
-    before = path.read_bytes()
+    before = foreign_sqlite_file(path)
     with pytest.raises(DatabaseUrlError, match="not a gapless database"):
         Storage("sqlite:///%s" % path)
     assert path.read_bytes() == before
