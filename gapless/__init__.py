@@ -18,6 +18,8 @@ _LAZY = {
     "Downloader": (".download", "Downloader"),
     "Storage": (".storage", "Storage"),
     "load_settings": (".config", "load_settings"),
+    "GaplessError": (".exceptions", "GaplessError"),
+    "UsageError": (".exceptions", "UsageError"),
 }
 __all__ = ["__version__"] + sorted(_LAZY)
 
