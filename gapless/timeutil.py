@@ -17,7 +17,9 @@ DAY_US = 86_400 * US
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _TS_SHAPE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z\Z")
 _second_cache = {}
-_SECOND_CACHE_MAX = 200_000
+# streams move forward in time, so a few thousand recent seconds give nearly every hit; a bigger cache
+# only grows a long-running recorder (one entry per second of data, ~130 B each)
+_SECOND_CACHE_MAX = 8192
 
 
 def parse_timestamp_us(text):
