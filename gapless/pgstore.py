@@ -10,6 +10,7 @@ from urllib.parse import parse_qsl, urlsplit
 from peewee import PostgresqlDatabase
 
 from .exceptions import DatabaseUrlError
+from .urls import redact_url
 
 # pg_advisory_xact_lock key for schema changes: several services starting at once create tables in turn
 SCHEMA_LOCK_KEY = 0x6761706C657373  # "gapless"
@@ -25,7 +26,7 @@ def connect_postgres(url, timeout):
     database = parts.path.lstrip("/")
     if not database:
         raise DatabaseUrlError("database URL %s names no database (postgresql://user:pass@host:port/db)"
-                               % (_redacted(url),))
+                               % (redact_url(url),))
     kwargs = {"host": parts.hostname or "localhost", "port": port or 5432,
               "connect_timeout": max(1, int(timeout))}
     if parts.username:
@@ -35,11 +36,6 @@ def connect_postgres(url, timeout):
     for key, value in parse_qsl(parts.query):
         kwargs[key] = value
     return PostgresqlDatabase(database, autoconnect=True, **kwargs)
-
-
-def _redacted(url):
-    from .urls import redact_url
-    return redact_url(url)
 
 
 class advisory_lock:

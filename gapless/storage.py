@@ -21,7 +21,6 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from peewee import (SQL, BigIntegerField, BooleanField, CharField, CompositeKey, DatabaseError, DoubleField,
                     IntegerField, InterfaceError, Model, OperationalError, SqliteDatabase, TextField)
@@ -29,6 +28,7 @@ from peewee import (SQL, BigIntegerField, BooleanField, CharField, CompositeKey,
 from .convert import table_columns
 from .exceptions import DatabaseUrlError, StorageError
 from .timeutil import US
+from .redaction import redact, url_password
 from .urls import redact_url
 
 log = logging.getLogger(__name__)
@@ -476,12 +476,6 @@ class _NullContext:
 
 
 def _clean(exc, url):
-    """An exception's text with the database password removed."""
+    """An exception's first line with the database password removed (in every spelling)."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        password = None
-    if password:
-        text = text.replace(password, "***")
-    return text
+    return redact(text, [url_password(url)])
