@@ -186,7 +186,7 @@ def cmd_series(args, settings, now_us):
                                                ", ".join("%s %d" % kv for kv in sorted(counts.items()))),
               file=sys.stderr if not args.out else sys.stdout)
     if args.out:
-        from .stitch import export_frames
+        from .publish import export_frames
         export_frames(frames, settings.exchange, args.out)
         print("wrote %d rows to %s" % (len(long), args.out))
     else:
@@ -222,8 +222,8 @@ def cmd_status(args, settings, now_us, gaps_only=False):
         meta = storage.models["meta"]
         row = meta.get_or_none(meta.key == "history_delay_us:%s" % settings.exchange)
         delay = int(row.value) if row is not None else settings.history_delay
-        report = status_report(storage, settings.exchange, settings.symbols, settings.data_types, settings.lookback,
-                               delay, now_us)
+        report = status_report(storage, [(settings.exchange, settings.symbols, settings.data_types)],
+                               settings.lookback, {settings.exchange: {"delay": delay}}, now_us)
     finally:
         storage.close()
     if gaps_only:

@@ -1,4 +1,4 @@
-"""Minute series from stored data, with every minute's source known and holes never filled.
+"""Minute series of one stream from one source: the minute store's aggregates inside that source's coverage.
 
 Labels: a row is labelled by the START of its minute (UTC), everywhere in gapless: the row
 ``2026-11-23 13:30`` describes ``[13:30:00, 13:31:00)``. Values that are states (bid/ask, tickers)
@@ -11,40 +11,21 @@ minute. Inside covered time a minute without a message carries the previous stat
 unchanged book, a quiet market: volume 0); outside it the minute is marked missing (``missing``
 True, ``source`` "missing", values NaN), never filled. A covered minute whose state is still
 unknown (no snapshot seen yet in that covered stretch) is missing too.
+
+Carried state only ever comes from inside the covered stretch: from an earlier minute of it, or from
+the part of the minute where the stretch began (a snapshot received at connect, a trade after the
+stretch's start), never from before the stretch (a hole could hide a change).
 """
 import numpy as np
 import pandas as pd
 
-from .datatypes import parse_data_type
-from .exceptions import UsageError
+from .minutes import MinuteStore, value_columns
+from .schema import QUOTE_VALUES, TICKER_VALUES, TRADE_VALUES
 from .timeutil import MINUTE_US, ceil_minute, floor_minute
 
-QUOTE_VALUES = ("bid_price", "bid_amount", "ask_price", "ask_amount", "mid_open", "mid_high", "mid_low",
-                "mid_close")
-TRADE_VALUES = ("open", "high", "low", "close", "volume", "buy_volume", "sell_volume", "trades", "vwap")
-TICKER_VALUES = ("last_price", "open_interest", "funding_rate", "index_price", "mark_price")
 SOURCES = ("replay", "live")
-
-
-def value_columns(data_type):
-    """The value columns of the minute series of a data type."""
-    data_type = _as_type(data_type)
-    if data_type.family == "book_snapshot":
-        extra = []
-        for side in ("bids", "asks"):
-            for i in range(1, data_type.depth):
-                extra += ["%s_%d_price" % (side, i), "%s_%d_amount" % (side, i)]
-        return QUOTE_VALUES + tuple(extra)
-    if data_type.family in ("trade", "trade_bar"):
-        return TRADE_VALUES
-    if data_type.family == "derivative_ticker":
-        return TICKER_VALUES
-    raise UsageError("no minute series for %s: use quote, quote_<interval> or book_snapshot_* for the book"
-                     % (data_type.name,))
-
-
-def _as_type(data_type):
-    return parse_data_type(data_type) if isinstance(data_type, str) else data_type
+__all__ = ["value_columns", "minute_index", "covered_minutes", "source_minutes", "stream_series", "series",
+           "to_long", "Reader", "SOURCES"]
 
 
 def minute_index(start, end):
@@ -67,27 +48,166 @@ def covered_minutes(intervals, start, end):
     return block
 
 
-def stream_series(storage, exchange, symbol, data_type, start, end, source):
+class Reader:
+    """Reads minute series from a Storage: the minute store plus an in-memory refresh of what is pending.
+
+    A reader never writes: what the last persisted refresh did not see yet is aggregated in memory (an
+    overlay), so a reader beside a running service, or after a download, sees exactly what is stored.
+    """
+
+    def __init__(self, storage, streams=None, overlay=None):
+        self.storage = storage
+        self.store = MinuteStore(storage)
+        self.overlay = overlay if overlay is not None else self.store.refresh(streams, persist=False).overlay
+        self._coverage = {}
+
+    def covered(self, exchange, symbol, data_type, source):
+        """Merged coverage intervals of one stream and source (cached for this reader)."""
+        key = (exchange, symbol, data_type, source)
+        if key not in self._coverage:
+            self._coverage[key] = self.storage.covered(exchange, symbol, data_type, source)
+        return self._coverage[key]
+
+
+def source_minutes(reader, exchange, symbol, data_type, start, end, source):
+    """Values (DataFrame, one row per minute of ``[start, end)``) and the boolean array of known minutes."""
+    data_type = _type(data_type)
+    start, end = floor_minute(start), ceil_minute(end)
+    n = (end - start) // MINUTE_US
+    intervals = reader.covered(exchange, symbol, data_type.name, source)
+    block = covered_minutes(intervals, start, end)
+    columns = list(value_columns(data_type))
+    key = (exchange, symbol, data_type.name, source)
+    stored_cols = columns if data_type.family != "book_snapshot" else list(QUOTE_VALUES) + ["levels"]
+    agg = reader.store.read(key, start, end, stored_cols, reader.overlay)
+    out = pd.DataFrame(np.nan, index=range(n), columns=columns)
+    own = np.zeros(n, dtype=bool)
+    last_ts = np.full(n, -1, dtype=np.int64)
+    if len(agg):
+        pos = ((agg.index.to_numpy(dtype=np.int64) - start) // MINUTE_US).astype(np.int64)
+        own[pos] = True
+        last_ts[pos] = agg["last_ts"].to_numpy(dtype=np.int64)
+        _place(out, pos, agg, data_type)
+    seeds = _seeds(reader, key, stored_cols, data_type, start, block, intervals, own, last_ts, out)
+    if data_type.family == "book_snapshot":
+        known = _fill_book(out, block, own, seeds)
+    elif data_type.family in ("trade", "trade_bar"):
+        known = _fill_trades(out, block, own, seeds)
+    else:
+        known = _fill_tickers(out, block, seeds)
+    return out, known
+
+
+def _type(data_type):
+    from .datatypes import parse_data_type
+    return parse_data_type(data_type) if isinstance(data_type, str) else data_type
+
+
+def _place(out, pos, agg, data_type):
+    if data_type.family == "book_snapshot":
+        for column in QUOTE_VALUES:
+            out.loc[pos, column] = agg[column].to_numpy(dtype=float)
+        deeper = [c for c in out.columns if c not in QUOTE_VALUES]
+        if deeper:
+            out.loc[pos, deeper] = _levels(agg["levels"], len(deeper))
+        return
+    for column in out.columns:
+        out.loc[pos, column] = agg[column].to_numpy(dtype=float)
+
+
+def _levels(texts, width):
+    import orjson
+    rows = [orjson.loads(t) if isinstance(t, str) else [None] * width for t in texts]
+    return np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=float).reshape(-1, width)
+
+
+def _seeds(reader, key, stored_cols, data_type, start, block, intervals, own, last_ts, out):
+    """Per block index: the state carried into the block's first covered minute (a dict), if known.
+
+    It comes from the minute where the coverage interval began, and only if that minute's last row is
+    inside the interval: a row before the interval's start may be followed by changes nobody saw.
+    """
+    seeds = {}
+    for k in np.unique(block[block >= 0]).tolist():
+        a = intervals[k][0]
+        first = int(np.argmax(block == k))
+        if first == 0:
+            row = reader.store.last_before(key, start, floor_minute(a), stored_cols, reader.overlay)
+            if row is not None and int(row["last_ts"]) >= a:
+                seeds[k] = _row_state(row, data_type, out.columns)
+        else:
+            previous = first - 1
+            if own[previous] and last_ts[previous] >= a and start + previous * MINUTE_US >= floor_minute(a):
+                seeds[k] = {c: out.at[previous, c] for c in out.columns}
+    return seeds
+
+
+def _row_state(row, data_type, columns):
+    state = {c: row[c] for c in columns if c in row.index}
+    if data_type.family == "book_snapshot":
+        deeper = [c for c in columns if c not in QUOTE_VALUES]
+        if deeper:
+            state.update(zip(deeper, _levels([row["levels"]], len(deeper))[0]))
+    return {c: (np.nan if v is None else float(v)) for c, v in state.items()}
+
+
+def _ffill(frame, block, own_columns_known, seeds, columns):
+    """Forward-fill ``columns`` inside each block (seeded at its start), never into uncovered minutes."""
+    values = frame[columns].copy()
+    for k, seed in seeds.items():
+        first = int(np.argmax(block == k))
+        for c in columns:
+            if pd.isna(values.at[first, c]) and not own_columns_known[first]:
+                values.at[first, c] = seed.get(c, np.nan)
+    filled = values.groupby(block).ffill()
+    filled[block < 0] = np.nan
+    return filled
+
+
+def _fill_book(out, block, own, seeds):
+    state = [c for c in out.columns if c not in ("mid_open", "mid_high", "mid_low")]
+    filled = _ffill(out, block, own, seeds, state)
+    quiet = ~own
+    out[state] = filled.to_numpy()
+    for column in ("mid_open", "mid_high", "mid_low"):
+        # an unchanged minute: open = high = low = close of the carried mid
+        out.loc[quiet, column] = out.loc[quiet, "mid_close"]
+    return (block >= 0) & (out["bid_price"].notna() | out["ask_price"].notna()).to_numpy()
+
+
+def _fill_trades(out, block, own, seeds):
+    quiet = (block >= 0) & ~own
+    for column in ("volume", "buy_volume", "sell_volume", "trades"):
+        out.loc[quiet, column] = 0.0
+    carried = _ffill(out, block, own, seeds, ["close"])["close"].to_numpy()
+    for column in ("open", "high", "low", "close"):
+        # a quiet minute: open = high = low = close = the last price (NaN if unknown inside coverage)
+        out.loc[quiet, column] = carried[quiet]
+    return block >= 0
+
+
+def _fill_tickers(out, block, seeds):
+    columns = list(TICKER_VALUES)
+    own = np.zeros(len(block), dtype=bool)  # a ticker minute carries each field it did not change
+    for k, seed in seeds.items():
+        first = int(np.argmax(block == k))
+        for c in columns:
+            if pd.isna(out.at[first, c]):
+                out.at[first, c] = seed.get(c, np.nan)
+    out[columns] = _ffill(out, block, own, {}, columns).to_numpy()
+    return (block >= 0) & out.notna().any(axis=1).to_numpy()
+
+
+def stream_series(storage, exchange, symbol, data_type, start, end, source, reader=None):
     """The minute series of one stream from one source over ``[start, end)`` (µs).
 
     Returns a DataFrame indexed by minute start (tz-aware UTC) with the value columns of
     :func:`value_columns` plus ``source`` (the given source or ``"missing"``) and ``missing``.
     """
-    data_type = _as_type(data_type)
-    columns = value_columns(data_type)
-    start, end = floor_minute(start), ceil_minute(end)
-    index = minute_index(start, end)
-    intervals = storage.covered(exchange, symbol, data_type.name, source)
-    block = covered_minutes(intervals, start, end)
-    if data_type.family == "book_snapshot":
-        values, known = _quote_minutes(storage, exchange, symbol, data_type, start, end, source, block, intervals)
-    elif data_type.family == "trade":
-        values, known = _trade_minutes(storage, exchange, symbol, start, end, source, block, intervals)
-    elif data_type.family == "trade_bar":
-        values, known = _bar_minutes(storage, exchange, symbol, data_type, start, end, source, block, intervals)
-    else:
-        values, known = _ticker_minutes(storage, exchange, symbol, start, end, source, block, intervals)
-    frame = pd.DataFrame(values, index=index, columns=list(columns))
+    data_type = _type(data_type)
+    reader = reader or Reader(storage, [(exchange, symbol, data_type.name)])
+    values, known = source_minutes(reader, exchange, symbol, data_type, start, end, source)
+    frame = values.set_axis(minute_index(start, end))
     missing = ~known
     frame.loc[missing, :] = np.nan
     frame["source"] = np.where(missing, "missing", source)
@@ -95,236 +215,35 @@ def stream_series(storage, exchange, symbol, data_type, start, end, source):
     return frame
 
 
-# -- loading -------------------------------------------------------------------------------------
-def _load(storage, table, exchange, symbol, name, source, lo, hi, columns):
-    cols, rows = storage.read_rows(table, exchange, symbol, name, source, lo, hi, columns=columns)
-    if not rows:
-        return pd.DataFrame({c: pd.Series(dtype="float64") for c in cols})
-    return pd.DataFrame.from_records(rows, columns=cols)
-
-
-def _prior_state(storage, table, exchange, symbol, name, source, start, intervals, columns, sampled):
-    """The last row before ``start`` inside the coverage interval that contains ``start``."""
-    for a, b in intervals:
-        if a < start <= b:
-            # a sample stamped exactly at ``start`` closes the previous minute: it is prior state
-            before = start + 1 if sampled else start
-            row = storage.last_row_before(table, exchange, symbol, name, source, before, a, columns=columns)
-            return row
-    return None
-
-
-def _labels(ts, sampled):
-    """Minute label (µs) of each timestamp: its minute, or for interval-end stamps the minute it closes."""
-    ts = np.asarray(ts, dtype=np.int64)
-    if sampled:
-        return -(-ts // MINUTE_US) * MINUTE_US - MINUTE_US
-    return ts - ts % MINUTE_US
-
-
-def _positions(labels, start, n):
-    pos = (labels - start) // MINUTE_US
-    keep = (pos >= 0) & (pos < n)
-    return pos, keep
-
-
-def _ffill_within_blocks(frame, block):
-    """Forward-fill each column, restarting at every coverage block and never into uncovered minutes."""
-    keys = pd.Series(block, index=frame.index)
-    filled = frame.groupby(keys.values).ffill()
-    filled[block < 0] = np.nan
-    return filled
-
-
-# -- quotes and snapshots ------------------------------------------------------------------------
-def _quote_minutes(storage, exchange, symbol, data_type, start, end, source, block, intervals):
-    n = len(block)
-    table = data_type.table
-    level_cols = ["bids_0_price", "bids_0_amount", "asks_0_price", "asks_0_amount"]
-    deeper = list(value_columns(data_type)[len(QUOTE_VALUES):])
-    load_cols = ["timestamp", "local_timestamp", "seq"] + level_cols + deeper
-    sampled = data_type.interval
-    df = _load(storage, table, exchange, symbol, data_type.name, source, start, end + (1 if sampled else 0),
-               load_cols)
-    prior = _prior_state(storage, table, exchange, symbol, data_type.name, source, start, intervals,
-                         load_cols, sampled)
-    out = pd.DataFrame(np.nan, index=range(n), columns=list(value_columns(data_type)))
-    if len(df):
-        df = df.sort_values(["timestamp", "local_timestamp", "seq"], kind="stable")
-        labels = _labels(df["timestamp"].to_numpy(), sampled)
-        pos, keep = _positions(labels, start, n)
-        df = df[keep].assign(pos=pos[keep])
-        mid = (df["bids_0_price"] + df["asks_0_price"]) / 2.0
-        grouped = df.assign(mid=mid).groupby("pos")
-        # the actual last snapshot (groupby.last would skip NaNs and mix an empty level with older ones)
-        last = grouped.nth(-1).set_index("pos")
-        first_mid = grouped["mid"].first()
-        idx = last.index.to_numpy()
-        out.loc[idx, "bid_price"] = last["bids_0_price"].to_numpy()
-        out.loc[idx, "bid_amount"] = last["bids_0_amount"].to_numpy()
-        out.loc[idx, "ask_price"] = last["asks_0_price"].to_numpy()
-        out.loc[idx, "ask_amount"] = last["asks_0_amount"].to_numpy()
-        for column in deeper:
-            out.loc[idx, column] = last[column].to_numpy()
-        out.loc[idx, "mid_open"] = first_mid.to_numpy()
-        out.loc[idx, "mid_high"] = grouped["mid"].max().to_numpy()
-        out.loc[idx, "mid_low"] = grouped["mid"].min().to_numpy()
-        out.loc[idx, "mid_close"] = last["mid"].to_numpy()
-    state_cols = ["bid_price", "bid_amount", "ask_price", "ask_amount", "mid_close"] + deeper
-    observed = out["bid_price"].notna() | out["ask_price"].notna()
-    if prior is not None and n and block[0] >= 0 and not observed.iloc[0]:
-        row = dict(zip(load_cols, prior))
-        out.loc[0, ["bid_price", "bid_amount", "ask_price", "ask_amount"]] = [
-            row["bids_0_price"], row["bids_0_amount"], row["asks_0_price"], row["asks_0_amount"]]
-        for column in deeper:
-            out.loc[0, column] = row[column]
-        out.loc[0, "mid_close"] = _mid(row["bids_0_price"], row["asks_0_price"])
-    filled = _ffill_within_blocks(out[state_cols], block)
-    out[state_cols] = filled.to_numpy()
-    quiet = ~observed.to_numpy()
-    for column in ("mid_open", "mid_high", "mid_low"):
-        # an unchanged minute: open = high = low = close of the carried mid
-        out.loc[quiet, column] = out.loc[quiet, "mid_close"]
-    known = (block >= 0) & (out["bid_price"].notna() | out["ask_price"].notna()).to_numpy()
-    return out.to_numpy(), known
-
-
-def _mid(bid, ask):
-    if bid is None or ask is None:
-        return np.nan
-    return (bid + ask) / 2.0
-
-
-# -- trades --------------------------------------------------------------------------------------
-def _trade_minutes(storage, exchange, symbol, start, end, source, block, intervals):
-    n = len(block)
-    cols = ["timestamp", "price", "amount", "side"]
-    df = _load(storage, "trade", exchange, symbol, "trade", source, start, end, cols)
-    prior = _prior_state(storage, "trade", exchange, symbol, "trade", source, start, intervals, cols, False)
-    out = pd.DataFrame(np.nan, index=range(n), columns=list(TRADE_VALUES))
-    out["volume"] = 0.0
-    out["buy_volume"] = 0.0
-    out["sell_volume"] = 0.0
-    out["trades"] = 0.0
-    if len(df):
-        df = df.sort_values("timestamp", kind="stable")
-        pos, keep = _positions(_labels(df["timestamp"].to_numpy(), False), start, n)
-        df = df[keep].assign(pos=pos[keep])
-        df["notional"] = df["price"] * df["amount"]
-        df["buy"] = np.where(df["side"] == "buy", df["amount"], 0.0)
-        df["sell"] = np.where(df["side"] == "sell", df["amount"], 0.0)
-        g = df.groupby("pos")
-        idx = g.size().index.to_numpy()
-        out.loc[idx, "open"] = g["price"].first().to_numpy()
-        out.loc[idx, "high"] = g["price"].max().to_numpy()
-        out.loc[idx, "low"] = g["price"].min().to_numpy()
-        out.loc[idx, "close"] = g["price"].last().to_numpy()
-        volume = g["amount"].sum().to_numpy()
-        out.loc[idx, "volume"] = volume
-        out.loc[idx, "buy_volume"] = g["buy"].sum().to_numpy()
-        out.loc[idx, "sell_volume"] = g["sell"].sum().to_numpy()
-        out.loc[idx, "trades"] = g.size().to_numpy().astype(float)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out.loc[idx, "vwap"] = g["notional"].sum().to_numpy() / volume
-    _flat_bars(out, block, prior[1] if prior is not None else None)
-    return out.to_numpy(), block >= 0
-
-
-def _flat_bars(out, block, prior_close):
-    """Quiet covered minutes: volume 0 and open = high = low = close = the last close (if known)."""
-    traded = out["trades"].to_numpy() > 0
-    close = out["close"].copy()
-    if prior_close is not None and len(close) and block[0] >= 0 and not traded[0]:
-        close.iloc[0] = prior_close
-    carried = _ffill_within_blocks(close.to_frame(), block)["close"].to_numpy()
-    quiet = ~traded
-    for column in ("open", "high", "low", "close"):
-        out.loc[quiet, column] = carried[quiet]
-
-
-# -- trade bars ----------------------------------------------------------------------------------
-def _bar_minutes(storage, exchange, symbol, data_type, start, end, source, block, intervals):
-    n = len(block)
-    cols = ["timestamp", "open_timestamp", "open", "high", "low", "close", "volume", "buy_volume", "sell_volume",
-            "trades", "vwap"]
-    df = _load(storage, "trade_bar", exchange, symbol, data_type.name, source, start, end + 1, cols)
-    prior = _prior_state(storage, "trade_bar", exchange, symbol, data_type.name, source, start, intervals,
-                         cols, True)
-    out = pd.DataFrame(np.nan, index=range(n), columns=list(TRADE_VALUES))
-    for column in ("volume", "buy_volume", "sell_volume", "trades"):
-        out[column] = 0.0
-    if len(df):
-        # a bar cut short by a range start or a reconnect shares its stamp with the full bar: keep the fullest
-        df = df.sort_values(["timestamp", "trades", "volume"], kind="stable").drop_duplicates("timestamp", keep="last")
-        pos, keep = _positions(_labels(df["timestamp"].to_numpy(), True), start, n)
-        df = df[keep].assign(pos=pos[keep]).groupby("pos").last()
-        idx = df.index.to_numpy()
-        for column in TRADE_VALUES:
-            out.loc[idx, column] = df[column].to_numpy()
-    _flat_bars(out, block, prior[5] if prior is not None else None)
-    return out.to_numpy(), block >= 0
-
-
-# -- derivative tickers --------------------------------------------------------------------------
-def _ticker_minutes(storage, exchange, symbol, start, end, source, block, intervals):
-    n = len(block)
-    cols = ["timestamp", "local_timestamp", "seq"] + list(TICKER_VALUES)
-    df = _load(storage, "derivative_ticker", exchange, symbol, "derivative_ticker", source, start, end, cols)
-    prior = _prior_state(storage, "derivative_ticker", exchange, symbol, "derivative_ticker", source, start,
-                         intervals, cols, False)
-    out = pd.DataFrame(np.nan, index=range(n), columns=list(TICKER_VALUES))
-    if len(df):
-        df = df.sort_values(["timestamp", "local_timestamp", "seq"], kind="stable")
-        pos, keep = _positions(_labels(df["timestamp"].to_numpy(), False), start, n)
-        last = df[keep].assign(pos=pos[keep]).groupby("pos")[list(TICKER_VALUES)].last()
-        out.loc[last.index.to_numpy(), list(TICKER_VALUES)] = last.to_numpy()
-    if prior is not None and n and block[0] >= 0:
-        row = dict(zip(cols, prior))
-        for column in TICKER_VALUES:
-            if pd.isna(out.loc[0, column]) and row[column] is not None:
-                out.loc[0, column] = row[column]
-    out[:] = _ffill_within_blocks(out, block).to_numpy()
-    known = (block >= 0) & out.notna().any(axis=1).to_numpy()
-    return out.to_numpy(), known
-
-
-# -- several streams and sources -------------------------------------------------------------------
-def combine(frames):
-    """Stitch per-source frames of one stream (priority order, e.g. replay then live) minute by minute.
-
-    Each minute takes the first source that knows it; a minute no source knows stays missing.
-    """
-    frames = [f for f in frames if f is not None]
-    result = frames[0].copy()
-    for frame in frames[1:]:
-        take = result["missing"].to_numpy() & ~frame["missing"].to_numpy()
-        if take.any():
-            result.loc[take, :] = frame.loc[take, :].to_numpy()
-    result["missing"] = result["missing"].astype(bool)
-    return result
-
-
-def series(storage, exchange, symbols, data_types, start, end, sources=SOURCES):
+def series(storage, exchange, symbols, data_types, start, end, sources=SOURCES, reader=None):
     """Minute series of several streams: ``{(symbol, data_type): DataFrame}`` (see :func:`stream_series`).
 
     With several ``sources`` (default replay then live) each minute comes from the first source that
-    covers it.
+    knows it (see :func:`gapless.stitch.combine`).
     """
+    from .stitch import combine
+    types = [_type(d) for d in data_types]
+    reader = reader or Reader(storage, [(exchange, s, d.name) for s in symbols for d in types])
     result = {}
     for symbol in symbols:
-        for data_type in data_types:
-            data_type = _as_type(data_type)
-            frames = [stream_series(storage, exchange, symbol, data_type, start, end, source) for source in sources]
+        for data_type in types:
+            frames = [stream_series(storage, exchange, symbol, data_type, start, end, source, reader)
+                      for source in sources]
             result[(symbol, data_type.name)] = combine(frames)
     return result
 
 
 def to_long(frames, exchange):
-    """One long frame: a row per (symbol, data type, minute) with ``minute`` as an ISO-8601 UTC column."""
+    """One long frame: a row per (symbol, data type, minute) with ``minute`` as an ISO-8601 UTC column.
+
+    Keys may be ``(symbol, data_type)`` (one exchange, given as ``exchange``) or
+    ``(exchange, symbol, data_type)``.
+    """
     parts = []
-    for (symbol, data_type), frame in frames.items():
+    for key, frame in frames.items():
+        venue, symbol, data_type = key if len(key) == 3 else (exchange,) + tuple(key)
         part = frame.reset_index()
-        part.insert(1, "exchange", exchange)
+        part.insert(1, "exchange", venue)
         part.insert(2, "symbol", symbol)
         part.insert(3, "data_type", data_type)
         parts.append(part)
@@ -333,3 +252,7 @@ def to_long(frames, exchange):
     long = pd.concat(parts, ignore_index=True, sort=False)
     ordered = ["minute", "exchange", "symbol", "data_type", "source", "missing"]
     return long[ordered + [c for c in long.columns if c not in ordered]]
+
+
+# kept for callers that import the value groups from here
+__all__ += ["QUOTE_VALUES", "TRADE_VALUES", "TICKER_VALUES"]

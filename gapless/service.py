@@ -21,8 +21,9 @@ from .horizon import HistoryHorizon
 from .recorder import Recorder
 from .redaction import protect_url_loggers, url_password
 from .series import series as compute_series
+from .publish import rebuild
+from .series import Reader
 from .status import SETTLE_US, gap_runs, minute_sources, status_report
-from .stitch import rebuild
 from .storage import Storage
 from .timeutil import MINUTE_US, ceil_minute, floor_day, floor_minute, iso, parse_duration_us
 from .urls import validate_http_url
@@ -160,8 +161,8 @@ class Gapless:
                 start, end = self.window()
                 self.last_rebuild = rebuild(self.storage, self.exchange, self.symbols, self.data_types, start, end,
                                             export=self.export, now_us=self.now())
-                missing = sum(int(f["missing"].sum()) for f in self.last_rebuild.frames.values())
-                log.info("rebuilt %d stream(s) over %s .. %s in %.2fs: %s", len(self.last_rebuild.frames),
+                missing = self.last_rebuild.missing
+                log.info("rebuilt %d stream(s) over %s .. %s in %.2fs: %s", len(self.last_rebuild.streams),
                          iso(start), iso(end), self.last_rebuild.seconds,
                          "gapless" if not missing else "%d missing minute(s)" % missing)
             return self.last_rebuild
@@ -197,6 +198,7 @@ class Gapless:
         gaps that history can now fill completely, and for days that are over (one request per day).
         """
         wanted = {}
+        reader = Reader(self.storage, [(self.exchange, s, d) for s in self.symbols for d in self.data_types])
         for symbol in self.symbols:
             for data_type in parse_data_types(list(self.data_types)):
                 if not data_type.book_derived:
@@ -205,7 +207,7 @@ class Gapless:
                 ranges = [(start, min(limit, floor_day(limit)))] if floor_day(limit) > start else []
                 # whole gaps only: a gap that history reaches only in part is fetched once it reaches all of it
                 window_end = max(limit, self.window()[1])
-                sources = minute_sources(self.storage, self.exchange, symbol, data_type.name, start, window_end)
+                sources = minute_sources(reader, self.exchange, symbol, data_type.name, start, window_end)
                 ranges += [(a, b) for a, b in gap_runs(sources, start) if b <= limit]
                 if ranges:
                     wanted[(symbol, data_type)] = ranges
@@ -261,8 +263,8 @@ class Gapless:
 
     def status(self):
         """The status document (see :mod:`gapless.status`)."""
-        return status_report(self.storage, self.exchange, self.symbols, self.data_types, self.lookback,
-                             self.horizon.state()["delay"], self.now())
+        return status_report(self.storage, [(self.exchange, self.symbols, self.data_types)], self.lookback,
+                             {self.exchange: self.horizon.state()}, self.now())
 
     def gaps(self):
         """Gaps per stream: ``[{symbol, data_type, start, end, minutes, reason, healable}, ...]``."""

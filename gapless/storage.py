@@ -14,21 +14,22 @@ really stored. It is written in the same transaction as the rows it covers, so i
 than is stored. Coverage times are exchange time: "every message whose timestamp falls in
 ``[start, end)`` (for sampled types: every sample whose interval lies in it) is stored".
 """
-import logging
 import contextlib
+import logging
 import os
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 
-from peewee import (SQL, BigIntegerField, BooleanField, CharField, CompositeKey, DatabaseError, DoubleField,
-                    IntegerField, InterfaceError, Model, OperationalError, SqliteDatabase, TextField)
+import numpy as np
+from peewee import SQL, DatabaseError, InterfaceError, OperationalError, SqliteDatabase
 
-from .convert import table_columns
+from .convert import RowBlock, table_columns
 from .exceptions import DatabaseUrlError, StorageError
-from .timeutil import US
 from .redaction import redact, url_password
+from .schema import BOOKKEEPING_TABLES, FAMILY_TABLES, SCHEMA_VERSION, make_models, upgrade_statements
+from .timeutil import MINUTE_US, US
 from .urls import redact_url
 
 log = logging.getLogger(__name__)
@@ -39,9 +40,7 @@ except ImportError:  # pragma: no cover - psycopg is in requirements.txt
     _PsycopgError = DatabaseError
 DRIVER_ERRORS = (DatabaseError, InterfaceError, OperationalError, sqlite3.DatabaseError, _PsycopgError)
 
-SCHEMA_VERSION = 1
 SOURCES = ("replay", "live")
-_FAMILY_TABLES = ("trade", "trade_bar", "book_change", "derivative_ticker")
 
 
 @dataclass(frozen=True)
@@ -62,88 +61,8 @@ class Claim:
     end_reason: str = None
     is_open: bool = False
     owner: str = None  # "host:pid" of the live recorder that writes an open segment
-
-
-def _make_models(database):
-    """Fresh model classes bound to ``database`` (one set per :class:`Storage`, so several can coexist)."""
-
-    class Base(Model):
-        class Meta:
-            database = None
-            legacy_table_names = False
-
-    Base._meta.database = database
-
-    def common():
-        return {
-            "exchange": CharField(max_length=64),
-            "symbol": CharField(max_length=128),
-            "dtype": CharField(max_length=32),
-            "name": CharField(max_length=64),
-            "source": CharField(max_length=8),
-            "timestamp": BigIntegerField(),
-            "local_timestamp": BigIntegerField(),
-        }
-
-    def model(table, fields, key):
-        meta = type("Meta", (), {"table_name": table, "primary_key": CompositeKey(*key),
-                                 "without_rowid": isinstance(database, SqliteDatabase)})
-        return type(table.title().replace("_", ""), (Base,), dict(fields, Meta=meta))
-
-    models = {}
-    models["trade"] = model("trade", dict(common(), trade_id=CharField(max_length=128), price=DoubleField(),
-                                          amount=DoubleField(), side=CharField(max_length=8)),
-                            ("exchange", "symbol", "source", "timestamp", "trade_id"))
-    models["trade_bar"] = model("trade_bar", dict(
-        common(), open_timestamp=BigIntegerField(), close_timestamp=BigIntegerField(), interval=DoubleField(),
-        kind=CharField(max_length=16), open=DoubleField(), high=DoubleField(), low=DoubleField(),
-        close=DoubleField(), volume=DoubleField(), buy_volume=DoubleField(), sell_volume=DoubleField(),
-        trades=DoubleField(), vwap=DoubleField(null=True)),
-        # open_timestamp is in the key: a bar cut short by a range start or a reconnect is another
-        # bar than the full one stamped at the same time; the series picks the fullest
-        ("exchange", "symbol", "name", "source", "timestamp", "open_timestamp"))
-    seq_key = ("exchange", "symbol", "name", "source", "timestamp", "local_timestamp", "seq")
-    models["book_change"] = model("book_change", dict(
-        common(), seq=IntegerField(), is_snapshot=BooleanField(), bids=TextField(), asks=TextField()), seq_key)
-    ticker_fields = {c: DoubleField(null=True) for c in table_columns("derivative_ticker")[8:-1]}
-    models["derivative_ticker"] = model("derivative_ticker", dict(
-        common(), seq=IntegerField(), funding_timestamp=BigIntegerField(null=True), **ticker_fields), seq_key)
-
-    class Coverage(Base):
-        exchange = CharField(max_length=64)
-        symbol = CharField(max_length=128)
-        data_type = CharField(max_length=64)
-        source = CharField(max_length=8)
-        segment = CharField(max_length=64)
-        start = BigIntegerField()
-        end = BigIntegerField()
-        end_reason = CharField(max_length=32, null=True)
-        is_open = BooleanField(default=False)
-        owner = CharField(max_length=128, null=True)
-        updated_at = BigIntegerField()
-
-        class Meta:
-            table_name = "coverage"
-            indexes = ((("segment", "exchange", "symbol", "data_type", "source"), True),
-                       (("exchange", "symbol", "data_type", "source", "start"), False))
-
-    class GaplessMeta(Base):
-        key = CharField(max_length=64, primary_key=True)
-        value = TextField()
-
-        class Meta:
-            table_name = "gapless_meta"
-
-    models["coverage"] = Coverage
-    models["meta"] = GaplessMeta
-
-    def snapshot(depth):
-        fields = dict(common(), seq=IntegerField())
-        for column in table_columns("book_snapshot_%d" % depth)[8:]:
-            fields[column] = DoubleField(null=True)
-        return model("book_snapshot_%d" % depth, fields, seq_key)
-
-    return models, snapshot
+    limit_end: int = None  # the end this segment's run could have claimed (replay: the request's claim end)
+    sealed_until: int = None  # local time up to which the run delivered every line (None: unknown)
 
 
 def _connect(url, timeout):
@@ -184,7 +103,7 @@ class Storage:
         self.redacted_url = redact_url(url)
         self.db = _connect(url, timeout)
         self.is_sqlite = isinstance(self.db, SqliteDatabase)
-        self.models, self._snapshot_factory = _make_models(self.db)
+        self.models, self._snapshot_factory = make_models(self.db)
         self._insert_sql = {}
         self._copy_inserter = None  # PostgreSQL bulk inserts (made on first use)
         self._lock = threading.Lock()
@@ -222,6 +141,10 @@ class Storage:
             if version is None or int(version) > SCHEMA_VERSION:
                 raise DatabaseUrlError("database %s has gapless schema version %s; this gapless supports %d"
                                        % (self.redacted_url, version, SCHEMA_VERSION))
+            if int(version) < SCHEMA_VERSION and not create:
+                raise DatabaseUrlError("database %s has the older gapless schema version %s: run the service or "
+                                       "'gapless download' once to upgrade it (readers never write)"
+                                       % (self.redacted_url, version))
         elif not create:
             raise DatabaseUrlError("database %s is empty (not a gapless database yet)" % (self.redacted_url,))
         if create:
@@ -244,13 +167,33 @@ class Storage:
                                    % (self.redacted_url, ", ".join(sorted(tables)[:5])))
 
     def _create_base_schema(self):
-        models = [self.models[name] for name in _FAMILY_TABLES + ("coverage", "meta")]
+        names = FAMILY_TABLES + BOOKKEEPING_TABLES
         with self._schema_lock():
             with self.write_transaction():
-                self.db.create_tables(models, safe=True)
+                existing = set(self.db.get_tables())
                 meta = self.models["meta"]
-                meta.insert(key="schema_version", value=str(SCHEMA_VERSION)).on_conflict_ignore().execute()
+                version = int(self._meta_value("schema_version") or SCHEMA_VERSION) if "gapless_meta" in existing \
+                    else SCHEMA_VERSION
+                self.db.create_tables([self.models[name] for name in names], safe=True)
+                if version < SCHEMA_VERSION:
+                    self._upgrade(version, existing)
+                meta.insert(key="schema_version", value=str(SCHEMA_VERSION)).on_conflict(
+                    conflict_target=[meta.key], preserve=[meta.value]).execute()
                 meta.insert(key="created_at", value=str(int(time.time()))).on_conflict_ignore().execute()
+
+    def _upgrade(self, version, existing):
+        """Bring an older database up to date (inside the schema lock and transaction)."""
+        for statement in upgrade_statements(version, self.is_sqlite):
+            table = statement.split('"')[1]
+            if table in existing:  # a table made just now by create_tables already has every column
+                self.db.execute_sql(statement)
+        # the minute store starts empty: every stored stretch is dirty once, so the first pass fills it
+        self.db.execute_sql(
+            'INSERT INTO "dirty_rows" ("exchange", "symbol", "data_type", "source", "lo", "hi") '
+            'SELECT "exchange", "symbol", "data_type", "source", MIN("start"), MAX("end") FROM "coverage" '
+            'GROUP BY "exchange", "symbol", "data_type", "source"')
+        log.warning("database %s upgraded from gapless schema version %d to %d", self.redacted_url, version,
+                    SCHEMA_VERSION)
 
     def write_transaction(self):
         """A transaction that takes the write lock at BEGIN on SQLite (``BEGIN IMMEDIATE``).
@@ -347,13 +290,18 @@ class Storage:
         inserted = 0
         tables = [t for t, rows in rows_by_table.items() if rows]
         self.ensure_tables(tables)
+        dirty = {}
+        for table in tables:
+            _row_ranges(rows_by_table[table], dirty)
         try:
             with self.write_transaction():
                 cursor = self.db.cursor()
                 for table in tables:
                     inserted += self._insert_rows(cursor, table, rows_by_table[table])
                 if claims:
+                    self._claim_ranges(claims, dirty)
                     self._upsert_claims(claims)
+                self._mark_dirty(dirty)
         except DRIVER_ERRORS as exc:
             raise StorageError("writing to %s failed: %s" % (self.redacted_url, _clean(exc, self.url))) from exc
         return inserted
@@ -384,19 +332,53 @@ class Storage:
         cursor.executemany(self.insert_sql(table), iter(rows))
         return self.db.connection().total_changes - before
 
+    def _claim_ranges(self, claims, dirty):
+        """What the claims change in coverage (against the stored segments), as dirty ranges."""
+        coverage = self.models["coverage"]
+        segments = sorted({c.segment for c in claims})
+        old = {}
+        for chunk in _chunks(segments, 200):
+            for row in coverage.select(coverage.segment, coverage.exchange, coverage.symbol, coverage.data_type,
+                                       coverage.source, coverage.start, coverage.end).where(
+                                           coverage.segment.in_(chunk)).tuples():
+                old[row[:5]] = row[5:]
+        for c in claims:
+            key = (c.exchange, c.symbol, c.data_type, c.source)
+            before = old.get((c.segment,) + key)
+            if before is None:
+                changed = [(c.start, c.end)]
+            else:
+                changed = [(min(before[0], c.start), max(before[0], c.start)),
+                           (min(before[1], c.end), max(before[1], c.end))]
+            for lo, hi in changed:
+                if hi > lo:
+                    _widen(dirty, key, lo, hi)
+
+    def _mark_dirty(self, dirty):
+        """Record the changed ranges for the minute store (in the caller's transaction)."""
+        if not dirty:
+            return
+        rows = [{"exchange": e, "symbol": s, "data_type": d, "source": src, "lo": lo, "hi": hi}
+                for (e, s, d, src), (lo, hi) in dirty.items()]
+        model = self.models["dirty_rows"]
+        for chunk in _chunks(rows, 200):
+            model.insert_many(chunk).execute()
+
     def _upsert_claims(self, claims):
         coverage = self.models["coverage"]
         now = int(time.time() * US)
         rows = [{"exchange": c.exchange, "symbol": c.symbol, "data_type": c.data_type, "source": c.source,
                  "segment": c.segment, "start": c.start, "end": c.end, "end_reason": c.end_reason,
-                 "is_open": c.is_open, "owner": c.owner, "updated_at": now} for c in claims]
+                 "is_open": c.is_open, "owner": c.owner, "updated_at": now, "limit_end": c.limit_end,
+                 "sealed_until": c.sealed_until} for c in claims]
         excluded = SQL("EXCLUDED")
         coverage.insert_many(rows).on_conflict(
             conflict_target=[coverage.segment, coverage.exchange, coverage.symbol, coverage.data_type,
                              coverage.source],
             update={coverage.end: SQL('EXCLUDED."end"'), coverage.start: SQL('EXCLUDED."start"'),
                     coverage.end_reason: SQL("EXCLUDED.end_reason"), coverage.is_open: SQL("EXCLUDED.is_open"),
-                    coverage.owner: SQL("EXCLUDED.owner"),
+                    coverage.owner: SQL("EXCLUDED.owner"), coverage.limit_end: SQL("EXCLUDED.limit_end"),
+                    coverage.sealed_until: SQL("EXCLUDED.sealed_until"),
                     coverage.updated_at: SQL("EXCLUDED.updated_at")}).execute()
         del excluded
 
@@ -465,6 +447,45 @@ class Storage:
         for key, value in where.items():
             query = query.where(getattr(model, key) == value)
         return query.count()
+
+
+def _chunks(items, size):
+    items = list(items)
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _widen(dirty, key, lo, hi):
+    old = dirty.get(key)
+    dirty[key] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
+
+
+def _row_ranges(rows, dirty):
+    """Add the time range of each stream's rows in ``rows`` (a RowBlock or row tuples) to ``dirty``.
+
+    Rows are keyed by (exchange, symbol, name, source): a row's ``name`` is its data type. Sampled rows are
+    stamped at their interval's end, so a range reaches one minute back to the minute they describe.
+    """
+    if isinstance(rows, RowBlock):
+        if not rows:
+            return
+        ts = rows.array(5)
+        keys = [rows.distinct(i) for i in (0, 1, 3, 4)]
+        if all(len(k) == 1 for k in keys):
+            groups = [(tuple(next(iter(k)) for k in keys), ts)]
+        else:
+            columns = [np.asarray(list(rows.column(i)), dtype=object) for i in (0, 1, 3, 4)]
+            groups = []
+            for key in set(zip(*columns)):
+                mask = np.ones(len(ts), dtype=bool)
+                for column, value in zip(columns, key):
+                    mask &= column == value
+                groups.append((key, ts[mask]))
+        for key, stamps in groups:
+            if len(stamps):
+                _widen(dirty, key, int(stamps.min()) - MINUTE_US, int(stamps.max()) + 1)
+        return
+    for row in rows:
+        _widen(dirty, (row[0], row[1], row[3], row[4]), row[5] - MINUTE_US, row[5] + 1)
 
 
 class _NullContext:

@@ -22,7 +22,7 @@ from gapless.exceptions import GaplessError, UsageError
 from gapless.series import series
 from gapless.service import Gapless
 from gapless.status import status_report
-from gapless.stitch import read_published, rebuild
+from gapless.publish import read_published, rebuild
 from gapless.storage import Claim, Storage
 from tests.conftest import pg_schema_url
 from tests.service_process import run_cli, service_env, start_service, stop_service
@@ -318,7 +318,8 @@ def test_hostile_strings_reaching_storage_are_data_never_sql(store):
     end = start + 10 * 60 * 10 ** 6
     frames = series(store, HOSTILE_EXCHANGES[0], HOSTILE_SYMBOLS, ["trade"], start, end)
     assert all(not f["missing"].any() for f in frames.values())
-    report = status_report(store, HOSTILE_EXCHANGES[0], HOSTILE_SYMBOLS, ["trade"], 10 * 60 * 10 ** 6, 0, end + 10 ** 7)
+    report = status_report(store, [(HOSTILE_EXCHANGES[0], HOSTILE_SYMBOLS, ["trade"])], 10 * 60 * 10 ** 6,
+                           {HOSTILE_EXCHANGES[0]: {"delay": 0}}, end + 10 ** 7)
     assert [s["symbol"] for s in report["streams"]] == HOSTILE_SYMBOLS and all(s["gapless"] for s in report["streams"])
     rebuild(store, HOSTILE_EXCHANGES[0], HOSTILE_SYMBOLS, ["trade"], start, end)
     for symbol in HOSTILE_SYMBOLS:
