@@ -9,7 +9,7 @@ import os
 import sys
 
 from .config import load_settings, make_clock
-from .datatypes import parse_data_types
+from .datatypes import check_series_types, parse_data_types
 from .exceptions import GaplessError, UsageError
 from .redaction import install_secret_filter, redact, url_password
 from .timeutil import MINUTE_US, ceil_minute, floor_minute, iso, parse_time_arg, to_us
@@ -259,6 +259,8 @@ def main(argv=None, now=None):
         if command is None:
             raise UsageError("unknown command %r (try --help)" % (args.command,))
         settings = _settings(args)
+        if args.command != "download":  # download stores any data type; everything else makes minute series
+            check_series_types(settings.data_types, "--data-types / GAPLESS_DATA_TYPES")
         setup_logging(settings.log_level)
         secrets = [settings.api_key, url_password(settings.database_url)]
         install_secret_filter(secrets)

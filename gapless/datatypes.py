@@ -124,6 +124,42 @@ def parse_data_types(names):
     return parsed
 
 
+def series_problem(data_type):
+    """Why a data type has no minute series (a sentence naming it and the rule), or None when it has one.
+
+    A minute series needs samples that can be cut at minute boundaries: raw types, and sampled types whose
+    interval divides a minute. A longer interval (``trade_bar_5m``) carries one value for several minutes
+    and an interval that does not divide a minute (``quote_7s``) straddles the minute's close.
+    """
+    if data_type.family == "book_change":
+        return ("data type %r has no minute series: it is the raw order book feed; use quote, quote_<interval> or "
+                "book_snapshot_<depth>_<interval>, which tardis-machine computes from the same changes"
+                % (data_type.name,))
+    interval = data_type.interval_ms
+    if interval and (interval > 60_000 or 60_000 % interval):
+        return ("data type %r has no minute series: its interval must divide a minute (e.g. 100ms, 1s, 5s, 10s, "
+                "15s, 30s, 1m); %s %s" % (data_type.name, _interval_text(interval),
+                                          "is longer than a minute" if interval > 60_000 else
+                                          "does not divide a minute"))
+    return None
+
+
+def check_series_types(data_types, label="data types"):
+    """Raise :class:`DataTypeError` (naming the type and the rule) if one of ``data_types`` has no minute series."""
+    for data_type in parse_data_types(data_types):
+        problem = series_problem(data_type)
+        if problem:
+            raise DataTypeError("%s: %s" % (label, problem))
+    return data_types
+
+
+def _interval_text(ms):
+    for unit, size in (("m", 60_000), ("s", 1000)):
+        if ms % size == 0:
+            return "%d%s" % (ms // size, unit)
+    return "%dms" % ms
+
+
 def data_type_of_message(message):
     """The data type name a normalized message belongs to (its ``name``, else its ``type``)."""
     return message.get("name") or message.get("type")

@@ -1,9 +1,8 @@
-"""Replay downloader: plan what history is missing, fetch it in day slices, write it with coverage.
+"""Replay downloader: fetch the planned requests (see :mod:`gapless.plan`), write them with coverage.
 
-Planning reads the coverage table, so a restart resumes from what is stored and nothing already
-covered is requested again, except what tardis-machine's 00:00 rule forces: book-derived types
-(quotes, snapshots, book changes) need the day's initial book snapshot, so their requests always start
-at 00:00 UTC of the day (rows already stored are skipped before insertion).
+Planning reads the coverage table and the replay ledger, so a restart resumes from what is stored and
+nothing already covered (or recently asked for in vain) is requested again, except what tardis-machine's
+00:00 rule forces. After each complete run, what it did not claim goes to the ledger.
 
 Fetching and parsing run in worker processes (``workers`` of them, default 1) and the calling thread is
 the single database writer: parsing JSON is CPU-bound, threads would share one core under the GIL, and
@@ -20,13 +19,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from .datatypes import parse_data_types
+from . import ledger
+from .datatypes import parse_data_type, parse_data_types
 from .exceptions import GaplessError, RequestRejectedError, ServerError
 from .ingest import ReplayRequest, RunParser
-from .intervals import merge, split, subtract
+from .plan import plan_wanted
 from .redaction import install_secret_filter
 from .replay import ReplayClient, redact_options, replay_options
-from .timeutil import DAY_US, MINUTE_US, ceil_minute, floor_day, floor_minute
+from .timeutil import MINUTE_US, US
 
 log = logging.getLogger(__name__)
 
@@ -51,67 +51,6 @@ class DownloadReport:
     def complete(self):
         """True when every planned request finished."""
         return not self.failed
-
-
-def plan_requests(storage, exchange, symbols, data_types, start, end):
-    """The replay requests that download what replay coverage lacks in ``[start, end)``.
-
-    ``start``/``end`` are µs (minute aligned outward). Requests never cross a UTC day; book-derived
-    types start at 00:00 of their day; streams needing the same range share one request.
-    """
-    data_types = parse_data_types(data_types)
-    wanted = {(symbol, data_type): [(start, end)] for symbol in symbols for data_type in data_types}
-    return plan_wanted(storage, exchange, wanted)
-
-
-def plan_wanted(storage, exchange, wanted):
-    """Like :func:`plan_requests`, for ``{(symbol, DataType): [(start, end), ...]}`` wanted per stream."""
-    groups = {}
-    skips = {}
-    for (symbol, data_type), ranges in wanted.items():
-        covered = storage.covered(exchange, symbol, data_type.name, "replay")
-        ranges = [(floor_minute(a), ceil_minute(b)) for a, b in ranges]
-        need = merge((floor_minute(a), ceil_minute(b)) for a, b in subtract(ranges, covered))
-        if not need:
-            continue
-        if data_type.book_derived:
-            ends = {}
-            for a, b in split(need, DAY_US):
-                day = floor_day(a)
-                ends[day] = max(ends.get(day, 0), b)
-            for day, b in ends.items():
-                groups.setdefault((day, b), set()).add((symbol, data_type.name))
-                prefix = _covered_prefix(covered, day)
-                if prefix > day:
-                    skips[(day, symbol, data_type.name)] = prefix
-        else:
-            for a, b in split(need, DAY_US):
-                groups.setdefault((a, b), set()).add((symbol, data_type.name))
-    requests = []
-    for (a, b), streams in sorted(groups.items()):
-        for symbols_, types_ in _product_groups(streams):
-            skip = tuple((s, d, skips[(a, s, d)]) for s in symbols_ for d in types_ if (a, s, d) in skips)
-            requests.append(ReplayRequest(exchange, symbols_, types_, a, b, skip_before=skip))
-    return requests
-
-
-def _covered_prefix(covered, at):
-    """End of the covered interval that contains ``at`` (or ``at`` when none does)."""
-    for a, b in covered:
-        if a <= at < b:
-            return b
-    return at
-
-
-def _product_groups(streams):
-    """Split a set of (symbol, data type) into (symbols, data types) products, for one request each."""
-    by_type = {}
-    for symbol, name in streams:
-        by_type.setdefault(name, set()).add(symbol)
-    by_symbols = {}
-    for name, symbols in by_type.items():
-        by_symbols.setdefault(tuple(sorted(symbols)), []).append(name)
-    return [(symbols, tuple(sorted(names))) for symbols, names in sorted(by_symbols.items())]
 
 
 def fetch_run(request, client, api_key, batch_rows, emit, should_stop=lambda: False):
@@ -160,7 +99,8 @@ class Downloader:
     """
 
     def __init__(self, storage, tardis_url, api_key=None, workers=1, batch_rows=5000, max_attempts=6,
-                 backoff_base=1.0, backoff_cap=30.0, timeout=(5.0, 60.0), progress=None, stop_event=None):
+                 backoff_base=1.0, backoff_cap=30.0, timeout=(5.0, 60.0), progress=None, stop_event=None,
+                 now=None):
         self.storage = storage
         self.tardis_url = tardis_url
         self.api_key = api_key
@@ -172,6 +112,8 @@ class Downloader:
         self.timeout = timeout
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.stop_event = stop_event or threading.Event()
+        self.now = now or (lambda: int(time.time() * US))
+        self.limit = None  # the history horizon's claim limit: how far a quiet tail's retry may reach
         self.on_run_finished = None  # callback(request, failure) for the history-horizon logic
         self.should_retry = None  # callback(request, failure) -> bool; default: retry every transient failure
         self.on_batch = None  # callback(report) after each written batch (benchmarks, progress displays)
@@ -184,7 +126,10 @@ class Downloader:
     def download_wanted(self, exchange, wanted):
         """Download what replay coverage lacks of ``{(symbol, DataType): [(start, end), ...]}``."""
         self.storage.ensure_tables({dt.table for _, dt in wanted})
-        return self.run(plan_wanted(self.storage, exchange, wanted))
+        for symbol, data_type in wanted:
+            ledger.forget_covered(self.storage, exchange, symbol, data_type.name,
+                                  self.storage.covered(exchange, symbol, data_type.name, "replay"))
+        return self.run(plan_wanted(self.storage, exchange, wanted, now_us=self.now(), limit=self.limit))
 
     def run(self, requests):
         """Execute planned requests (with retries) and return a :class:`DownloadReport`."""
@@ -192,7 +137,7 @@ class Downloader:
         began = time.monotonic()
         if not requests:
             return report
-        report.minutes_asked = sum((r.claim_end - r.start) // MINUTE_US for r in requests)
+        report.minutes_asked = sum((r.claim_end - r.claim_from) // MINUTE_US for r in requests)
         bar = _progress_bar(report.minutes_asked) if self.progress else None
         # batches are large: collect garbage less often while writing them (restored afterwards)
         thresholds = gc.get_threshold()
@@ -212,6 +157,9 @@ class Downloader:
     # -- shared --------------------------------------------------------------------------------
     def _write(self, batch, report, bar, progress_state, request):
         report.rows_inserted += self.storage.write(batch.rows, batch.claims)
+        if batch.unclaimed:
+            ledger.record(self.storage, request.exchange, batch.unclaimed, self.now(), request.claim_end,
+                          anchored=request.anchored)
         report.lines += batch.lines
         report.messages += batch.messages
         report.malformed += batch.malformed
@@ -222,7 +170,7 @@ class Downloader:
             log.warning("%d malformed line(s) from tardis-machine in %s, e.g. %s", batch.malformed,
                         request.describe(), "; ".join(batch.samples[:2]))
         if bar is not None:
-            done = max(0, min(batch.progress_us, request.claim_end) - request.start) // MINUTE_US
+            done = max(0, min(batch.progress_us, request.claim_end) - request.claim_from) // MINUTE_US
             key = (request.exchange, request.symbols, request.data_types, request.start)
             previous = progress_state.get(key, 0)
             if done > previous:
@@ -244,10 +192,10 @@ class Downloader:
             log.error("giving up on %s after %d attempts: %s", request.describe(), request.attempt, failure)
             report.failed.append((request, str(failure)))
             return [], 0
-        retries = plan_requests(self.storage, request.exchange, list(request.symbols),
-                                list(request.data_types), request.start, request.claim_end)
+        wanted = {(s, parse_data_type(d)): [(request.claim_from, request.claim_end)] for s, d in request.streams}
+        retries = plan_wanted(self.storage, request.exchange, wanted, now_us=self.now(), limit=self.limit)
         retries = [ReplayRequest(r.exchange, r.symbols, r.data_types, r.start, r.claim_end, r.skip_before,
-                                 request.attempt + 1) for r in retries]
+                                 request.attempt + 1, r.claim_start, r.anchored) for r in retries]
         delay = min(self.backoff_cap, self.backoff_base * 2 ** (request.attempt - 1)) * random.uniform(0.5, 1.0)
         retry_after = getattr(failure, "retry_after", None)
         if retry_after:

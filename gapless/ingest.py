@@ -1,23 +1,14 @@
-"""Turn the lines of one replay run into storage batches with exact coverage claims.
+"""Turn the lines of one run (a replay request or a live connection) into storage batches with claims.
 
-A *run* is one HTTP request: ``[start, request_end)`` in local (arrival) time, where
-``request_end = claim_end + 1 minute`` because the sample stamped at a range's end is only emitted
-when the next event arrives. The parser is pure (no I/O), so it runs in a worker process or inline.
+A replay *run* is one HTTP request: ``[start, request_end)`` in local (arrival) time, where
+``request_end = claim_end + 1 minute`` because the sample stamped at a range's end is only emitted when
+the next event arrives; a live run is one websocket connection. The parser is pure (no I/O), so it runs
+in a worker process or inline. What a run may claim (exchange time, never more than was delivered) is
+decided by :class:`gapless.claims.ClaimTracker`, which this parser feeds.
 
-Coverage claims are in exchange time and never claim more than was delivered:
-
-* raw types (trade, quote, book_change, derivative_ticker): everything with a timestamp below the
-  progress point minus :data:`LATENCY_MARGIN_US` has arrived (messages arrive in localTimestamp order,
-  and localTimestamp >= timestamp); a complete run therefore claims up to ``claim_end``.
-* sampled types (quote_1m, book_snapshot_*_*, trade_bar_*): a sample is emitted only when the next
-  source event (book change or trade) of the symbol arrives, so the claim ends at the latest source
-  event seen in the run ("evidence"); a quiet tail stays unclaimed rather than be mistaken for quiet.
-* a ``disconnect`` message ends every segment of the exchange; the next segment starts at the next
-  message. A stream that sent nothing at all in a complete run gets no claim (an unknown symbol and a
-  quiet market look the same, so the minutes are reported missing).
-* a line whose localTimestamp is more than :data:`LATENCY_MARGIN_US` older than one already seen
-  breaks the order the claims rely on: it is counted as malformed and logged, never stored (smaller
-  reorderings are stored and counted as out of order).
+A line whose localTimestamp is more than :data:`LATENCY_MARGIN_US` older than one already seen breaks
+the order the claims rely on: it is counted as malformed and logged, never stored (smaller reorderings
+are stored and counted as out of order).
 """
 import logging
 import uuid
@@ -27,6 +18,7 @@ from operator import itemgetter
 import numpy as np
 import orjson
 
+from .claims import LATENCY_MARGIN_US, ClaimTracker
 from .convert import BatchConverter
 from .datatypes import parse_data_type
 from .storage import Claim
@@ -34,7 +26,6 @@ from .timeutil import MINUTE_US, US, iso, parse_timestamp_us
 
 log = logging.getLogger(__name__)
 
-LATENCY_MARGIN_US = 5 * US
 _TS = itemgetter(5)
 _LTS = itemgetter(6)
 _STR = {str}
@@ -56,6 +47,13 @@ class ReplayRequest:
     claim_end: int
     skip_before: tuple = ()  # ((symbol, data_type, us), ...): rows older than this are already stored
     attempt: int = 1
+    claim_start: int = None  # where claims may begin (None: at ``start``); ``start`` may look behind it
+    anchored: bool = False  # history is known continuous through ``claim_start`` (see gapless.claims)
+
+    @property
+    def claim_from(self):
+        """Where this run's claims may begin (the wanted start; the request itself may start earlier)."""
+        return self.start if self.claim_start is None else self.claim_start
 
     @property
     def request_end(self):
@@ -86,6 +84,7 @@ class Batch:
     progress_us: int = 0
     disconnects: int = 0
     samples: list = field(default_factory=list)
+    unclaimed: list = field(default_factory=list)  # complete runs: (symbol, data_type, start, end, reason)
 
 
 class RunParser:
@@ -102,17 +101,11 @@ class RunParser:
         self.batch_rows = batch_rows
         self.source = source
         self.live = live
-        self.owner = None  # set by a live recorder: its "host:pid"
         self.converter = BatchConverter(source)
-        self.run_id = uuid.uuid4().hex[:16]
         self._types = {name: parse_data_type(name) for name in request.data_types}
         self._expected = {(s, d) for s in request.symbols for d in request.data_types}
         self._skip = {(s, d): us for s, d, us in request.skip_before}
-        self._segment_no = 0
-        self._segment_start = None if live else request.start
-        self._seen_in_run = set()
-        self._evidence = {}
-        self._provisional = {}  # {(kind, symbol): (latest ts, arrival)} of a packet that may be cut
+        self.claims = ClaimTracker(request, self._types, source, live, uuid.uuid4().hex[:16])
         self._pending = []
         self._last_lts_text = None
         self._arrival = request.start  # latest localTimestamp seen
@@ -138,8 +131,8 @@ class RunParser:
             if (self._last_lts_text is not None and texts and texts[0] < self._last_lts_text) or \
                     any(map(str.__gt__, texts[:-1], texts[1:])):
                 raise _LineByLine()
-            if self._segment_start is None and messages:
-                self._segment_start = parse_timestamp_us(texts[0])
+            if messages and self.claims.first_arrival is None:
+                self.claims.segment_line(parse_timestamp_us(texts[0]))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError, _LineByLine):
             return self._feed_line_by_line(lines)
         n = len(messages)
@@ -211,8 +204,8 @@ class RunParser:
             if kind == "error":
                 self._errors += 1
                 continue
-            if self._segment_start is None:
-                self._segment_start = self._arrival
+            if self.claims.first_arrival is None:
+                self.claims.segment_line(self._arrival)
             pending.append(message)
         return batches
 
@@ -236,8 +229,26 @@ class RunParser:
 
     @property
     def segment_start(self):
-        """Start of the current coverage segment (µs), or None before its first message."""
-        return self._segment_start
+        """Arrival of the current segment's first message (µs), or None before it."""
+        return self.claims.first_arrival
+
+    @property
+    def run_id(self):
+        """The run's id: coverage segments are ``<run_id>:<n>``."""
+        return self.claims.run_id
+
+    @run_id.setter
+    def run_id(self, value):
+        self.claims.run_id = value
+
+    @property
+    def owner(self):
+        """``host:pid`` of the live recorder that writes this run's open segments (None for replay)."""
+        return self.claims.owner
+
+    @owner.setter
+    def owner(self, value):
+        self.claims.owner = value
 
     def finish(self, complete):
         """The last batch of the run. ``complete`` is False when the stream was cut or errored."""
@@ -247,9 +258,11 @@ class RunParser:
         # after a cut, only messages strictly older than the last arrival time are known complete
         batch = self._flush(progress_us=self.request.request_end if complete else None,
                             end_reason="complete" if complete else "partial",
-                            evidence_bound=_AFTER_EVERYTHING if complete else None)
+                            evidence_bound=_AFTER_EVERYTHING if complete else None,
+                            sealed=self.request.request_end if complete else self._arrival)
         if complete:
-            missing = sorted(self._expected - self._seen_in_run)
+            batch.unclaimed = self.claims.unclaimed(batch.claims)
+            missing = sorted(self._expected - self.claims.seen)
             if missing:
                 log.warning("%s: no data at all for %s in [%s, %s); not claiming coverage (unknown symbol, "
                             "no data yet, or a market quiet for the whole range)", self.request.exchange,
@@ -264,7 +277,7 @@ class RunParser:
             sample = line[:200] if isinstance(line, (bytes, str)) else repr(line)[:200]
             self._samples.append("%s: %r" % (reason, sample))
 
-    def _flush(self, progress_us, end_reason=None, closing=False, evidence_bound=None):
+    def _flush(self, progress_us, end_reason=None, closing=False, evidence_bound=None, sealed=None):
         messages = self._pending
         self._pending = []
         rows, malformed = self.converter.convert_many(messages) if messages else ({}, [])
@@ -273,12 +286,12 @@ class RunParser:
         # packets that arrived entirely before the bound are complete (see _gather_evidence)
         if evidence_bound is None:
             evidence_bound = self._arrival if progress_us is None else progress_us
-        self._confirm_evidence(evidence_bound)
+        self.claims.confirm(evidence_bound)
         self._track(rows, evidence_bound)
         if progress_us is None:
             progress_us = self._arrival
-        claims = self._claims(progress_us, end_reason=end_reason,
-                              is_open=self.live and not closing and end_reason is None)
+        claims = self.claims.claims(progress_us, end_reason=end_reason,
+                                    is_open=self.live and not closing and end_reason is None, sealed=sealed)
         batch = Batch(rows=rows, claims=claims, lines=self._lines, messages=len(messages) - len(malformed),
                       malformed=self._malformed, errors=self._errors, progress_us=progress_us,
                       samples=self._samples)
@@ -309,13 +322,9 @@ class RunParser:
                 if not block:
                     rows[table] = block
                     continue
-            self._seen_in_run |= streams
             ts = block.array(5)
             arrivals = block.array(6)
-            evidence_kind = "trade" if table in ("trade", "trade_bar") else (
-                "book" if table.startswith("book_") else None)
-            if evidence_kind:
-                self._gather_evidence(evidence_kind, block, symbols, ts, arrivals, evidence_bound)
+            self.claims.observe(table, block, streams, ts, arrivals, evidence_bound)
             self.out_of_order += int(np.count_nonzero(arrivals[1:] < arrivals[:-1]))
             latest_arrival = int(arrivals.max())
             if latest_arrival > self._arrival:
@@ -331,69 +340,6 @@ class RunParser:
                     block = block.select(keep)
             rows[table] = block
 
-    def _gather_evidence(self, kind, block, symbols, ts, arrivals, bound):
-        """Raise the evidence of ``kind`` per symbol from rows that arrived before ``bound``.
-
-        A sample is sent right after the event that triggers it, in the same arrival packet (same
-        localTimestamp). Until a later packet has begun, the last packet may have been cut between the
-        event and its sample: its events are held back as provisional evidence, so a cut run never
-        claims an interval whose sample did not arrive (the retry would skip it as stored).
-        """
-        confirmed = arrivals < bound
-        if not confirmed.all():
-            held = ~confirmed
-            for symbol, stamp, arrival in zip(block.select(held).column(1), ts[held].tolist(),
-                                              arrivals[held].tolist()):
-                key = (kind, symbol)
-                old_stamp, old_arrival = self._provisional.get(key, (0, arrival))
-                self._provisional[key] = (max(old_stamp, stamp), min(old_arrival, arrival))
-            if not confirmed.any():
-                return
-            ts = ts[confirmed]
-            symbols = None if len(symbols) > 1 else symbols
-            block = block.select(confirmed) if symbols is None else block
-        if symbols is not None and len(symbols) == 1:
-            self._raise_evidence(kind, next(iter(symbols)), int(ts.max()))
-            return
-        latest = {}
-        for symbol, stamp in zip(block.column(1), ts.tolist()):
-            if stamp > latest.get(symbol, 0):
-                latest[symbol] = stamp
-        for symbol, stamp in latest.items():
-            self._raise_evidence(kind, symbol, stamp)
-
-    def _confirm_evidence(self, bound):
-        """Provisional evidence whose packet has been followed by a later one counts now."""
-        for key, (stamp, arrival) in list(self._provisional.items()):
-            if arrival < bound:
-                del self._provisional[key]
-                self._raise_evidence(key[0], key[1], stamp)
-
-    def _raise_evidence(self, kind, symbol, ts):
-        key = (kind, symbol)
-        if ts > self._evidence.get(key, 0):
-            self._evidence[key] = ts
-
-    def _claims(self, progress_us, end_reason=None, is_open=False):
-        request = self.request
-        claims = []
-        raw_end = min(request.claim_end, progress_us - LATENCY_MARGIN_US)
-        if self._segment_start is None:
-            return claims
-        # a stream that delivered anything in this run is known to exist: claim its quiet stretches too
-        for symbol, name in sorted(self._seen_in_run):
-            data_type = self._types[name]
-            if data_type.interval:
-                end = min(request.claim_end, self._evidence.get((data_type.evidence, symbol), 0))
-            else:
-                end = raw_end
-            if end <= self._segment_start:
-                continue
-            claims.append(Claim(request.exchange, symbol, name, self.source,
-                                "%s:%d" % (self.run_id, self._segment_no), self._segment_start, end,
-                                end_reason=end_reason, is_open=is_open, owner=self.owner))
-        return claims
-
     def _disconnect(self, message):
         """Close the current segment at the disconnect; the next one starts at the next message."""
         try:
@@ -401,12 +347,9 @@ class RunParser:
         except (KeyError, ValueError, TypeError):
             at = self._arrival
         # every line before the disconnect line arrived, the samples in its packet included
-        batch = self._flush(progress_us=at, end_reason="disconnect", evidence_bound=at + 1)
+        batch = self._flush(progress_us=at, end_reason="disconnect", evidence_bound=at + 1, sealed=at)
         batch.disconnects = 1
         log.info("%s: %s disconnect at %s (%s exchange connection dropped)", self.request.exchange,
                  self.source, iso(at), "tardis-machine's" if self.live else "the history recorder's")
-        self._segment_no += 1
-        self._segment_start = None
-        self._evidence = {}
-        self._provisional = {}
+        self.claims.disconnect(at, batch.claims)
         return batch

@@ -135,7 +135,8 @@ def make_models(database):
         ("exchange", "symbol", "data_type", "source", "minute"))
     models["replay_ledger"] = bookkeeping("replay_ledger", dict(
         **stream(), start=BigIntegerField(), end=BigIntegerField(), reason=CharField(max_length=32),
-        attempts=IntegerField(default=1), asked_at=BigIntegerField(), retry_at=BigIntegerField(),
+        attempts=IntegerField(default=1), asked_at=BigIntegerField(), asked_end=BigIntegerField(),
+        retry_at=BigIntegerField(),
         anchored=BooleanField(default=False)), ("exchange", "symbol", "data_type", "start"))
     models["minute_series"] = bookkeeping("minute_series", dict(
         **stream(), minute=BigIntegerField(), source=CharField(max_length=8), missing=BooleanField(), **values),

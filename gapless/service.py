@@ -14,7 +14,7 @@ import time
 from datetime import timedelta
 
 from .config import make_clock, parse_exchange, parse_lookback, parse_symbols
-from .datatypes import parse_data_types
+from .datatypes import check_series_types, parse_data_types
 from .download import Downloader
 from .exceptions import GaplessError, RequestRejectedError
 from .horizon import HistoryHorizon
@@ -49,7 +49,8 @@ class Gapless:
         # the same checks as the command line: names reach URLs, logs and SQL parameters
         self.exchange = parse_exchange(exchange, "exchange")
         self.symbols = parse_symbols(list(symbols) if not isinstance(symbols, str) else symbols, "symbols")
-        self.data_types = tuple(dt.name for dt in parse_data_types(list(data_types)))
+        self.data_types = tuple(dt.name for dt in check_series_types(parse_data_types(list(data_types)),
+                                                                     "data_types"))
         self.lookback = parse_lookback(parse_duration_us(lookback, "lookback"), "lookback")
         self.rebuild_interval = parse_duration_us(rebuild_interval, "rebuild_interval") / 1e6
         self.export = export or None

@@ -40,13 +40,15 @@ def sqlite_store(tmp_path, name="gapless.db"):
 
 
 def ingest_fixture(store, name, exchange, symbols, data_types, start, request_end, batch_rows=500,
-                   complete=True, cut_after=None):
+                   complete=True, cut_after=None, anchored=True):
     """Feed a captured replay file through RunParser into the store, as if tardis-machine had streamed it.
 
     ``request_end`` is the ``to`` the capture was made with; the claim ends one minute earlier.
+    ``anchored``: history is taken as known continuous through ``start`` (the captures have no look-behind).
     Returns the list of batches written.
     """
-    request = ReplayRequest(exchange, tuple(symbols), tuple(data_types), us(start), us(request_end) - MINUTE_US)
+    request = ReplayRequest(exchange, tuple(symbols), tuple(data_types), us(start), us(request_end) - MINUTE_US,
+                            anchored=anchored)
     parser = RunParser(request, batch_rows=batch_rows)
     lines = fixture_lines(name)
     if cut_after is not None:

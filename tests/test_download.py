@@ -61,12 +61,12 @@ def test_every_data_type_lands_in_its_table_with_the_servers_values(tardis, stor
     for table, rows in stored.items():
         assert len(rows) == len(set(rows)), "duplicates in %s" % table
     assert as_sets(stored) == expected_rows(tardis)
-    # book-derived types were asked from 00:00 (the day's only initial snapshot), the rest from 00:05,
-    # and every request asked one minute past the end
+    # book-derived types were asked from 00:00 (the day's only initial snapshot), the rest from 00:05 with
+    # the look-behind (two minutes when nothing anchors the start), and every request asked one minute past the end
     ranges = sorted((r.from_.strftime("%H:%M"), r.to.strftime("%H:%M"), tuple(r.options[0]["dataTypes"]))
                     for r in tardis.requests)
     assert ranges == [("00:00", "00:16", ("book_snapshot_5_1m", "quote", "quote_1m")),
-                      ("00:05", "00:16", ("derivative_ticker", "trade", "trade_bar_1m"))]
+                      ("00:03", "00:16", ("derivative_ticker", "trade", "trade_bar_1m"))]
     frames = series(store, "deribit", SYMBOLS, ALL_TYPES, us("2026-11-25T00:05"), us("2026-11-25T00:15"))
     for key, frame in frames.items():
         assert not frame["missing"].any(), key
@@ -113,7 +113,7 @@ def test_a_retry_asks_only_for_what_is_still_missing(tardis, store):
     tardis.add_replay_fault("cut", after_lines=500, match=lambda o: "trade" in o[0]["dataTypes"])
     _download(store, tardis, ["trade"], "2026-11-25T00:00", "2026-11-25T00:15")
     first, retry = tardis.requests[0], tardis.requests[1]
-    assert first.fault == "cut" and first.from_.strftime("%H:%M") == "00:00"
+    assert first.fault == "cut" and first.from_.strftime("%H:%M") == "23:58"  # the look-behind
     # the retry starts at the minute the committed coverage reached, not at the beginning again
     assert retry.from_ > first.from_
 
@@ -126,7 +126,7 @@ def test_a_second_download_of_the_same_range_makes_no_request(tardis, store):
     # an extension asks only for the new minutes (book-derived types from 00:00: the 00:00 rule)
     report = _download(store, tardis, ALL_TYPES, "2026-11-25T00:05", "2026-11-25T00:18")
     new = sorted((r.from_.strftime("%H:%M"), r.to.strftime("%H:%M")) for r in tardis.requests[before:])
-    assert new == [("00:00", "00:19"), ("00:15", "00:19")]
+    assert new == [("00:00", "00:19"), ("00:14", "00:19")]
 
 
 def test_minutes_of_an_outage_in_history_are_flagged_missing(clock, store):

@@ -1,6 +1,7 @@
 """RunParser on captured replay lines: coverage claims say exactly what was delivered."""
+from gapless.claims import START_MARGIN_US
 from gapless.ingest import LATENCY_MARGIN_US
-from gapless.timeutil import iso
+from gapless.timeutil import MINUTE_US, iso
 from tests.support import ingest_fixture, sqlite_store, us
 
 DISCONNECT = "replay_btc_disconnect_2026-11-24T1330_1345.ndjson"
@@ -27,15 +28,19 @@ def test_a_replay_disconnect_ends_coverage_and_a_new_segment_starts_at_the_next_
     ingest_fixture(store, DISCONNECT, "deribit", ["BTC-PERPETUAL"], ["quote_1m", "trade_bar_1m", "trade"],
                    "2026-11-24T13:30", "2026-11-24T13:45")
     disconnect_at = us("2026-11-24T13:37:09.527805")
+    back = us("2026-11-24T13:37:30.107674")  # the fresh snapshot after the outage: the first line after it
     assert _coverage(store) == [
-        # quotes: the replay started mid-day, so no book until the fresh snapshot after the outage
-        ("BTC-PERPETUAL", "quote_1m", "2026-11-24T13:37:30.107674Z", "2026-11-24T13:44:00Z", "complete"),
-        # raw trades: everything up to the disconnect, minus the latency margin (in-flight prints are lost)
+        # quotes: the replay started mid-day, so no book until the fresh snapshot after the outage; the book
+        # is known from the snapshot's own (exchange) time
+        ("BTC-PERPETUAL", "quote_1m", "2026-11-24T13:37:30.104000Z", "2026-11-24T13:44:00Z", "complete"),
+        # raw trades: everything up to the disconnect, minus the latency margin (in-flight prints are lost);
+        # after it, from the first line plus the start margin (the recorder came back some time before)
         ("BTC-PERPETUAL", "trade", "2026-11-24T13:30:00Z", iso(disconnect_at - LATENCY_MARGIN_US), "disconnect"),
-        ("BTC-PERPETUAL", "trade", "2026-11-24T13:37:30.107674Z", "2026-11-24T13:44:00Z", "complete"),
-        # bars: up to the last trade seen before the outage (the bar in progress is discarded)
-        ("BTC-PERPETUAL", "trade_bar_1m", "2026-11-24T13:30:00Z", "2026-11-24T13:37:09.523000Z", "disconnect"),
-        ("BTC-PERPETUAL", "trade_bar_1m", "2026-11-24T13:37:30.107674Z", "2026-11-24T13:44:00Z", "complete"),
+        ("BTC-PERPETUAL", "trade", iso(back + START_MARGIN_US), "2026-11-24T13:44:00Z", "complete"),
+        # bars: up to the interval of the last trade before the outage (that bar in progress is discarded);
+        # after it, from the first whole interval
+        ("BTC-PERPETUAL", "trade_bar_1m", "2026-11-24T13:30:00Z", "2026-11-24T13:37:00Z", "disconnect"),
+        ("BTC-PERPETUAL", "trade_bar_1m", "2026-11-24T13:38:00Z", "2026-11-24T13:44:00Z", "complete"),
     ]
 
 
@@ -55,10 +60,10 @@ def test_a_cut_stream_claims_only_what_arrived(tmp_path):
     coverage = {r["data_type"]: r for r in store.coverage_rows()}
     assert coverage["trade"]["end"] == last_lts - LATENCY_MARGIN_US
     assert coverage["trade"]["end_reason"] == "partial"
-    # bars: up to the last trade of a packet that was followed by another one (the last packet may have
-    # been cut between a trade and the bar it triggered)
+    # bars: up to the interval of the last trade of a packet that was followed by another one (the last
+    # packet may have been cut between a trade and the bar it triggered); that trade's bar is pending
     last_trade_ts = max(r[5] for b in batches for r in b.rows.get("trade", []) if r[6] < last_lts)
-    assert coverage["trade_bar_1m"]["end"] == last_trade_ts
+    assert coverage["trade_bar_1m"]["end"] == last_trade_ts - last_trade_ts % MINUTE_US
     assert store.count_rows("trade") == 300 - sum(1 for b in batches for r in b.rows.get("trade_bar", []))
 
 

@@ -10,6 +10,7 @@ from collections import Counter
 import orjson
 import pytest
 
+from gapless.claims import START_MARGIN_US
 from gapless.ingest import LATENCY_MARGIN_US
 from gapless.recorder import Recorder
 from gapless.storage import Storage
@@ -101,7 +102,9 @@ def test_a_dropped_connection_is_reconnected_and_the_gap_matches_the_outage(busy
     before, after = segments[0], segments[1]
     last_before = max(parse_timestamp_us(m["localTimestamp"]) for m in frames_of(first)
                       if parse_timestamp_us(m["localTimestamp"]) <= stored_first_lts)
-    first_after = min(parse_timestamp_us(m["localTimestamp"]) for m in frames_of(second))
+    # a live book is known from the snapshot the new connection starts with: at its own (exchange) time
+    first_after = min(parse_timestamp_us(m["timestamp"]) for m in frames_of(second)
+                      if m["symbol"] == "BTC-PERPETUAL" and m.get("name") == "quote")
     assert before["end_reason"] == "drop"
     assert last_before - LATENCY_MARGIN_US <= before["end"] <= last_before
     assert after["start"] == first_after
@@ -110,23 +113,31 @@ def test_a_dropped_connection_is_reconnected_and_the_gap_matches_the_outage(busy
 def test_a_disconnect_message_closes_the_segment_at_its_timestamp(busy_tardis, store):
     recorder = make_recorder(store, busy_tardis, types=["quote", "trade_bar_1s"])
     with recorder:
-        # raw types are claimed up to the last message minus the latency margin: let the first segment grow
-        wait_until(lambda: any(r["data_type"] == "quote" for r in store.coverage_rows(source="live")), timeout=15,
-                   message="first quote segment")
+        # raw types are claimed up to the last message minus the latency margin, bars from the first whole
+        # bar after the start margin: let the first segment grow
+        wait_until(lambda: {"quote", "trade_bar_1s"} <= {r["data_type"] for r in store.coverage_rows(source="live")},
+                   timeout=30, message="first segments")
         busy_tardis.exchange_drop(0.2)
         wait_until(lambda: recorder.health()["disconnects"] == 1, message="disconnect message")
-        wait_until(lambda: len({r["segment"] for r in store.coverage_rows(source="live")
-                                if r["data_type"] == "quote"}) >= 2, timeout=15, message="second segment")
+        wait_until(lambda: {"quote", "trade_bar_1s"} <= {r["data_type"] for r in store.coverage_rows(source="live")
+                                                         if r["segment"].split(":")[1] == "1"},
+                   timeout=30, message="second segments")
     disconnect = [m for m in frames_of(busy_tardis.connections[0]) if m["type"] == "disconnect"]
     assert len(disconnect) == 1 and set(disconnect[0]["symbols"]) == set(SYMBOLS)
     at = parse_timestamp_us(disconnect[0]["localTimestamp"])
-    after = [m for m in frames_of(busy_tardis.connections[0]) if parse_timestamp_us(m["localTimestamp"]) > at]
-    next_message = min(parse_timestamp_us(m["localTimestamp"]) for m in after)
+    after = [m for m in frames_of(busy_tardis.connections[0]) if parse_timestamp_us(m["localTimestamp"]) > at
+             and m["symbol"] == "BTC-PERPETUAL"]
+    # the next segment: a book from its fresh snapshot; bars from the first whole bar after their first trade
+    snapshot = min(parse_timestamp_us(m["timestamp"]) for m in after if m.get("name") == "quote")
+    first_trade = min(parse_timestamp_us(m["openTimestamp"]) for m in after if m.get("name") == "trade_bar_1s")
+    expected = {"quote": snapshot, "trade_bar_1s": -(-(first_trade + START_MARGIN_US) // 10 ** 6) * 10 ** 6}
     for data_type in ("quote", "trade_bar_1s"):
-        segments = sorted((r for r in store.coverage_rows(source="live") if r["symbol"] == "BTC-PERPETUAL"
-                           and r["data_type"] == data_type), key=lambda r: r["start"])
-        assert segments[0]["end_reason"] == "disconnect" and segments[0]["end"] <= at
-        assert segments[1]["start"] == next_message
+        rows = [r for r in store.coverage_rows(source="live") if r["symbol"] == "BTC-PERPETUAL"
+                and r["data_type"] == data_type]
+        first = [r for r in rows if r["segment"].split(":")[1] == "0"]
+        second = [r for r in rows if r["segment"].split(":")[1] == "1"]
+        assert first and all(r["end_reason"] == "disconnect" and r["end"] <= at for r in first)
+        assert min(r["start"] for r in second) == expected[data_type], data_type
     assert recorder.health()["connections"] == 1  # the websocket itself stayed up
 
 

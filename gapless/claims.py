@@ -1,0 +1,283 @@
+"""Coverage claims of one run (a replay request or a live connection): what is provably stored, per stream.
+
+Claims are in exchange time and never claim more than the run delivered. A run is cut into *segments*
+by ``disconnect`` lines; each stream's claim in a segment runs from its *start* to its *end*.
+
+Where a claim may START (the subscription or the history recorder must provably have been up, and a
+local-time filter must not have cut messages: exchange and local clocks may differ by up to
+:data:`SKEW_BOUND_US`, latency is below :data:`LATENCY_MARGIN_US`):
+
+* book types (quotes, snapshots): at the stream's first row, a full book snapshot; a replay from 00:00
+  starts at 00:00 when that snapshot is the day's initial one (within :data:`DAY_SNAPSHOT_SLACK_US`);
+* replay, first segment, proven: the run's wanted start (``claim_start``: the request asks from
+  :data:`LOOK_BEHIND_US` earlier). Proven means the planner knew history continuous through it
+  (``anchored``), or a line arrived in the look-behind (the history recorder was up before the wanted
+  start, and an outage after it would have sent a ``disconnect``);
+* otherwise (an unproven replay start, every segment after a ``disconnect``, every live connection),
+  from the first evidence that data flows plus :data:`START_MARGIN_US`: the segment's first line
+  (replay: the history recorder is one connection per exchange) or the stream's own first row (live:
+  each channel subscribes on its own; for a trade bar its first trade, ``openTimestamp``). A sampled
+  claim then starts at the next interval boundary: the interval in progress may be partial.
+
+Where a claim ENDS:
+
+* raw types (trade, quote, derivative_ticker): at the progress point minus :data:`LATENCY_MARGIN_US`;
+* book-sampled types (``quote_1m``, ``book_snapshot_5_1s``...): at the *evidence*: a sample is sent
+  only when the next book event arrives, so only intervals before a seen event are complete. A sample
+  stamped S and sent at local time L shows an event at exchange time >= max(S, L - margin) and none
+  between S and it; a raw row shows an event at its timestamp;
+* trade bars: every trade makes its interval's bar due at the next trade, so after the last trade
+  seen only its own interval is unknown ("pending"); later intervals up to the progress point are
+  provably empty. The claim skips the pending interval (two claims, ``<segment>`` and ``<segment>:q``).
+
+A stream that sent nothing in a whole run is not claimed (an unknown symbol and a silent market look
+the same). What a complete run did not claim is reported (:meth:`ClaimTracker.unclaimed`) for the
+replay ledger, with why: ``history_outage``, ``unproven_start``, ``quiet_tail`` or ``no_data``.
+"""
+import numpy as np
+
+from .storage import Claim
+from .timeutil import MINUTE_US, US
+
+LATENCY_MARGIN_US = 5 * US
+SKEW_BOUND_US = 2 * US
+START_MARGIN_US = 10 * US
+# a replay asks this much before the wanted start: a disconnect there is seen, and a line there proves the
+# history recorder up (a one-minute bar, the first line of a bars-only request, comes a minute after ``from``)
+LOOK_BEHIND_US = 2 * MINUTE_US
+DAY_SNAPSHOT_SLACK_US = US
+_BOOK, _TRADE = "book", "trade"
+
+
+def ceil_to(us, step):
+    """Smallest multiple of ``step`` >= ``us``."""
+    return -(-us // step) * step
+
+
+def floor_to(us, step):
+    """Largest multiple of ``step`` <= ``us``."""
+    return us - us % step
+
+
+class ClaimTracker:
+    """Per-stream claim bookkeeping of one run (used by :class:`gapless.ingest.RunParser`)."""
+
+    def __init__(self, request, types, source, live, run_id, owner=None):
+        self.request = request
+        self.types = types  # {name: DataType}
+        self.source = source
+        self.live = live
+        self.run_id = run_id
+        self.owner = owner
+        self.expected = {(s, d) for s in request.symbols for d in request.data_types}
+        self.seen = set()
+        self.segment_no = 0
+        self.first_arrival = None  # first data line of the current segment (local time)
+        self.proven = bool(request.anchored) and not live
+        self.starts = {}
+        self.disconnects = []  # local times of the disconnects of this run
+        self.history = {}  # {(symbol, name): [(start, end)]} claims of closed segments (for the report)
+        self._evidence = {}
+        # {(kind, symbol): (latest evidence, first arrival, trade trigger)} of a packet that may be cut
+        self._provisional = {}
+        self._trigger = {}  # {symbol: (exact time or None, arrival, not before)} of the last trade
+
+    # -- observing rows --------------------------------------------------------------------------
+    def segment_line(self, arrival):
+        """A data line arrived (local time): the first one opens the segment's evidence."""
+        if self.first_arrival is None:
+            self.first_arrival = arrival
+            if not self.live and self.segment_no == 0 and arrival <= self.request.claim_from - START_MARGIN_US:
+                self.proven = True  # the history recorder was up in the look-behind
+
+    def observe(self, table, block, streams, ts, arrivals, bound):
+        """Rows of one table arrived (after dropping unexpected streams): starts, evidence, triggers."""
+        self.seen |= streams
+        new = [s for s in streams if s not in self.starts]
+        if new:
+            self._set_starts(block, new, ts, arrivals)
+        kind = _TRADE if table in ("trade", "trade_bar") else (_BOOK if table.startswith("book_") else None)
+        if kind is None:
+            return
+        names = block.distinct(3)
+        if len(names) == 1:
+            sampled = np.full(len(block), self.types[next(iter(names))].interval > 0)
+        else:
+            sampled = np.fromiter((self.types[n].interval > 0 for n in block.column(3)), dtype=bool,
+                                  count=len(block))
+        # a sample sent at L shows an event at exchange time >= L - margin, and none since its own stamp
+        evidence = np.where(sampled, np.maximum(ts, arrivals - LATENCY_MARGIN_US), ts)
+        symbols = block.distinct(1)
+        symbol_column = None if len(symbols) == 1 else np.asarray(list(block.column(1)), dtype=object)
+        confirmed = arrivals < bound
+        for symbol in symbols:
+            mask = np.ones(len(block), dtype=bool) if symbol_column is None else symbol_column == symbol
+            for ok, held in ((confirmed, False), (~confirmed, True)):
+                rows = np.flatnonzero(mask & ok)
+                if not len(rows):
+                    continue
+                value = int(evidence[rows].max())
+                last = int(rows[-1])
+                # the last trade: exactly (a raw trade), or as the bar it triggered: at or after the bar's own stamp
+                # (the first trade after an interval sends its bar) and near the bar's arrival
+                trigger = (None if sampled[last] else int(ts[last]), int(arrivals[last]), int(ts[last])) \
+                    if kind == _TRADE else None
+                if not held:
+                    self._raise(kind, symbol, value, trigger)
+                    continue
+                # the last packet may have been cut between an event and its sample: held back until a later
+                # packet begins (a cut run never claims an interval whose sample it lost)
+                old = self._provisional.get((kind, symbol))
+                first = int(arrivals[rows[0]])
+                if old is not None:
+                    value, first, trigger = max(old[0], value), min(old[1], first), trigger or old[2]
+                self._provisional[(kind, symbol)] = (value, first, trigger)
+
+    def _set_starts(self, block, new, ts, arrivals):
+        firsts = _first_rows(block, new)
+        request = self.request
+        for stream, i in firsts.items():
+            data_type = self.types[stream[1]]
+            if data_type.family == "book_snapshot":
+                first = int(ts[i])
+                if not self.live and self.segment_no == 0 and first < request.claim_from + DAY_SNAPSHOT_SLACK_US:
+                    first = request.claim_from  # the day's initial snapshot: nothing of the day comes before it
+                self.starts[stream] = first
+            elif self.live:
+                # each live channel is confirmed by its own first message (a bar: by its first trade)
+                evidence = int(block.array(7)[i]) if data_type.family == "trade_bar" else int(arrivals[i])
+                self.starts[stream] = self._after(evidence, data_type)
+            else:
+                self.starts[stream] = self._replay_start(data_type)
+
+    def _replay_start(self, data_type):
+        if self.proven and self.segment_no == 0:
+            return self.request.claim_from
+        # the history recorder is one connection per exchange: it is up since the segment's first line
+        return self._after(self.first_arrival, data_type) if self.first_arrival is not None else None
+
+    @staticmethod
+    def _after(evidence, data_type):
+        start = evidence + START_MARGIN_US
+        return ceil_to(start, data_type.interval_ms * 1000) if data_type.interval else start
+
+    def confirm(self, bound):
+        """Provisional evidence whose packet has been followed by a later one counts now."""
+        for key, (value, arrival, trigger) in list(self._provisional.items()):
+            if arrival < bound:
+                del self._provisional[key]
+                self._raise(key[0], key[1], value, trigger)
+
+    def _raise(self, kind, symbol, value, trigger=None):
+        if value > self._evidence.get((kind, symbol), 0):
+            self._evidence[(kind, symbol)] = value
+        old = self._trigger.get(symbol)
+        # the latest trade wins; at the same arrival a raw trade (its exact time) beats the bar it triggered
+        if trigger is not None and (old is None or trigger[1] > old[1] or (trigger[1] == old[1] and trigger[0])):
+            self._trigger[symbol] = trigger
+
+    # -- claims --------------------------------------------------------------------------------
+    def claims(self, progress, end_reason=None, is_open=False, sealed=None):
+        """The claims of the current segment with everything up to ``progress`` (local time) delivered."""
+        request = self.request
+        raw_end = min(request.claim_end, progress - LATENCY_MARGIN_US)
+        claims = []
+        for symbol, name in sorted(self.seen):
+            data_type = self.types[name]
+            start = self._start(symbol, name)
+            if start is None:
+                continue
+            for suffix, a, b in self._spans(symbol, data_type, start, raw_end):
+                if b <= a:
+                    continue
+                claims.append(Claim(request.exchange, symbol, name, self.source,
+                                    "%s:%d%s" % (self.run_id, self.segment_no, suffix), a, b,
+                                    end_reason=end_reason, is_open=is_open, owner=self.owner,
+                                    limit_end=request.claim_end, sealed_until=sealed))
+        return claims
+
+    def _start(self, symbol, name):
+        """The stream's claim start in this segment, or None while unknown."""
+        start = self.starts.get((symbol, name))
+        if start is not None:
+            return start
+        data_type = self.types[name]
+        if self.live or data_type.family == "book_snapshot":
+            return None  # a live channel needs its own first message; a book needs its snapshot
+        # a replay stream seen earlier in the run and quiet so far in this segment
+        return self._replay_start(data_type)
+
+    def _spans(self, symbol, data_type, start, raw_end):
+        if not data_type.interval:
+            return [("", start, raw_end)]
+        interval = data_type.interval_ms * 1000
+        if data_type.evidence == _TRADE:
+            trigger = self._trigger.get(symbol)
+            if trigger is None:
+                return [("", start, raw_end)]  # no trade since the segment began: nothing is pending
+            exact, arrival, not_before = trigger
+            if exact is not None:
+                pending = (floor_to(exact, interval), floor_to(exact, interval) + interval)
+            else:
+                pending = (floor_to(max(not_before, arrival - LATENCY_MARGIN_US), interval),
+                           ceil_to(arrival + SKEW_BOUND_US + 1, interval))
+            return [("", start, min(pending[0], raw_end)), (":q", max(start, pending[1]), raw_end)]
+        evidence = self._evidence.get((_BOOK, symbol), 0)
+        return [("", start, min(self.request.claim_end, evidence))]
+
+    # -- segments ------------------------------------------------------------------------------
+    def disconnect(self, at, final_claims):
+        """A ``disconnect`` at local time ``at``: remember the segment's claims, start the next one."""
+        self._remember(final_claims)
+        self.disconnects.append(at)
+        self.segment_no += 1
+        self.first_arrival = None
+        self.starts = {}
+        self._evidence = {}
+        self._provisional = {}
+        self._trigger = {}
+
+    def _remember(self, claims):
+        for c in claims:
+            self.history.setdefault((c.symbol, c.data_type), []).append((c.start, c.end))
+
+    def unclaimed(self, final_claims):
+        """What a complete run asked for and did not claim: ``[(symbol, data_type, start, end, reason)]``."""
+        self._remember(final_claims)
+        request = self.request
+        report = []
+        for stream in sorted(self.expected):
+            if stream not in self.seen:
+                report.append(stream + (request.claim_from, request.claim_end, "no_data"))
+                continue
+            claimed = sorted(self.history.get(stream, []))
+            cursor = request.claim_from
+            for a, b in claimed + [(request.claim_end, request.claim_end)]:
+                if a > cursor:
+                    report.append(stream + (cursor, a, self._reason(stream, cursor, a)))
+                cursor = max(cursor, b)
+        return report
+
+    def _reason(self, stream, a, b):
+        if any(a - START_MARGIN_US <= d < b for d in self.disconnects):
+            return "history_outage"
+        if a == self.request.claim_from:
+            if self.types[stream[1]].family == "book_snapshot" and a % (1440 * MINUTE_US) == 0:
+                # a day's replay always begins with its initial book snapshot, unless the history recorder
+                # was down at midnight: the book is unknown until it reconnected
+                return "history_outage"
+            if not self.proven:
+                return "unproven_start"
+        return "quiet_tail"
+
+
+def _first_rows(block, streams):
+    """Index of the first row of each of ``streams`` (``(symbol, name)``) in a block."""
+    wanted = set(streams)
+    found = {}
+    for i, key in enumerate(zip(block.column(1), block.column(3))):
+        if key in wanted and key not in found:
+            found[key] = i
+            if len(found) == len(wanted):
+                break
+    return found

@@ -1,0 +1,123 @@
+"""The replay ledger: history that was asked for and did not come back covered, why, and when to ask again.
+
+After every complete replay run, what it asked for and did not claim is recorded per stream (see
+:meth:`gapless.claims.ClaimTracker.unclaimed`). The planner does not ask for a recorded range again until
+its entry is due, so no range is downloaded over and over without new evidence:
+
+* ``history_outage``: tardis' own recording has a hole (a ``disconnect`` in the replay); asked once more
+  after the day is over (a later upload may fill it), then not again for :data:`OUTAGE_GIVE_UP_US`;
+* ``unproven_start``: nothing proved the history recorder up at the range's start (no line in the
+  look-behind); asked again at once when the history before it becomes covered (the start is then
+  anchored), else with exponential backoff;
+* ``quiet_tail``: a sampled stream's last interval(s) could not be proven complete (the sample comes with
+  the next event); asked again as soon as a request can reach past where the last one ended (history
+  moved on: at the present, that is the next pass), else with backoff, each time reaching further;
+* ``no_data``: the stream sent nothing at all (an unknown symbol or a silent market); asked again when a
+  request can reach past the last one, else with backoff.
+
+Backoff doubles from :data:`BACKOFF_BASE_US` up to :data:`BACKOFF_CAP_US`. An entry is dropped once
+replay covers its range.
+"""
+import logging
+
+from .intervals import merge, subtract
+from .timeutil import DAY_US, MINUTE_US, floor_day, iso
+
+log = logging.getLogger(__name__)
+
+BACKOFF_BASE_US = 2 * MINUTE_US
+BACKOFF_CAP_US = 6 * 60 * MINUTE_US
+OUTAGE_GRACE_US = 60 * MINUTE_US  # after the day is over, before asking for a history outage once more
+OUTAGE_GIVE_UP_US = 30 * DAY_US
+TAIL_REACH_US = 15 * MINUTE_US  # the first retry of a quiet tail reaches this far past it, then doubles
+REASONS = ("history_outage", "unproven_start", "quiet_tail", "no_data")
+
+
+def backoff(attempts):
+    """The wait after ``attempts`` unsuccessful asks."""
+    return min(BACKOFF_CAP_US, BACKOFF_BASE_US * 2 ** max(0, attempts - 1))
+
+
+def next_ask(reason, attempts, start, now_us):
+    """When to ask for an entry's range again."""
+    if reason == "history_outage":
+        day_over = floor_day(start) + DAY_US + OUTAGE_GRACE_US
+        if attempts <= 1 and now_us < day_over:
+            return day_over
+        return now_us + OUTAGE_GIVE_UP_US
+    return now_us + backoff(attempts)
+
+
+def tail_reach(attempts):
+    """How far past a quiet tail's end its retry asks (doubling with every attempt)."""
+    return TAIL_REACH_US * 2 ** max(0, attempts - 1)
+
+
+def entries(storage, exchange, symbol=None, data_type=None):
+    """Ledger entries (dicts) of an exchange, optionally of one stream."""
+    if not storage.has_table("replay_ledger"):
+        return []
+    model = storage.models["replay_ledger"]
+    query = model.select().where(model.exchange == exchange)
+    if symbol is not None:
+        query = query.where(model.symbol == symbol)
+    if data_type is not None:
+        query = query.where(model.data_type == data_type)
+    return list(query.order_by(model.start).dicts())
+
+
+def record(storage, exchange, unclaimed, now_us, asked_end, anchored=False):
+    """Record what a complete run did not claim: ``[(symbol, data_type, start, end, reason)]``.
+
+    ``asked_end`` is the end the run could have claimed (its claim end).
+
+    An entry for the same stream and start counts one more attempt.
+    """
+    if not unclaimed:
+        return
+    model = storage.models["replay_ledger"]
+    with storage.write_transaction():
+        for symbol, data_type, start, end, reason in unclaimed:
+            key = (model.exchange == exchange) & (model.symbol == symbol) & (model.data_type == data_type) & (
+                model.start == start)
+            old = model.get_or_none(key)
+            attempts = old.attempts + 1 if old is not None else 1
+            values = dict(end=end, reason=reason, attempts=attempts, asked_at=now_us, asked_end=asked_end,
+                          retry_at=next_ask(reason, attempts, start, now_us), anchored=bool(anchored))
+            if old is None:
+                model.insert(exchange=exchange, symbol=symbol, data_type=data_type, start=start, **values).execute()
+            else:
+                model.update(**values).where(key).execute()
+            log.info("%s %s %s [%s, %s) came back unclaimed (%s, attempt %d); asking again after %s", exchange,
+                     symbol, data_type, iso(start), iso(end), reason, attempts,
+                     iso(values["retry_at"]) if values["retry_at"] < 2 ** 62 else "never")
+
+
+def forget_covered(storage, exchange, symbol, data_type, covered):
+    """Drop the entries of a stream whose range replay now covers."""
+    model = storage.models["replay_ledger"]
+    stale = [e for e in entries(storage, exchange, symbol, data_type)
+             if not subtract([(e["start"], e["end"])], covered)]
+    if stale:
+        with storage.write_transaction():
+            for e in stale:
+                model.delete().where((model.exchange == exchange) & (model.symbol == symbol)
+                                     & (model.data_type == data_type) & (model.start == e["start"])).execute()
+
+
+def held_back(stream_entries, now_us, anchored_at, reach):
+    """Ranges of a stream not to ask for now, and the quiet tails due (``[(start, end, attempts)]``).
+
+    ``reach`` is how far a request for the stream can claim now (the end of what is wanted).
+    """
+    held, tails = [], []
+    for e in stream_entries:
+        if e["retry_at"] > now_us:
+            if e["reason"] == "unproven_start" and not e["anchored"] and anchored_at(e["start"]):
+                continue  # new evidence: the history before it is covered now
+            if e["reason"] in ("quiet_tail", "no_data") and reach > e["asked_end"]:
+                continue  # new evidence may come: a request now reaches past where the last one ended
+            held.append((e["start"], e["end"]))
+        elif e["reason"] == "quiet_tail":
+            tails.append((e["start"], e["end"], e["attempts"]))
+    return merge(held), tails

@@ -1,0 +1,110 @@
+"""Planning replay requests: what history replay coverage lacks, asked for the way tardis-machine needs it.
+
+* Raw types, trade bars and tickers are asked for exactly what is missing, with a look-behind
+  (:data:`gapless.claims.LOOK_BEHIND_US`): the request starts early, so a ``disconnect`` just before the
+  wanted start is seen, a line there proves the history recorder up, and tardis' local-time ``from``
+  filter cannot cut messages whose exchange time is inside the wanted range. A start that replay
+  coverage of the exchange already reaches is *anchored*: known continuous; it looks one minute back.
+* Book-derived types (quotes, snapshots, book changes) need the day's initial book snapshot, so their
+  requests start at 00:00 UTC of the day; rows already stored are skipped before insertion.
+* Requests never cross a UTC day (except a quiet tail asked past its end); streams needing the same
+  range share one request.
+* What the replay ledger holds back is not asked for (see :mod:`gapless.ledger`).
+"""
+import time
+
+from . import ledger
+from .claims import LOOK_BEHIND_US, START_MARGIN_US
+from .datatypes import parse_data_types
+from .ingest import ReplayRequest
+from .intervals import merge, split, subtract
+from .timeutil import DAY_US, MINUTE_US, US, ceil_minute, floor_day, floor_minute
+
+
+def plan_requests(storage, exchange, symbols, data_types, start, end, now_us=None, limit=None):
+    """The replay requests that download what replay coverage lacks in ``[start, end)`` (µs)."""
+    data_types = parse_data_types(data_types)
+    wanted = {(symbol, data_type): [(start, end)] for symbol in symbols for data_type in data_types}
+    return plan_wanted(storage, exchange, wanted, now_us=now_us, limit=limit)
+
+
+class Anchors:
+    """Where history of an exchange is known continuous: its replay coverage, over every stream."""
+
+    def __init__(self, storage, exchange):
+        rows = storage.coverage_rows(exchange=exchange, source="replay")
+        self.intervals = merge((r["start"], r["end"]) for r in rows if r["end"] > r["start"])
+
+    def __call__(self, at):
+        """True when replay coverage holds ``[at - start margin, at]``: the history recorder was up at ``at``."""
+        return any(a <= at - START_MARGIN_US and b >= at for a, b in self.intervals)
+
+
+def plan_wanted(storage, exchange, wanted, now_us=None, limit=None):
+    """Like :func:`plan_requests`, for ``{(symbol, DataType): [(start, end), ...]}`` wanted per stream.
+
+    ``limit`` caps how far a quiet tail's retry may reach (the history horizon); ``now_us`` decides which
+    ledger entries are due.
+    """
+    now_us = int(time.time() * US) if now_us is None else now_us
+    anchors = Anchors(storage, exchange)
+    groups, skips = {}, {}
+    for (symbol, data_type), ranges in wanted.items():
+        covered = storage.covered(exchange, symbol, data_type.name, "replay")
+        ranges = [(floor_minute(a), ceil_minute(b)) for a, b in ranges]
+        reach = max((b for _, b in ranges), default=0)
+        held, tails = ledger.held_back(ledger.entries(storage, exchange, symbol, data_type.name), now_us, anchors,
+                                       reach)
+        need = merge((floor_minute(a), ceil_minute(b)) for a, b in subtract(subtract(ranges, covered), held))
+        # a quiet tail due again is asked past its end, further each time, so the next event shows up
+        further = {}
+        for a, b, attempts in tails:
+            if any(x <= a < y for x, y in need):
+                far = b + ledger.tail_reach(attempts)
+                further[a] = min(far, limit) if limit is not None else far
+        if not need:
+            continue
+        if data_type.book_derived:
+            ends = {}
+            for a, b in split(need, DAY_US):
+                day = floor_day(a)
+                ends[day] = max(ends.get(day, 0), further.get(a, b), b)
+            for day, b in ends.items():
+                groups.setdefault((day, day, b, False), set()).add((symbol, data_type.name))
+                prefix = _covered_prefix(covered, day)
+                if prefix > day:
+                    skips[(day, symbol, data_type.name)] = prefix
+        else:
+            for a, b in split(need, DAY_US):
+                b = max(b, further.get(a, b))
+                anchored = anchors(a)
+                # anchored: a minute back is enough for tardis' local-time ``from`` not to cut the wanted range;
+                # unanchored: the full look-behind, for a line (or a disconnect) to show up before the start
+                behind = MINUTE_US if anchored else LOOK_BEHIND_US
+                groups.setdefault((a - behind, a, b, anchored), set()).add((symbol, data_type.name))
+    requests = []
+    for (start, claim_start, end, anchored), streams in sorted(groups.items()):
+        for symbols_, types_ in _product_groups(streams):
+            skip = tuple((s, d, skips[(start, s, d)]) for s in symbols_ for d in types_ if (start, s, d) in skips)
+            requests.append(ReplayRequest(exchange, symbols_, types_, start, end, skip_before=skip,
+                                          claim_start=claim_start, anchored=anchored))
+    return requests
+
+
+def _covered_prefix(covered, at):
+    """End of the covered interval that contains ``at`` (or ``at`` when none does)."""
+    for a, b in covered:
+        if a <= at < b:
+            return b
+    return at
+
+
+def _product_groups(streams):
+    """Split a set of (symbol, data type) into (symbols, data types) products, for one request each."""
+    by_type = {}
+    for symbol, name in streams:
+        by_type.setdefault(name, set()).add(symbol)
+    by_symbols = {}
+    for name, symbols in by_type.items():
+        by_symbols.setdefault(tuple(sorted(symbols)), []).append(name)
+    return [(symbols, tuple(sorted(names))) for symbols, names in sorted(by_symbols.items())]
