@@ -22,7 +22,7 @@ import pytest
 import requests
 import websocket
 
-from tests.fake_tardis import FakeClock, FakeTardisMachine, MarketConfig, Outage
+from tests.fake_tardis import FakeClock, FakeTardisMachine, ManualClock, MarketConfig, Outage
 from tests.fake_tardis.market import symbol_params
 from tests.fake_tardis.normalize import Normalizer
 from tests.fake_tardis.options import parse_options
@@ -485,6 +485,57 @@ def test_live_matches_replay():
             assert {k: v for k, v in m.items() if k != "localTimestamp"} == {
                 k: v for k, v in r.items() if k != "localTimestamp"}
             assert abs(parse_ts_us(m["localTimestamp"]) - parse_ts_us(r["localTimestamp"])) <= 5000
+
+
+def test_manual_clock_moves_only_when_told():
+    clock = ManualClock(DAY)
+    assert clock.now() == DAY and clock.wall_seconds_until(clock.now_us()) == 0
+    assert clock.wall_seconds_until(clock.now_us() + 1) == float("inf")
+    clock.advance(1.5)
+    assert clock.now() == DAY + timedelta(seconds=1.5)
+    clock.set(DAY + timedelta(seconds=2))
+    clock.set(clock.now_us() + 500_000)
+    assert clock.now() == DAY + timedelta(seconds=2.5)
+    for backwards in (lambda: clock.set(DAY), lambda: clock.advance(-1)):
+        with pytest.raises(ValueError):
+            backwards()
+    target = clock.now_us() + 5_000_000
+    done, results = threading.Event(), []
+    waiter = threading.Thread(target=lambda: (results.append(clock.wait_until(target)), done.set()))
+    waiter.start()
+    clock.advance(1)
+    assert not done.wait(0.1)  # not there yet
+    clock.advance(4)
+    assert done.wait(2) and results == [True]
+    stop = threading.Event()
+    waiter = threading.Thread(target=lambda: results.append(clock.wait_until(target + 1, stop)))
+    waiter.start()
+    stop.set()
+    waiter.join(2)
+    assert results == [True, False]
+
+
+def test_manual_clock_wakes_live_sessions_at_once():
+    clock = ManualClock(DAY + timedelta(minutes=2))
+    with FakeTardisMachine(clock=clock, market=MarketConfig(book_rate=20)) as tm:
+        ws = ws_connect(tm, live_opts(("quote",)))
+        ws.settimeout(0.3)
+        with pytest.raises(websocket.WebSocketTimeoutException):
+            ws.recv()  # time stands still: even the first snapshot (due at t_c + latency) waits
+        ws.settimeout(5)
+        for _ in range(3):
+            before = clock.now_us()
+            t = time.monotonic()
+            clock.advance(0.5)
+            while True:  # skip what the previous step sent, up to the first event of this one
+                m = json.loads(ws.recv())
+                local = parse_ts_us(m["localTimestamp"])
+                assert local <= clock.now_us()
+                if local > before:
+                    break
+            # without the clock's wake-up the session would notice within its 1 s poll only
+            assert time.monotonic() - t < 0.25
+        assert all(parse_ts_us(json.loads(x)["localTimestamp"]) <= clock.now_us() for x in tm.connections[0].sent)
 
 
 def test_live_perturb_differs_from_replay():

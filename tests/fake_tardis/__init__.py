@@ -14,11 +14,14 @@ to inject faults::
         tm.add_replay_fault("cut", after_lines=100)
         tm.requests, tm.connections       # what was asked and sent
 
+``ManualClock`` stands still until the test moves it (``advance``/``set``); the servers
+react at once when it moves.
+
 Run it as its own process with ``python -m tests.fake_tardis`` (see ``__main__``).
 """
-from .clock import FakeClock
+from .clock import FakeClock, ManualClock
 from .machine import FakeTardisMachine
 from .market import MarketConfig
 from .streams import Outage
 
-__all__ = ["FakeTardisMachine", "FakeClock", "MarketConfig", "Outage"]
+__all__ = ["FakeTardisMachine", "FakeClock", "ManualClock", "MarketConfig", "Outage"]

@@ -9,7 +9,7 @@ from typing import Callable
 import orjson
 
 from .cache import ResponseCache
-from .clock import FakeClock
+from .clock import FakeClock, ManualClock
 from .market import Market, MarketConfig
 from .options import parse_options, parse_time_us
 from .replay_server import FAULT_KINDS, ReplayFault, ReplayServer, RequestRecord
@@ -36,7 +36,7 @@ class FakeTardisMachine:
     ``firehose=True`` makes every websocket connection a firehose of ``firehose_seconds``.
     """
 
-    def __init__(self, clock: FakeClock | None = None, market: MarketConfig | None = None, *,
+    def __init__(self, clock: FakeClock | ManualClock | None = None, market: MarketConfig | None = None, *,
                  availability_delay: timedelta = timedelta(0), replay_outages=(), live_outages=(),
                  default_symbols=DEFAULT_SYMBOLS, http_port: int = 0, ws_port: int = 0,
                  firehose: bool = False, firehose_seconds: float = 30.0, ping_interval_s: float = 30.0,
@@ -63,13 +63,17 @@ class FakeTardisMachine:
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> "FakeTardisMachine":
-        """Start both listeners."""
+        """Start both listeners (and follow a manual clock's moves)."""
         self._http.start()
         self._ws.start()
+        if hasattr(self.clock, "add_listener"):
+            self.clock.add_listener(self._clock_moved)
         return self
 
     def stop(self, timeout: float = 1.5) -> None:
         """Close every socket and join every thread (bounded by ``timeout`` overall)."""
+        if hasattr(self.clock, "remove_listener"):
+            self.clock.remove_listener(self._clock_moved)
         deadline = time.monotonic() + timeout
         self._ws.stop(max(0.1, (deadline - time.monotonic()) / 2))
         self._http.stop(max(0.1, deadline - time.monotonic()))
@@ -224,6 +228,12 @@ class FakeTardisMachine:
             return True
 
     # -- used by the servers ---------------------------------------------------------------
+    def _clock_moved(self) -> None:
+        # a manual clock moved: every live session re-checks its next event now
+        for s in self._ws.live_sessions():
+            s.push(("noop",))
+        self._notify()
+
     def _notify(self) -> None:
         with self._changed:
             self._changed.notify_all()
