@@ -361,6 +361,105 @@ def test_availability_delay():
         assert past.endswith("\n") and all("type" in json.loads(x) for x in past.splitlines())
 
 
+@pytest.mark.parametrize("mode", ["error", "empty"])
+def test_availability_modes(mode):
+    with machine(5, availability_delay=timedelta(seconds=30), availability_mode=mode) as tm:
+        now = tm.clock.now_us()
+        r = replay(tm, opts(to="2026-11-25T00:06", types=["trade"]))
+        body, rec = r.content.decode(), tm.requests[-1]
+        assert r.status_code == 200 and rec.completed and rec.cut_by_availability
+        assert parse_ts_us(rec.available_until.isoformat()) >= now - 30_000_000
+        if mode == "error":
+            head, _, last = body.rpartition("\n")
+            assert rec.error_line and "message" in json.loads(last)
+        else:  # ends like a quiet market: every line is data, the stream just ends
+            head = body
+            assert body.endswith("\n") and not rec.error_line
+        lines = [json.loads(x) for x in head.splitlines()]
+        assert lines and all(m["type"] == "trade" for m in lines)
+        assert all(parse_ts_us(m["localTimestamp"]) < parse_ts_us(rec.available_until.isoformat()) for m in lines)
+        only = replay(tm, opts(frm="2026-11-25T00:05", to="2026-11-25T00:06", types=["trade"])).content.decode()
+        assert (only == "") if mode == "empty" else ("\n" not in only and "message" in json.loads(only))
+        past = replay(tm, opts(to="2026-11-25T00:04", types=["trade"]))
+        assert not tm.requests[-1].cut_by_availability and past.content.endswith(b"\n")
+
+
+def test_availability_changes_at_runtime_and_cut_bodies_are_never_cached():
+    clock = ManualClock(DAY + timedelta(minutes=10))
+    with FakeTardisMachine(clock=clock, availability_delay=timedelta(minutes=8)) as tm:
+        o = opts(to="2026-11-25T00:04", types=["trade"])
+
+        def ask():
+            body = replay(tm, o).content
+            return body, tm.requests[-1]
+
+        cut, rec = ask()
+        assert rec.cut_by_availability and rec.error_line and not cut.endswith(b"\n")
+        assert rec.available_until == DAY + timedelta(minutes=2)
+        tm.availability_delay = timedelta(0)
+        full, rec = ask()
+        assert not rec.cut_by_availability and not rec.cached and full.endswith(b"\n")
+        assert [json.loads(x) for x in full.splitlines()] == tm.expected_replay(o)
+        assert ask() == (full, tm.requests[-1]) and tm.requests[-1].cached
+        tm.availability_delay = timedelta(minutes=8)  # the cached full body must not be served now
+        again, rec = ask()
+        assert again == cut and rec.cut_by_availability and not rec.cached
+        tm.availability_mode = "empty"
+        empty, rec = ask()
+        assert empty == cut.rpartition(b"\n")[0] + b"\n" and not rec.error_line and not rec.cached
+        with pytest.raises(ValueError):
+            tm.availability_mode = "sometimes"
+        # the clock at request time is "now": moving a manual clock makes history available
+        clock.advance(8 * 60)
+        moved, rec = ask()
+        assert moved == full and not rec.cut_by_availability and rec.cached
+
+
+def _timed_replay(tm, options):
+    t = time.monotonic()
+    body = replay(tm, options).content
+    return time.monotonic() - t, body
+
+
+def test_line_rate_paces_every_response():
+    with machine(25) as tm:
+        o = opts(to="2026-11-25T00:05", types=["trade", "quote"], symbols=["BTC-PERPETUAL"])
+        n = len(tm.expected_replay(o))
+        expect = 0.5
+        tm.line_rate = n / expect  # lines per second: one request takes about half a second
+        took, body = _timed_replay(tm, o)
+        assert not tm.requests[-1].cached and tm.requests[-1].line_rate == tm.line_rate
+        assert 0.8 * expect <= took <= expect + 0.5 and len(body.splitlines()) == n
+        assert tm.wait_for(lambda: tm.requests_in_flight == 0)  # the body is cached once the request ends
+        took, cached = _timed_replay(tm, o)  # served from the response cache: paced too
+        assert tm.requests[-1].cached and cached == body and 0.8 * expect <= took <= expect + 0.5
+        tm.max_concurrent_requests = 0
+        barrier, times = threading.Barrier(2), []
+
+        def one(options):
+            barrier.wait()
+            times.append(_timed_replay(tm, options)[0])
+
+        # two at once (one cached, one generated): each keeps its own pace
+        eth = dict(o, symbols=["ETH-PERPETUAL"])
+        each = sorted((n / tm.line_rate, len(tm.expected_replay(eth)) / tm.line_rate))
+        threads = [threading.Thread(target=one, args=(x,)) for x in (o, eth)]
+        t = time.monotonic()
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(10)
+        total = time.monotonic() - t
+        # one after the other would take the sum of both (about 1 s)
+        assert len(times) == 2 and min(times) >= 0.8 * each[0] and total < each[1] + 0.25 < sum(each)
+        assert tm.wait_for(lambda: tm.requests_in_flight == 0) and tm.max_concurrent_requests == 2
+        tm.line_rate = None
+        took, _ = _timed_replay(tm, o)
+        assert took < 0.8 * expect and tm.requests[-1].line_rate is None
+        with pytest.raises(ValueError):
+            tm.line_rate = 0
+
+
 # -- replay faults ------------------------------------------------------------------------
 @pytest.fixture
 def tm():
