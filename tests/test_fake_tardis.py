@@ -557,6 +557,74 @@ def test_http_stop_and_restart_on_same_port(tm):
     assert tm.http_url == url and requests.get(f"{url}/health-check", timeout=2).status_code == 200
 
 
+# -- market shapes: clock skew ----------------------------------------------------------
+def _ms(dt: datetime) -> int:
+    return parse_ts_us(dt.isoformat()) // 1000
+
+
+def _lag_us(m: dict) -> int:
+    """localTimestamp - timestamp of a message, in µs."""
+    return parse_ts_us(m["localTimestamp"]) - parse_ts_us(m["timestamp"])
+
+
+@pytest.mark.parametrize("skew", [-2000, 2000])
+def test_skew_moves_local_times_and_the_replay_cut(skew):
+    rates = dict(book_rate=0.5, trade_rate=3)
+    with machine(10, market=MarketConfig(skew_ms=skew, **rates)) as tm:
+        types = ["trade", "book_change", "derivative_ticker", "quote_1m"]
+        msgs = [json.loads(x) for x in replay(tm, opts(to="2026-11-25T00:03", types=types)).content.splitlines()]
+        assert [m["localTimestamp"] for m in msgs] == sorted(m["localTimestamp"] for m in msgs)
+        raw = [m for m in msgs if m["type"] != "book_snapshot"]
+        assert raw and all(skew * 1000 <= _lag_us(m) <= skew * 1000 + 5000 for m in raw)
+        snaps = [m for m in msgs if m["type"] == "book_change" and m["isSnapshot"]]
+        assert len(snaps) == 2  # the day's snapshot still arrives just after local 00:00 (+ a positive skew)
+        first_ms = _ms(DAY) + 160 + max(0, skew)
+        assert all(parse_ts_us(m["localTimestamp"]) // 1000 < first_ms for m in snaps)
+        assert {m["name"] for m in msgs if m["type"] == "book_snapshot"} == {"quote_1m"}
+        # same exchange-side trades as without skew (a negative skew opens the day's book later,
+        # so prices may differ after it)
+        plain = MarketConfig(**rates)
+        with machine(10, market=plain) as ref:
+            ref_trades = [m for m in ref.expected_replay(opts(frm="2026-11-25T00:01", to="2026-11-25T00:02",
+                                                                  types=["trade"]))]
+        # from/to select by LOCAL time: the replay of 00:01 holds the trades that ARRIVED then
+        got = [json.loads(x) for x in replay(tm, opts(frm="2026-11-25T00:01", to="2026-11-25T00:02",
+                                                      types=["trade"])).content.splitlines()]
+        lo, hi = _ms(DAY + timedelta(minutes=1)) - skew, _ms(DAY + timedelta(minutes=2)) - skew
+        assert all(lo - 5 <= parse_ts_us(m["timestamp"]) // 1000 < hi for m in got)
+        truth = tm.market.trades("deribit", "BTC-PERPETUAL", DAY + timedelta(minutes=1, milliseconds=-skew),
+                                 DAY + timedelta(minutes=2, milliseconds=-skew - 5))
+        assert truth and {t["id"] for t in truth} <= {m["id"] for m in got}
+        key = (lambda m: (m["id"], m["amount"], m["side"], m["timestamp"])) if skew < 0 else (
+            lambda m: {k: v for k, v in m.items() if k != "localTimestamp"})
+        shared = {m["id"] for m in got} & {m["id"] for m in ref_trades}
+        assert len(shared) > 20
+        assert sorted(map(str, (key(m) for m in got if m["id"] in shared))) == sorted(
+            map(str, (key(m) for m in ref_trades if m["id"] in shared)))
+        if skew < 0:  # the example of the docs: stamped 00:00:01, arrived 23:59:59.x, not in a replay from 00:00
+            early = tm.market.trades("deribit", "BTC-PERPETUAL", DAY, DAY + timedelta(seconds=1.99))
+            from_midnight = {m.get("id") for m in msgs}
+            assert early and not any(t["id"] in from_midnight for t in early)
+
+
+@pytest.mark.parametrize("skew", [-2000, 2000])
+def test_skew_live(skew):
+    clock = ManualClock(DAY + timedelta(minutes=3))
+    with FakeTardisMachine(clock=clock, market=MarketConfig(book_rate=20, trade_rate=5, skew_ms=skew)) as tm:
+        ws = ws_connect(tm, live_opts(("quote", "trade"), ["BTC-PERPETUAL"]))
+        assert tm.wait_for(lambda: tm.connections)
+        for _ in range(10):
+            clock.advance(0.2)
+        first = json.loads(ws.recv())
+        # the subscription snapshot carries the exchange's time at t_c
+        assert first["type"] == "book_snapshot" and parse_ts_us(first["timestamp"]) // 1000 == _ms(
+            DAY + timedelta(minutes=3)) - skew
+        msgs = [json.loads(ws.recv()) for _ in range(20)]
+        assert all(REPLAY_TS.match(m["localTimestamp"]) for m in msgs)
+        assert all(skew * 1000 <= _lag_us(m) <= skew * 1000 + 5000 for m in msgs)
+        assert all(parse_ts_us(m["localTimestamp"]) <= clock.now_us() for m in msgs)
+
+
 # -- live stream --------------------------------------------------------------------------
 def test_live_matches_replay():
     with machine(2, market=MarketConfig(book_rate=20, trade_rate=20)) as tm:

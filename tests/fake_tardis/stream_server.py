@@ -1,7 +1,7 @@
 """Websocket server: ``/ws-stream-normalized`` on raw sockets (one thread per connection).
 
 Each connection opens its own "exchange connection" at the subscription time t_c: a
-book snapshot per symbol stamped t_c, then the market's events from t_c on, each sent
+book snapshot per symbol stamped t_c (minus the market's skew), then the market's events from t_c on, each sent
 when the double clock reaches its (live, millisecond) localTimestamp. Every payload
 written to the socket is recorded in the connection's :class:`ConnectionRecord`.
 Faults arrive as commands through a per-connection queue plus a wake-up socket, so they
@@ -337,7 +337,9 @@ class _Session:
         t_c_ms = self.opened_us // 1000
         perturb = m._perturbations("live")
         outages = list(m.live_outages)
-        feeds = [RawFeed(m.market, s, live=True, start_us=t_c_ms * 1000, subscribe_ms=t_c_ms, outages=outages)
+        # the exchange's clock reads t_c - skew when we subscribe: its snapshot is stamped so
+        sub_ms = t_c_ms - m.market.config.skew_ms
+        feeds = [RawFeed(m.market, s, live=True, start_us=t_c_ms * 1000, subscribe_ms=sub_ms, outages=outages)
                  for s in specs]
         norms = [Normalizer(s, symbol_params, live=True, perturb=perturb) for s in specs]
         iters = [iter(f) for f in feeds]
