@@ -557,7 +557,7 @@ def test_http_stop_and_restart_on_same_port(tm):
     assert tm.http_url == url and requests.get(f"{url}/health-check", timeout=2).status_code == 200
 
 
-# -- market shapes: clock skew ----------------------------------------------------------
+# -- market shapes: clock skew, quiet periods ----------------------------------------------
 def _ms(dt: datetime) -> int:
     return parse_ts_us(dt.isoformat()) // 1000
 
@@ -623,6 +623,38 @@ def test_skew_live(skew):
         assert all(REPLAY_TS.match(m["localTimestamp"]) for m in msgs)
         assert all(skew * 1000 <= _lag_us(m) <= skew * 1000 + 5000 for m in msgs)
         assert all(parse_ts_us(m["localTimestamp"]) <= clock.now_us() for m in msgs)
+
+
+def test_quiet_periods_and_a_silent_symbol():
+    q0, q1 = _ms(DAY + timedelta(minutes=2)), _ms(DAY + timedelta(minutes=4))
+    cfg = MarketConfig(quiet=[("BTC-PERPETUAL", q0, q1), ("SILENT-PERP", 0, 2 ** 62)])
+    assert cfg.quiet == (("BTC-PERPETUAL", q0, q1), ("SILENT-PERP", 0, 2 ** 62))  # normalized: hashable
+    assert cfg != MarketConfig() and hash(cfg) != hash(MarketConfig()) and cfg == MarketConfig(quiet=cfg.quiet)
+    with pytest.raises(ValueError):
+        MarketConfig(quiet=(("X", 5, 5),))
+    types = ["trade", "book_change", "derivative_ticker", "quote", "trade_bar_1m"]
+    symbols = BOTH + ["SILENT-PERP"]
+    with machine(10, market=cfg) as tm:
+        msgs = [json.loads(x) for x in replay(tm, opts(to="2026-11-25T00:06", types=types,
+                                                       symbols=symbols)).content.splitlines()]
+        btc = [m for m in msgs if m["symbol"] == "BTC-PERPETUAL"]
+        in_window = [m for m in btc if q0 <= parse_ts_us(m["timestamp"]) // 1000 < q1 and m["type"] != "trade_bar"]
+        assert not in_window and any(parse_ts_us(m["timestamp"]) // 1000 >= q1 for m in btc)
+        bars = {m["timestamp"][11:16] for m in btc if m["type"] == "trade_bar"}
+        assert "00:02" in bars and not {"00:03", "00:04"} & bars  # the quiet minutes have no bar
+        # the book stays as it was through the window
+        assert tm.market.book("deribit", "BTC-PERPETUAL", DAY + timedelta(minutes=2, milliseconds=-1)) == \
+            tm.market.book("deribit", "BTC-PERPETUAL", DAY + timedelta(minutes=4, milliseconds=-1))
+        silent = [m for m in msgs if m["symbol"] == "SILENT-PERP"]
+        assert [(m["type"], m.get("isSnapshot")) for m in silent] == [("book_change", True), ("book_snapshot", None)]
+        assert len(silent[0]["bids"]) == 25 and re.match(r"2026-11-25T00:00:00\.1\d\dZ", silent[0]["timestamp"])
+        assert not tm.market.trades("deribit", "SILENT-PERP", DAY, DAY + timedelta(minutes=10))
+        # draws do not depend on the windows: before the window and on other symbols nothing changed
+        with machine(10) as plain:
+            ref = plain.expected_replay(opts(to="2026-11-25T00:06", types=types))
+        before = lambda ms: [m for m in ms if m["symbol"] != "SILENT-PERP" and (
+            m["symbol"] == "ETH-PERPETUAL" or parse_ts_us(m["localTimestamp"]) // 1000 < q0)]
+        assert before(msgs) == before(ref)
 
 
 # -- live stream --------------------------------------------------------------------------

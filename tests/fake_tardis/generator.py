@@ -134,7 +134,29 @@ class SegmentBuilder:
             add("k_idx", rng.normal(-2e-4, 2e-5, nk))
             add("k_mark", rng.normal(0, 1e-5, nk))
             add("k_same", rng.random(nk) < 0.04)
-        return {k: np.concatenate(v) for k, v in parts.items()}
+        d = {k: np.concatenate(v) for k, v in parts.items()}
+        self._drop_quiet(d)
+        return d
+
+    def _drop_quiet(self, d: dict) -> None:
+        """Remove the events of quiet windows (after drawing: the draws stay the same)."""
+        lo, hi = self.start_ms, self.start_ms + SEGMENT_MS
+        windows = [(a, b) for a, b in self.cfg.quiet_windows(self.symbol) if a < hi and b > lo]
+        if not windows:
+            return
+
+        def quiet(t):
+            mask = np.zeros(len(t), dtype=bool)
+            for a, b in windows:
+                mask |= (t >= a) & (t < b)
+            return mask
+
+        keep_g = ~quiet(d["g_t"])
+        keep_t = np.repeat(keep_g, d["g_size"])  # a trade message's trades go with it
+        for keys, keep in ((_BOOK_KEYS, ~quiet(d["b_t"])), (_GROUP_KEYS, keep_g), (_TRADE_KEYS, keep_t),
+                           (_TICKER_KEYS, ~quiet(d["k_t"]))):
+            for k in keys:
+                d[k] = d[k][keep]
 
     # -- book: the only sequential part ------------------------------------------
     def _initial_book(self):

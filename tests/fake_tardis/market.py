@@ -10,7 +10,8 @@ every machine in the process because the data depends only on the config).
 Prices are integer ticks (rendered exactly, see ``render.price_str``); amounts are
 integers. Replay local times have µs precision, live ones ms; both are exchange time
 plus a latency within ``latency_ms`` plus the config's ``skew_ms``, and never go
-backwards for one symbol.
+backwards for one symbol. Quiet windows (``MarketConfig.quiet``) are part of the model:
+their events are simply not generated.
 """
 from __future__ import annotations
 

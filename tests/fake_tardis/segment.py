@@ -32,6 +32,12 @@ class MarketConfig:
     negative skew it is stamped 00:00:00.1xx - skew (exchange) and still arrives just
     after local 00:00 (no book before it); with a positive skew the previous day's last
     events arrive after local midnight, before it.
+
+    ``quiet``: ``(symbol or "*", start_ms, end_ms)`` windows of exchange time during which
+    that symbol's market is quiet: no trades, no book changes, no ticker changes (the
+    day's 00:00 snapshot still exists; book and prices stay as they were). A silent
+    symbol is a window over all time, e.g. ``("SILENT-PERP", 0, 2**62)``. Draws are made
+    as without the window and then dropped, so everything before a window is unchanged.
     """
 
     seed: int = 1
@@ -41,11 +47,23 @@ class MarketConfig:
     depth: int = 25
     latency_ms: tuple[float, float] = (0.3, 5.0)
     skew_ms: int = 0
+    quiet: tuple[tuple[str, int, int], ...] = ()
 
     def __post_init__(self):
         if int(self.skew_ms) != self.skew_ms or abs(self.skew_ms) > MAX_SKEW_MS:
             raise ValueError(f"skew_ms must be whole milliseconds within +-{MAX_SKEW_MS}")
         object.__setattr__(self, "skew_ms", int(self.skew_ms))
+        windows = []
+        for w in self.quiet:  # normalized to a tuple of tuples: part of the config's hash and cache keys
+            symbol, start, end = w
+            if not isinstance(symbol, str) or int(start) >= int(end):
+                raise ValueError(f"quiet window {w!r}: expected (symbol or '*', start_ms, end_ms) with start < end")
+            windows.append((symbol, int(start), int(end)))
+        object.__setattr__(self, "quiet", tuple(windows))
+
+    def quiet_windows(self, symbol: str) -> list[tuple[int, int]]:
+        """The quiet windows ``[start_ms, end_ms)`` of ``symbol``, sorted."""
+        return sorted((a, b) for s, a, b in self.quiet if s in ("*", symbol))
 
 
 @dataclass(frozen=True)
