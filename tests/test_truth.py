@@ -219,6 +219,10 @@ def test_truth_shapes_and_errors():
     deep = minute_truth(market, "deribit", "ETH-PERPETUAL", "book_snapshot_30_1m", D0, D0 + MIN)
     assert deep[["bids_24_price", "asks_24_amount"]].notna().all().all()  # the model keeps 25 levels
     assert deep[["bids_25_price", "asks_29_amount"]].isna().all().all()
+    # the last minute of a day closes with that day's last book (the next day opens empty)
+    eve = minute_truth(market, "deribit", "ETH-PERPETUAL", "quote_1m", D0 - MIN, D0).iloc[0]
+    book = market.book("deribit", "ETH-PERPETUAL", DAY - timedelta(milliseconds=1))
+    assert (eve["bid_price"], eve["bid_amount"], eve["ask_price"]) == (*book["bids"][0], book["asks"][0][0])
     for bad in ("trade_bar_5m", "trade_bar_10ticks", "book_change"):
         with pytest.raises(ValueError):
             minute_truth(market, "deribit", "ETH-PERPETUAL", bad, D0, D0 + MIN)

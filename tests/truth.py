@@ -254,9 +254,7 @@ def _book_minutes(market, exchange, symbol, minutes, depth: int) -> np.ndarray:
 
     for i, m in enumerate(minutes.tolist()):
         end = m + MINUTE_MS
-        # the segment holding the last instant before the end: at a segment (or day) boundary
-        # that is the previous one, whose state includes all of its changes
-        bids, asks = market.segment(exchange, symbol, (end - 1) // SEGMENT_MS).book_state_before(end)
+        bids, asks = market.book_before(exchange, symbol, end)  # every change before the minute's end
         if bids:
             out[i, 0], out[i, 1] = price(bids[0][0]), bids[0][1]
         if asks:

@@ -94,9 +94,12 @@ class Market:
     def book_before(self, exchange: str, symbol: str, ex_ms: int):
         """Full book (bids, asks as [(price ticks, amount)]) after every change before ``ex_ms``.
 
-        Before the day's first snapshot the book of the day is empty.
+        Between 00:00:00.000 (exclusive) and the day's first snapshot the book of the day is
+        empty; at exactly 00:00:00.000 it is the previous day's last book.
         """
-        seg = self.segment(exchange, symbol, ex_ms // SEGMENT_MS)
+        # the segment holding the last instant before ex_ms: at a day boundary that is the
+        # previous day's last segment (the new day's first one starts empty)
+        seg = self.segment(exchange, symbol, (ex_ms - 1) // SEGMENT_MS)
         return seg.book_state_before(ex_ms)
 
     def book(self, exchange: str, symbol: str, at: datetime) -> dict:
