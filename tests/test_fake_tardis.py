@@ -22,7 +22,7 @@ import pytest
 import requests
 import websocket
 
-from tests.fake_tardis import FakeClock, FakeTardisMachine, MarketConfig, Outage
+from tests.fake_tardis import FakeClock, FakeTardisMachine, ManualClock, MarketConfig, Outage
 from tests.fake_tardis.market import symbol_params
 from tests.fake_tardis.normalize import Normalizer
 from tests.fake_tardis.options import parse_options
@@ -361,6 +361,105 @@ def test_availability_delay():
         assert past.endswith("\n") and all("type" in json.loads(x) for x in past.splitlines())
 
 
+@pytest.mark.parametrize("mode", ["error", "empty"])
+def test_availability_modes(mode):
+    with machine(5, availability_delay=timedelta(seconds=30), availability_mode=mode) as tm:
+        now = tm.clock.now_us()
+        r = replay(tm, opts(to="2026-11-25T00:06", types=["trade"]))
+        body, rec = r.content.decode(), tm.requests[-1]
+        assert r.status_code == 200 and rec.completed and rec.cut_by_availability
+        assert parse_ts_us(rec.available_until.isoformat()) >= now - 30_000_000
+        if mode == "error":
+            head, _, last = body.rpartition("\n")
+            assert rec.error_line and "message" in json.loads(last)
+        else:  # ends like a quiet market: every line is data, the stream just ends
+            head = body
+            assert body.endswith("\n") and not rec.error_line
+        lines = [json.loads(x) for x in head.splitlines()]
+        assert lines and all(m["type"] == "trade" for m in lines)
+        assert all(parse_ts_us(m["localTimestamp"]) < parse_ts_us(rec.available_until.isoformat()) for m in lines)
+        only = replay(tm, opts(frm="2026-11-25T00:05", to="2026-11-25T00:06", types=["trade"])).content.decode()
+        assert (only == "") if mode == "empty" else ("\n" not in only and "message" in json.loads(only))
+        past = replay(tm, opts(to="2026-11-25T00:04", types=["trade"]))
+        assert not tm.requests[-1].cut_by_availability and past.content.endswith(b"\n")
+
+
+def test_availability_changes_at_runtime_and_cut_bodies_are_never_cached():
+    clock = ManualClock(DAY + timedelta(minutes=10))
+    with FakeTardisMachine(clock=clock, availability_delay=timedelta(minutes=8)) as tm:
+        o = opts(to="2026-11-25T00:04", types=["trade"])
+
+        def ask():
+            body = replay(tm, o).content
+            return body, tm.requests[-1]
+
+        cut, rec = ask()
+        assert rec.cut_by_availability and rec.error_line and not cut.endswith(b"\n")
+        assert rec.available_until == DAY + timedelta(minutes=2)
+        tm.availability_delay = timedelta(0)
+        full, rec = ask()
+        assert not rec.cut_by_availability and not rec.cached and full.endswith(b"\n")
+        assert [json.loads(x) for x in full.splitlines()] == tm.expected_replay(o)
+        assert ask() == (full, tm.requests[-1]) and tm.requests[-1].cached
+        tm.availability_delay = timedelta(minutes=8)  # the cached full body must not be served now
+        again, rec = ask()
+        assert again == cut and rec.cut_by_availability and not rec.cached
+        tm.availability_mode = "empty"
+        empty, rec = ask()
+        assert empty == cut.rpartition(b"\n")[0] + b"\n" and not rec.error_line and not rec.cached
+        with pytest.raises(ValueError):
+            tm.availability_mode = "sometimes"
+        # the clock at request time is "now": moving a manual clock makes history available
+        clock.advance(8 * 60)
+        moved, rec = ask()
+        assert moved == full and not rec.cut_by_availability and rec.cached
+
+
+def _timed_replay(tm, options):
+    t = time.monotonic()
+    body = replay(tm, options).content
+    return time.monotonic() - t, body
+
+
+def test_line_rate_paces_every_response():
+    with machine(25) as tm:
+        o = opts(to="2026-11-25T00:05", types=["trade", "quote"], symbols=["BTC-PERPETUAL"])
+        n = len(tm.expected_replay(o))
+        expect = 0.5
+        tm.line_rate = n / expect  # lines per second: one request takes about half a second
+        took, body = _timed_replay(tm, o)
+        assert not tm.requests[-1].cached and tm.requests[-1].line_rate == tm.line_rate
+        assert 0.8 * expect <= took <= expect + 0.5 and len(body.splitlines()) == n
+        assert tm.wait_for(lambda: tm.requests_in_flight == 0)  # the body is cached once the request ends
+        took, cached = _timed_replay(tm, o)  # served from the response cache: paced too
+        assert tm.requests[-1].cached and cached == body and 0.8 * expect <= took <= expect + 0.5
+        tm.max_concurrent_requests = 0
+        barrier, times = threading.Barrier(2), []
+
+        def one(options):
+            barrier.wait()
+            times.append(_timed_replay(tm, options)[0])
+
+        # two at once (one cached, one generated): each keeps its own pace
+        eth = dict(o, symbols=["ETH-PERPETUAL"])
+        each = sorted((n / tm.line_rate, len(tm.expected_replay(eth)) / tm.line_rate))
+        threads = [threading.Thread(target=one, args=(x,)) for x in (o, eth)]
+        t = time.monotonic()
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(10)
+        total = time.monotonic() - t
+        # one after the other would take the sum of both (about 1 s)
+        assert len(times) == 2 and min(times) >= 0.8 * each[0] and total < each[1] + 0.25 < sum(each)
+        assert tm.wait_for(lambda: tm.requests_in_flight == 0) and tm.max_concurrent_requests == 2
+        tm.line_rate = None
+        took, _ = _timed_replay(tm, o)
+        assert took < 0.8 * expect and tm.requests[-1].line_rate is None
+        with pytest.raises(ValueError):
+            tm.line_rate = 0
+
+
 # -- replay faults ------------------------------------------------------------------------
 @pytest.fixture
 def tm():
@@ -458,6 +557,106 @@ def test_http_stop_and_restart_on_same_port(tm):
     assert tm.http_url == url and requests.get(f"{url}/health-check", timeout=2).status_code == 200
 
 
+# -- market shapes: clock skew, quiet periods ----------------------------------------------
+def _ms(dt: datetime) -> int:
+    return parse_ts_us(dt.isoformat()) // 1000
+
+
+def _lag_us(m: dict) -> int:
+    """localTimestamp - timestamp of a message, in µs."""
+    return parse_ts_us(m["localTimestamp"]) - parse_ts_us(m["timestamp"])
+
+
+@pytest.mark.parametrize("skew", [-2000, 2000])
+def test_skew_moves_local_times_and_the_replay_cut(skew):
+    rates = dict(book_rate=0.5, trade_rate=3)
+    with machine(10, market=MarketConfig(skew_ms=skew, **rates)) as tm:
+        types = ["trade", "book_change", "derivative_ticker", "quote_1m"]
+        msgs = [json.loads(x) for x in replay(tm, opts(to="2026-11-25T00:03", types=types)).content.splitlines()]
+        assert [m["localTimestamp"] for m in msgs] == sorted(m["localTimestamp"] for m in msgs)
+        raw = [m for m in msgs if m["type"] != "book_snapshot"]
+        assert raw and all(skew * 1000 <= _lag_us(m) <= skew * 1000 + 5000 for m in raw)
+        snaps = [m for m in msgs if m["type"] == "book_change" and m["isSnapshot"]]
+        assert len(snaps) == 2  # the day's snapshot still arrives just after local 00:00 (+ a positive skew)
+        first_ms = _ms(DAY) + 160 + max(0, skew)
+        assert all(parse_ts_us(m["localTimestamp"]) // 1000 < first_ms for m in snaps)
+        assert {m["name"] for m in msgs if m["type"] == "book_snapshot"} == {"quote_1m"}
+        # same exchange-side trades as without skew (a negative skew opens the day's book later,
+        # so prices may differ after it)
+        plain = MarketConfig(**rates)
+        with machine(10, market=plain) as ref:
+            ref_trades = [m for m in ref.expected_replay(opts(frm="2026-11-25T00:01", to="2026-11-25T00:02",
+                                                                  types=["trade"]))]
+        # from/to select by LOCAL time: the replay of 00:01 holds the trades that ARRIVED then
+        got = [json.loads(x) for x in replay(tm, opts(frm="2026-11-25T00:01", to="2026-11-25T00:02",
+                                                      types=["trade"])).content.splitlines()]
+        lo, hi = _ms(DAY + timedelta(minutes=1)) - skew, _ms(DAY + timedelta(minutes=2)) - skew
+        assert all(lo - 5 <= parse_ts_us(m["timestamp"]) // 1000 < hi for m in got)
+        truth = tm.market.trades("deribit", "BTC-PERPETUAL", DAY + timedelta(minutes=1, milliseconds=-skew),
+                                 DAY + timedelta(minutes=2, milliseconds=-skew - 5))
+        assert truth and {t["id"] for t in truth} <= {m["id"] for m in got}
+        key = (lambda m: (m["id"], m["amount"], m["side"], m["timestamp"])) if skew < 0 else (
+            lambda m: {k: v for k, v in m.items() if k != "localTimestamp"})
+        shared = {m["id"] for m in got} & {m["id"] for m in ref_trades}
+        assert len(shared) > 20
+        assert sorted(map(str, (key(m) for m in got if m["id"] in shared))) == sorted(
+            map(str, (key(m) for m in ref_trades if m["id"] in shared)))
+        if skew < 0:  # the example of the docs: stamped 00:00:01, arrived 23:59:59.x, not in a replay from 00:00
+            early = tm.market.trades("deribit", "BTC-PERPETUAL", DAY, DAY + timedelta(seconds=1.99))
+            from_midnight = {m.get("id") for m in msgs}
+            assert early and not any(t["id"] in from_midnight for t in early)
+
+
+@pytest.mark.parametrize("skew", [-2000, 2000])
+def test_skew_live(skew):
+    clock = ManualClock(DAY + timedelta(minutes=3))
+    with FakeTardisMachine(clock=clock, market=MarketConfig(book_rate=20, trade_rate=5, skew_ms=skew)) as tm:
+        ws = ws_connect(tm, live_opts(("quote", "trade"), ["BTC-PERPETUAL"]))
+        assert tm.wait_for(lambda: tm.connections)
+        for _ in range(10):
+            clock.advance(0.2)
+        first = json.loads(ws.recv())
+        # the subscription snapshot carries the exchange's time at t_c
+        assert first["type"] == "book_snapshot" and parse_ts_us(first["timestamp"]) // 1000 == _ms(
+            DAY + timedelta(minutes=3)) - skew
+        msgs = [json.loads(ws.recv()) for _ in range(20)]
+        assert all(REPLAY_TS.match(m["localTimestamp"]) for m in msgs)
+        assert all(skew * 1000 <= _lag_us(m) <= skew * 1000 + 5000 for m in msgs)
+        assert all(parse_ts_us(m["localTimestamp"]) <= clock.now_us() for m in msgs)
+
+
+def test_quiet_periods_and_a_silent_symbol():
+    q0, q1 = _ms(DAY + timedelta(minutes=2)), _ms(DAY + timedelta(minutes=4))
+    cfg = MarketConfig(quiet=[("BTC-PERPETUAL", q0, q1), ("SILENT-PERP", 0, 2 ** 62)])
+    assert cfg.quiet == (("BTC-PERPETUAL", q0, q1), ("SILENT-PERP", 0, 2 ** 62))  # normalized: hashable
+    assert cfg != MarketConfig() and hash(cfg) != hash(MarketConfig()) and cfg == MarketConfig(quiet=cfg.quiet)
+    with pytest.raises(ValueError):
+        MarketConfig(quiet=(("X", 5, 5),))
+    types = ["trade", "book_change", "derivative_ticker", "quote", "trade_bar_1m"]
+    symbols = BOTH + ["SILENT-PERP"]
+    with machine(10, market=cfg) as tm:
+        msgs = [json.loads(x) for x in replay(tm, opts(to="2026-11-25T00:06", types=types,
+                                                       symbols=symbols)).content.splitlines()]
+        btc = [m for m in msgs if m["symbol"] == "BTC-PERPETUAL"]
+        in_window = [m for m in btc if q0 <= parse_ts_us(m["timestamp"]) // 1000 < q1 and m["type"] != "trade_bar"]
+        assert not in_window and any(parse_ts_us(m["timestamp"]) // 1000 >= q1 for m in btc)
+        bars = {m["timestamp"][11:16] for m in btc if m["type"] == "trade_bar"}
+        assert "00:02" in bars and not {"00:03", "00:04"} & bars  # the quiet minutes have no bar
+        # the book stays as it was through the window
+        assert tm.market.book("deribit", "BTC-PERPETUAL", DAY + timedelta(minutes=2, milliseconds=-1)) == \
+            tm.market.book("deribit", "BTC-PERPETUAL", DAY + timedelta(minutes=4, milliseconds=-1))
+        silent = [m for m in msgs if m["symbol"] == "SILENT-PERP"]
+        assert [(m["type"], m.get("isSnapshot")) for m in silent] == [("book_change", True), ("book_snapshot", None)]
+        assert len(silent[0]["bids"]) == 25 and re.match(r"2026-11-25T00:00:00\.1\d\dZ", silent[0]["timestamp"])
+        assert not tm.market.trades("deribit", "SILENT-PERP", DAY, DAY + timedelta(minutes=10))
+        # draws do not depend on the windows: before the window and on other symbols nothing changed
+        with machine(10) as plain:
+            ref = plain.expected_replay(opts(to="2026-11-25T00:06", types=types))
+        before = lambda ms: [m for m in ms if m["symbol"] != "SILENT-PERP" and (
+            m["symbol"] == "ETH-PERPETUAL" or parse_ts_us(m["localTimestamp"]) // 1000 < q0)]
+        assert before(msgs) == before(ref)
+
+
 # -- live stream --------------------------------------------------------------------------
 def test_live_matches_replay():
     with machine(2, market=MarketConfig(book_rate=20, trade_rate=20)) as tm:
@@ -485,6 +684,57 @@ def test_live_matches_replay():
             assert {k: v for k, v in m.items() if k != "localTimestamp"} == {
                 k: v for k, v in r.items() if k != "localTimestamp"}
             assert abs(parse_ts_us(m["localTimestamp"]) - parse_ts_us(r["localTimestamp"])) <= 5000
+
+
+def test_manual_clock_moves_only_when_told():
+    clock = ManualClock(DAY)
+    assert clock.now() == DAY and clock.wall_seconds_until(clock.now_us()) == 0
+    assert clock.wall_seconds_until(clock.now_us() + 1) == float("inf")
+    clock.advance(1.5)
+    assert clock.now() == DAY + timedelta(seconds=1.5)
+    clock.set(DAY + timedelta(seconds=2))
+    clock.set(clock.now_us() + 500_000)
+    assert clock.now() == DAY + timedelta(seconds=2.5)
+    for backwards in (lambda: clock.set(DAY), lambda: clock.advance(-1)):
+        with pytest.raises(ValueError):
+            backwards()
+    target = clock.now_us() + 5_000_000
+    done, results = threading.Event(), []
+    waiter = threading.Thread(target=lambda: (results.append(clock.wait_until(target)), done.set()))
+    waiter.start()
+    clock.advance(1)
+    assert not done.wait(0.1)  # not there yet
+    clock.advance(4)
+    assert done.wait(2) and results == [True]
+    stop = threading.Event()
+    waiter = threading.Thread(target=lambda: results.append(clock.wait_until(target + 1, stop)))
+    waiter.start()
+    stop.set()
+    waiter.join(2)
+    assert results == [True, False]
+
+
+def test_manual_clock_wakes_live_sessions_at_once():
+    clock = ManualClock(DAY + timedelta(minutes=2))
+    with FakeTardisMachine(clock=clock, market=MarketConfig(book_rate=20)) as tm:
+        ws = ws_connect(tm, live_opts(("quote",)))
+        ws.settimeout(0.3)
+        with pytest.raises(websocket.WebSocketTimeoutException):
+            ws.recv()  # time stands still: even the first snapshot (due at t_c + latency) waits
+        ws.settimeout(5)
+        for _ in range(3):
+            before = clock.now_us()
+            t = time.monotonic()
+            clock.advance(0.5)
+            while True:  # skip what the previous step sent, up to the first event of this one
+                m = json.loads(ws.recv())
+                local = parse_ts_us(m["localTimestamp"])
+                assert local <= clock.now_us()
+                if local > before:
+                    break
+            # without the clock's wake-up the session would notice within its 1 s poll only
+            assert time.monotonic() - t < 0.25
+        assert all(parse_ts_us(json.loads(x)["localTimestamp"]) <= clock.now_us() for x in tm.connections[0].sent)
 
 
 def test_live_perturb_differs_from_replay():

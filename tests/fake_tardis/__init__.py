@@ -14,11 +14,19 @@ to inject faults::
         tm.add_replay_fault("cut", after_lines=100)
         tm.requests, tm.connections       # what was asked and sent
 
+``ManualClock`` stands still until the test moves it (``advance``/``set``); the servers
+react at once when it moves. Other switches: ``availability_delay`` and
+``availability_mode`` ("error" line or "empty" tail for history not yet available),
+``line_rate`` (lines/s per replay request) and ``max_concurrent_requests`` on the machine;
+``MarketConfig(skew_ms=...)`` (local clock vs exchange clock) and
+``MarketConfig(quiet=...)`` (quiet windows, silent symbols) on the market. The ground
+truth of a market as minute series is in ``tests/truth.py``.
+
 Run it as its own process with ``python -m tests.fake_tardis`` (see ``__main__``).
 """
-from .clock import FakeClock
+from .clock import FakeClock, ManualClock
 from .machine import FakeTardisMachine
 from .market import MarketConfig
 from .streams import Outage
 
-__all__ = ["FakeTardisMachine", "FakeClock", "MarketConfig", "Outage"]
+__all__ = ["FakeTardisMachine", "FakeClock", "ManualClock", "MarketConfig", "Outage"]

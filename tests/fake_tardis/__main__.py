@@ -1,7 +1,7 @@
 """Run the double as its own process (benchmarks, kill -9 tests).
 
     python -m tests.fake_tardis --http-port 0 --ws-port 0 [--clock-offset S]
-        [--availability-delay S] [--book-rate R] [--trade-rate R] [--seed N]
+        [--availability-delay S] [--availability-mode error|empty] [--line-rate N] [--book-rate R] [--trade-rate R] [--seed N]
         [--firehose-seconds S] [--symbols A,B] [--drop-every S]
 
 Prints one JSON line ``{"http_url": ..., "ws_url": ..., "pid": ...}`` once both servers
@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ws-port", type=int, default=0)
     ap.add_argument("--clock-offset", type=float, default=0.0, help="seconds added to real time")
     ap.add_argument("--availability-delay", type=float, default=0.0, help="seconds")
+    ap.add_argument("--availability-mode", choices=("error", "empty"), default="error",
+                    help="not-yet-available history ends with an error line, or just ends")
+    ap.add_argument("--line-rate", type=float, default=None, help="lines per second per replay request")
     ap.add_argument("--book-rate", type=float, default=MarketConfig.book_rate)
     ap.add_argument("--trade-rate", type=float, default=MarketConfig.trade_rate)
     ap.add_argument("--seed", type=int, default=MarketConfig.seed)
@@ -43,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     tm = FakeTardisMachine(
         clock=FakeClock.from_offset(args.clock_offset),
         market=MarketConfig(seed=args.seed, book_rate=args.book_rate, trade_rate=args.trade_rate),
-        availability_delay=timedelta(seconds=args.availability_delay),
+        availability_delay=timedelta(seconds=args.availability_delay), availability_mode=args.availability_mode,
+        line_rate=args.line_rate,
         default_symbols=args.symbols.split(","), http_port=args.http_port, ws_port=args.ws_port,
         firehose=args.firehose_seconds > 0, firehose_seconds=args.firehose_seconds,
     )

@@ -1,10 +1,14 @@
-"""Pre-rendered quote frames for the firehose mode (the live benchmark's load)."""
+"""The firehose mode (the live benchmark's load): pre-rendered quote frames, as fast as a socket takes them."""
 from __future__ import annotations
+
+import time
 
 from .render import fmt_ms
 from .wsproto import frame
 
-__all__ = ["firehose_prefixes", "firehose_batch"]
+__all__ = ["firehose_prefixes", "firehose_batch", "run_firehose"]
+
+_FIREHOSE_BATCH = 2048
 
 _TS_LEN = len("2026-11-25T16:00:49.369123Z")
 
@@ -47,3 +51,29 @@ def firehose_batch(prefixes: list[bytes], start_us: int, first: int, n: int) -> 
         add(ts)
         add(end)
     return b"".join(parts)
+
+
+def run_firehose(session, specs, seconds: float) -> None:
+    """Push quote frames on a websocket session for ``seconds`` as fast as it takes them, then idle.
+
+    ``session`` is a ``stream_server._Session`` (its queue, pump, commands and heartbeat).
+    """
+    session._specs = specs
+    start_us = session.m.clock.now_us()
+    prefixes = firehose_prefixes([(s.exchange, sym) for s in specs for sym in s.symbols])
+    beat = {"next_ping": time.monotonic() + session.m.ping_interval_s, "window": None}
+    deadline = time.monotonic() + seconds
+    i = 0
+    while time.monotonic() < deadline:
+        session._commands()
+        if len(session.wbuf) < 1 << 20:
+            session._queue(firehose_batch(prefixes, start_us, i, _FIREHOSE_BATCH))
+            # counted per batch, once the socket has taken the whole batch
+            session.inflight.append((session.queued, None, _FIREHOSE_BATCH))
+            i += _FIREHOSE_BATCH
+        session._pump(0.05 if len(session.wbuf) >= 1 << 20 else 0)
+    session._flush(5.0)
+    while True:  # idle: keep the connection open, answer pings
+        session._commands()
+        session._heartbeat(beat)
+        session._pump(min(1.0, max(0.0, beat["next_ping"] - time.monotonic())))

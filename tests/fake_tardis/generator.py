@@ -19,6 +19,11 @@ __all__ = ["SegmentBuilder", "Carry", "day_snapshot_ms"]
 
 _P_MOVE = 0.40  # share of book events that move the top of book
 _CHECKPOINT_EVERY = 512  # book states kept per segment, to rebuild the book at any time
+# per-event draws of each kind (pools such as "pool" and "gaps" are consumed by index instead)
+_BOOK_KEYS = ("b_t", "b_u", "b_delta", "b_spread", "b_side", "b_lvl", "b_two", "b_lvl2", "b_lat", "b_live")
+_GROUP_KEYS = ("g_t", "g_size", "g_buy", "g_lat", "g_live")
+_TRADE_KEYS = ("t_step", "t_amt")
+_TICKER_KEYS = ("k_t", "k_lat", "k_live", "k_oi", "k_fund", "k_idx", "k_mark", "k_same")
 
 
 def _h(text: str) -> int:
@@ -26,8 +31,13 @@ def _h(text: str) -> int:
 
 
 def day_snapshot_ms(cfg: MarketConfig, exchange: str, symbol: str, day: int) -> int:
-    """Exchange time of the day's initial book snapshot of a symbol: 00:00:00.1xx."""
-    return day * DAY_MS + 100 + (_h(f"{cfg.seed}/{exchange}/{symbol}/{day}") % 50)
+    """Exchange time of the day's initial book snapshot of a symbol: 00:00:00.1xx (- a negative skew).
+
+    The recorder's day starts at LOCAL midnight; with the exchange clock ahead (negative
+    skew) the snapshot it gets then is stamped later by as much, so it still arrives
+    after local 00:00 (a replay from 00:00 always has it).
+    """
+    return day * DAY_MS + 100 + (_h(f"{cfg.seed}/{exchange}/{symbol}/{day}") % 50) + max(0, -cfg.skew_ms)
 
 
 class Carry:
@@ -124,7 +134,29 @@ class SegmentBuilder:
             add("k_idx", rng.normal(-2e-4, 2e-5, nk))
             add("k_mark", rng.normal(0, 1e-5, nk))
             add("k_same", rng.random(nk) < 0.04)
-        return {k: np.concatenate(v) for k, v in parts.items()}
+        d = {k: np.concatenate(v) for k, v in parts.items()}
+        self._drop_quiet(d)
+        return d
+
+    def _drop_quiet(self, d: dict) -> None:
+        """Remove the events of quiet windows (after drawing: the draws stay the same)."""
+        lo, hi = self.start_ms, self.start_ms + SEGMENT_MS
+        windows = [(a, b) for a, b in self.cfg.quiet_windows(self.symbol) if a < hi and b > lo]
+        if not windows:
+            return
+
+        def quiet(t):
+            mask = np.zeros(len(t), dtype=bool)
+            for a, b in windows:
+                mask |= (t >= a) & (t < b)
+            return mask
+
+        keep_g = ~quiet(d["g_t"])
+        keep_t = np.repeat(keep_g, d["g_size"])  # a trade message's trades go with it
+        for keys, keep in ((_BOOK_KEYS, ~quiet(d["b_t"])), (_GROUP_KEYS, keep_g), (_TRADE_KEYS, keep_t),
+                           (_TICKER_KEYS, ~quiet(d["k_t"]))):
+            for k in keys:
+                d[k] = d[k][keep]
 
     # -- book: the only sequential part ------------------------------------------
     def _initial_book(self):
@@ -149,7 +181,7 @@ class SegmentBuilder:
         if self.start_ms % DAY_MS == 0:
             snap_ms = day_snapshot_ms(self.cfg, self.exchange, self.symbol, self.day)
             keep = t >= snap_ms  # no book before the day's snapshot
-        for k in ("b_t", "b_u", "b_delta", "b_spread", "b_side", "b_lvl", "b_two", "b_lvl2", "b_lat", "b_live"):
+        for k in _BOOK_KEYS:
             d[k] = d[k][keep]
         pool, gaps = d["pool"].tolist(), d["gaps"].tolist()
         npool, ngap = len(pool), len(gaps)
@@ -318,12 +350,14 @@ class SegmentBuilder:
         live_lat = np.ceil(np.concatenate([d["b_live"], d["g_live"], d["k_live"]])).astype(np.int64)
         order = np.lexsort((idx, kind, ex))
         ex, kind, idx, lat, live_lat = ex[order], kind[order], idx[order], lat[order], live_lat[order]
-        # one connection delivers in order: arrival = max(previous arrival, ex + latency)
-        loc = np.maximum.accumulate(np.concatenate([[self.carry.prev_loc], ex * 1000 + lat.astype(np.int64)]))[1:]
-        live = np.maximum.accumulate(np.concatenate([[self.carry.prev_live], ex + live_lat]))[1:]
-        # events of the segment also arrive within it (a few of the last 5 ms get a shorter
-        # latency), so reading a segment never needs the previous one, or day, generated
-        end = self.start_ms + SEGMENT_MS
+        # one connection delivers in order: arrival = max(previous arrival, ex + latency + skew)
+        skew = self.cfg.skew_ms
+        loc = np.maximum.accumulate(np.concatenate([[self.carry.prev_loc],
+                                                    (ex + skew) * 1000 + lat.astype(np.int64)]))[1:]
+        live = np.maximum.accumulate(np.concatenate([[self.carry.prev_live], ex + skew + live_lat]))[1:]
+        # events of the segment also arrive within it, shifted by the skew (a few of the last
+        # 5 ms get a shorter latency), so reading a segment never needs the previous one, or day
+        end = self.start_ms + SEGMENT_MS + skew
         loc, live = np.minimum(loc, end * 1000 - 1), np.minimum(live, end - 1)
         if len(ex):
             self.carry.prev_loc, self.carry.prev_live = int(loc[-1]), int(live[-1])

@@ -9,7 +9,7 @@ from typing import Callable
 import orjson
 
 from .cache import ResponseCache
-from .clock import FakeClock
+from .clock import FakeClock, ManualClock
 from .market import Market, MarketConfig
 from .options import parse_options, parse_time_us
 from .replay_server import FAULT_KINDS, ReplayFault, ReplayServer, RequestRecord
@@ -19,6 +19,7 @@ from .streams import Outage, merged_replay_lines
 __all__ = ["FakeTardisMachine"]
 
 DEFAULT_SYMBOLS = ("BTC-PERPETUAL", "ETH-PERPETUAL")
+AVAILABILITY_MODES = ("error", "empty")
 
 
 def _to_us(value) -> int:
@@ -34,16 +35,35 @@ class FakeTardisMachine:
 
     Use as a context manager (``__enter__`` starts both servers and returns self).
     ``firehose=True`` makes every websocket connection a firehose of ``firehose_seconds``.
+
+    History near now: a replay request whose ``to`` is past ``clock.now - availability_delay``
+    (the clock read when the request arrives) gets the lines up to that limit, then, with
+    ``availability_mode="error"`` (default), the error JSON as a last line without a newline,
+    or with ``"empty"`` nothing more (the stream ends normally: the missing tail looks
+    like a quiet market, as some upstreams answer). ``availability_delay`` and
+    ``availability_mode`` may be changed at any time; a body cut by availability is never
+    cached nor served from the cache.
+
+    Slow answers: ``line_rate`` (lines per second per request; None = unlimited) paces
+    every replay response, cached ones included, each request on its own (N concurrent
+    requests get about N x the rate in total, like tardis-machine's one core per request).
+    It is read when a response starts. ``max_concurrent_requests`` is the highest number
+    of replay requests in flight at once (assign 0 to start counting afresh).
     """
 
-    def __init__(self, clock: FakeClock | None = None, market: MarketConfig | None = None, *,
-                 availability_delay: timedelta = timedelta(0), replay_outages=(), live_outages=(),
+    def __init__(self, clock: FakeClock | ManualClock | None = None, market: MarketConfig | None = None, *,
+                 availability_delay: timedelta = timedelta(0), availability_mode: str = "error",
+                 line_rate: float | None = None, replay_outages=(), live_outages=(),
                  default_symbols=DEFAULT_SYMBOLS, http_port: int = 0, ws_port: int = 0,
                  firehose: bool = False, firehose_seconds: float = 30.0, ping_interval_s: float = 30.0,
                  cache_max_bytes: int = 4 << 30):
         self.clock = clock or FakeClock()
         self.market = Market(market or MarketConfig())
         self.availability_delay = availability_delay
+        self.availability_mode = availability_mode
+        self.line_rate = line_rate
+        self.requests_in_flight = 0
+        self.max_concurrent_requests = 0
         self.replay_outages: list[Outage] = list(replay_outages)
         self.live_outages: list[Outage] = list(live_outages)
         self.default_symbols = list(default_symbols)
@@ -63,13 +83,17 @@ class FakeTardisMachine:
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> "FakeTardisMachine":
-        """Start both listeners."""
+        """Start both listeners (and follow a manual clock's moves)."""
         self._http.start()
         self._ws.start()
+        if hasattr(self.clock, "add_listener"):
+            self.clock.add_listener(self._clock_moved)
         return self
 
     def stop(self, timeout: float = 1.5) -> None:
         """Close every socket and join every thread (bounded by ``timeout`` overall)."""
+        if hasattr(self.clock, "remove_listener"):
+            self.clock.remove_listener(self._clock_moved)
         deadline = time.monotonic() + timeout
         self._ws.stop(max(0.1, (deadline - time.monotonic()) / 2))
         self._http.stop(max(0.1, deadline - time.monotonic()))
@@ -96,13 +120,35 @@ class FakeTardisMachine:
         """The availability delay in µs."""
         return int(self.availability_delay.total_seconds() * 1_000_000)
 
+    @property
+    def availability_mode(self) -> str:
+        """How not-yet-available history ends a replay: "error" (error line) or "empty" (just ends)."""
+        return self._availability_mode
+
+    @availability_mode.setter
+    def availability_mode(self, mode: str) -> None:
+        if mode not in AVAILABILITY_MODES:
+            raise ValueError(f"availability_mode must be one of {AVAILABILITY_MODES}, not {mode!r}")
+        self._availability_mode = mode
+
+    @property
+    def line_rate(self) -> float | None:
+        """Lines per second per replay response (None: as fast as possible)."""
+        return self._line_rate
+
+    @line_rate.setter
+    def line_rate(self, rate: float | None) -> None:
+        if rate is not None and not rate > 0:
+            raise ValueError("line_rate must be positive or None")
+        self._line_rate = None if rate is None else float(rate)
+
     # -- ground truth ------------------------------------------------------------------
     def expected_replay(self, options, from_=None, to=None, *, ignore_availability: bool = False) -> list[dict]:
         """Exactly the messages a fault-free replay of ``options`` would send now.
 
         ``from_``/``to`` (datetime or ISO text) override the options' range. Lines past
         the availability limit are left out (the server would end with an error line
-        instead) unless ``ignore_availability``.
+        or, in "empty" mode, just end) unless ``ignore_availability``.
         """
         items = [dict(o) for o in (options if isinstance(options, list) else [options])]
         for o in items:
@@ -224,6 +270,22 @@ class FakeTardisMachine:
             return True
 
     # -- used by the servers ---------------------------------------------------------------
+    def _clock_moved(self) -> None:
+        # a manual clock moved: every live session re-checks its next event now
+        for s in self._ws.live_sessions():
+            s.push(("noop",))
+        self._notify()
+
+    def _request_started(self) -> None:
+        with self._lock:
+            self.requests_in_flight += 1
+            self.max_concurrent_requests = max(self.max_concurrent_requests, self.requests_in_flight)
+
+    def _request_ended(self) -> None:
+        with self._changed:
+            self.requests_in_flight -= 1
+            self._changed.notify_all()
+
     def _notify(self) -> None:
         with self._changed:
             self._changed.notify_all()

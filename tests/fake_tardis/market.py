@@ -9,7 +9,9 @@ every machine in the process because the data depends only on the config).
 
 Prices are integer ticks (rendered exactly, see ``render.price_str``); amounts are
 integers. Replay local times have µs precision, live ones ms; both are exchange time
-plus a latency within ``latency_ms`` and never go backwards for one symbol.
+plus a latency within ``latency_ms`` plus the config's ``skew_ms``, and never go
+backwards for one symbol. Quiet windows (``MarketConfig.quiet``) are part of the model:
+their events are simply not generated.
 """
 from __future__ import annotations
 
@@ -92,9 +94,12 @@ class Market:
     def book_before(self, exchange: str, symbol: str, ex_ms: int):
         """Full book (bids, asks as [(price ticks, amount)]) after every change before ``ex_ms``.
 
-        Before the day's first snapshot the book of the day is empty.
+        Between 00:00:00.000 (exclusive) and the day's first snapshot the book of the day is
+        empty; at exactly 00:00:00.000 it is the previous day's last book.
         """
-        seg = self.segment(exchange, symbol, ex_ms // SEGMENT_MS)
+        # the segment holding the last instant before ex_ms: at a day boundary that is the
+        # previous day's last segment (the new day's first one starts empty)
+        seg = self.segment(exchange, symbol, (ex_ms - 1) // SEGMENT_MS)
         return seg.book_state_before(ex_ms)
 
     def book(self, exchange: str, symbol: str, at: datetime) -> dict:

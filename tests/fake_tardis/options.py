@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 from .market import KNOWN_EXCHANGES, SYMBOL_RE
 
-__all__ = ["OptionsError", "BookSpec", "BarSpec", "StreamSpec", "parse_options", "parse_time_us"]
+__all__ = ["OptionsError", "BookSpec", "BarSpec", "StreamSpec", "parse_options", "parse_time_us", "parse_data_type"]
 
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000}
 _QUOTE_RE = re.compile(r"^quote_(\d+)(ms|s|m)$")
@@ -80,8 +80,8 @@ def parse_time_us(value) -> int:
     return int(dt.timestamp()) // 60 * 60 * 1_000_000
 
 
-def _parse_data_type(dt: str):
-    """-> ('trade'|'book_change'|'ticker'|'book'|'bar', spec or None)."""
+def parse_data_type(dt: str):
+    """-> ('trade'|'book_change'|'ticker'|'book'|'bar', spec or None); raises :class:`OptionsError`."""
     if dt == "trade":
         return "trade", None
     if dt == "book_change":
@@ -128,7 +128,7 @@ def _parse_one(obj, *, replay: bool, default_symbols) -> StreamSpec:
         dts = [dts]
     if not isinstance(dts, list) or not dts or not all(isinstance(d, str) for d in dts):
         raise OptionsError("Invalid options: 'dataTypes' must be a non-empty list of strings")
-    parsed = [_parse_data_type(d) for d in dts]
+    parsed = [parse_data_type(d) for d in dts]
     kinds = {k for k, _ in parsed}
     exchange = obj["exchange"]
     if exchange not in KNOWN_EXCHANGES:
@@ -150,7 +150,7 @@ def _parse_one(obj, *, replay: bool, default_symbols) -> StreamSpec:
     for d in dts:  # a repeated data type would emit twice; tardis de-duplicates them
         if d not in seen:
             seen.append(d)
-    parsed = [_parse_data_type(d) for d in seen]
+    parsed = [parse_data_type(d) for d in seen]
     return StreamSpec(
         exchange=exchange,
         symbols=tuple(dict.fromkeys(symbols)),

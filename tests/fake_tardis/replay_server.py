@@ -5,7 +5,9 @@ line per message in chunks of 32 lines and no end marker; errors before streamin
 a non-200 JSON body; an error after streaming started is a last line without ``\\n``.
 Keep-alive connections (idle timeout 5 s). Faults (``ReplayFault``) are taken FIFO by
 the next matching request. Fault-free, fully available responses are cached on disk and
-then served with ``sendfile``.
+then served with ``sendfile`` (or chunk by chunk when ``line_rate`` paces responses).
+A response whose range reaches past the availability limit is cut there (then an error
+line, or nothing in "empty" mode) and is never cached.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from .netutil import ConnectionSet, Listener, abort, http_date, read_head
 from .options import OptionsError, parse_options
+from .pacing import Pacer, cached_chunks
 from .render import fmt_us
 from .streams import merged_replay_lines
 
@@ -61,6 +64,9 @@ class RequestRecord:
     completed: bool = False
     error_line: bool = False  # the availability / upstream error line was appended
     cached: bool = False  # served from the response cache
+    cut_by_availability: bool = False  # `to` was past the availability limit (either mode)
+    available_until: datetime | None = None  # that limit, when the response was cut by it
+    line_rate: float | None = None  # the pace applied (lines/s), None if unpaced
 
 
 def _us_dt(us: int) -> datetime:
@@ -133,7 +139,11 @@ class ReplayServer:
             try:
                 sock.settimeout(None)
                 if url.path == "/replay-normalized" and method == "GET":
-                    self._replay(sock, parse_qs(url.query))
+                    self.m._request_started()
+                    try:
+                        self._replay(sock, parse_qs(url.query))
+                    finally:
+                        self.m._request_ended()
                 elif url.path == "/health-check" and method == "GET":
                     self._health(sock)
                 else:
@@ -206,33 +216,43 @@ class ReplayServer:
             return
         if kind == "hang" and int(p.get("after_lines", 0)) == 0:
             self._hang(sock, float(p.get("seconds", 30)))
+        # the switches are read once, here: a change while this response runs affects the next
         available = m.clock.now_us() - m.availability_delay_us
-        incomplete = any(s.to_us > available for s in specs)
+        mode, rate = m.availability_mode, m.line_rate
+        rec.line_rate = rate
+        cut = any(s.to_us > available for s in specs)
         error_line = None
-        if incomplete:
-            error_line = _json({"message": f"Response code 400 (Bad Request) - historical data is available "
-                                           f"up to {fmt_us(available)}; requested "
-                                           f"{max(fmt_us(s.to_us) for s in specs)}"})
+        if cut:
+            rec.cut_by_availability, rec.available_until = True, _us_dt(available)
+            if mode == "error":
+                error_line = _json({"message": f"Response code 400 (Bad Request) - historical data is available "
+                                               f"up to {fmt_us(available)}; requested "
+                                               f"{max(fmt_us(s.to_us) for s in specs)}"})
+        pacer = Pacer(rate, self.stopping) if rate else None
         key = None
-        if fault is None and not incomplete:
+        if fault is None and not cut:  # only whole, fault-free bodies are cached or served from it
             key = m._cache_key(specs)
             body = m.cache.get(key)
-            if body is not None and self._send_cached(sock, rec, body):
+            if body is not None and self._send_cached(sock, rec, body, pacer):
                 return
         rec.status = 200
         sock.sendall(self._keepalive_head(200, "application/x-json-stream", None))
         lines = merged_replay_lines(m.market, specs, until_us=available, outages=m.replay_outages,
                                     perturb=m._perturbations("replay"))
-        _BodyWriter(self, sock, rec, lines, fault, error_line, m.cache.writer(key) if key else None).run()
+        _BodyWriter(self, sock, rec, lines, fault, error_line, m.cache.writer(key) if key else None, pacer).run()
 
-    def _send_cached(self, sock, rec: RequestRecord, body) -> bool:
-        """Send a cached body with sendfile; False if it was evicted meanwhile."""
+    def _send_cached(self, sock, rec: RequestRecord, body, pacer: Pacer | None) -> bool:
+        """Send a cached body (sendfile, or paced chunk by chunk); False if it was evicted meanwhile."""
         try:
             f = open(body.path, "rb")
         except OSError:
             return False
         with f:
             rec.status, rec.cached = 200, True
+            if pacer is not None:
+                sock.sendall(self._keepalive_head(200, "application/x-json-stream", None))
+                self._send_paced(sock, rec, f, pacer)
+                return True
             rec.lines_sent, rec.bytes_sent, rec.completed = body.lines, body.nbytes, True
             try:
                 sock.sendall(self._keepalive_head(200, "application/x-json-stream", None))
@@ -241,6 +261,22 @@ class ReplayServer:
                 rec.lines_sent, rec.bytes_sent, rec.completed = 0, 0, False
                 raise
         return True
+
+    @staticmethod
+    def _send_paced(sock, rec: RequestRecord, f, pacer: Pacer) -> None:
+        """A cached body at the pacer's rate: each chunk leaves when its last line is due."""
+        for data, lines in cached_chunks(f):
+            pacer.wait(rec.lines_sent + lines)
+            rec.lines_sent += lines  # counted before sending, as in _BodyWriter._flush
+            rec.bytes_sent += len(data)
+            rec.completed = data == b"0\r\n\r\n"
+            try:
+                sock.sendall(data)
+            except OSError:
+                rec.lines_sent -= lines
+                rec.bytes_sent -= len(data)
+                rec.completed = False
+                raise
 
     def _hang(self, sock, seconds: float) -> None:
         self.stopping.wait(seconds)
@@ -251,9 +287,10 @@ class ReplayServer:
 class _BodyWriter:
     """Write the lines of one response in 32-line chunks, applying a fault if any."""
 
-    def __init__(self, server: ReplayServer, sock, rec: RequestRecord, lines, fault, error_line, cache):
+    def __init__(self, server: ReplayServer, sock, rec: RequestRecord, lines, fault, error_line, cache,
+                 pacer: Pacer | None = None):
         self.server, self.sock, self.rec, self.lines = server, sock, rec, lines
-        self.fault, self.error_line, self.cache = fault, error_line, cache
+        self.fault, self.error_line, self.cache, self.pacer = fault, error_line, cache, pacer
         p = fault.params if fault else {}
         self.delay = float(p.get("delay_s", 0)) if fault and fault.kind == "slow" else 0.0
         self.out = bytearray()
@@ -314,7 +351,13 @@ class _BodyWriter:
         if self.delay:
             self.server.stopping.wait(self.delay)
             self._flush()
-        elif len(self.out) >= _SEND_BATCH:
+        if self.pacer is not None and lines:
+            # hold the buffered lines until the last of them is due, then send them
+            due = self.rec.lines_sent + self.pending_lines
+            if self.pacer.delay(due) > 0:
+                self.pacer.wait(due)
+                self._flush()
+        if len(self.out) >= _SEND_BATCH:
             self._flush()
 
     def _flush(self, last: bool = False) -> None:

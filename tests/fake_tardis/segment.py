@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["MarketConfig", "SymbolParams", "symbol_params", "Segment", "KNOWN_EXCHANGES", "SYMBOL_RE",
-           "SEGMENT_MS", "SEGMENTS_PER_DAY", "DAY_MS", "KIND_BOOK", "KIND_TRADE", "KIND_TICKER"]
+           "SEGMENT_MS", "SEGMENTS_PER_DAY", "DAY_MS", "KIND_BOOK", "KIND_TRADE", "KIND_TICKER", "MAX_SKEW_MS"]
 
 KNOWN_EXCHANGES = ("deribit", "binance", "binance-futures", "bitmex", "okex", "bybit", "coinbase", "kraken")
 SYMBOL_RE = re.compile(r"^[A-Z0-9][A-Z0-9._:/-]*$")
@@ -16,11 +16,29 @@ SEGMENT_MS = 600_000  # events are generated ten minutes at a time
 SEGMENTS_PER_DAY = 144
 DAY_MS = 86_400_000
 KIND_BOOK, KIND_TRADE, KIND_TICKER = 0, 1, 2
+MAX_SKEW_MS = 2000
 
 
 @dataclass(frozen=True)
 class MarketConfig:
-    """Parameters of the synthetic market (all rates per second per symbol)."""
+    """Parameters of the synthetic market (all rates per second per symbol).
+
+    ``skew_ms``: the recording host's clock minus the exchange's, within +-2000 ms. Every
+    localTimestamp (replay and live) is exchange time + latency + skew; negative means
+    the exchange's timestamps run ahead of the local ones. Replay ``from``/``to`` select
+    by local time, so with skew -2000 a trade stamped 00:00:01 (exchange) that arrived
+    23:59:59.xxx (local) belongs to the previous day's replay, not to one from 00:00. The
+    day's initial book snapshot is sent when the recorder's day starts, so with a
+    negative skew it is stamped 00:00:00.1xx - skew (exchange) and still arrives just
+    after local 00:00 (no book before it); with a positive skew the previous day's last
+    events arrive after local midnight, before it.
+
+    ``quiet``: ``(symbol or "*", start_ms, end_ms)`` windows of exchange time during which
+    that symbol's market is quiet: no trades, no book changes, no ticker changes (the
+    day's 00:00 snapshot still exists; book and prices stay as they were). A silent
+    symbol is a window over all time, e.g. ``("SILENT-PERP", 0, 2**62)``. Draws are made
+    as without the window and then dropped, so everything before a window is unchanged.
+    """
 
     seed: int = 1
     book_rate: float = 2.0
@@ -28,6 +46,24 @@ class MarketConfig:
     ticker_interval_s: float = 1.0
     depth: int = 25
     latency_ms: tuple[float, float] = (0.3, 5.0)
+    skew_ms: int = 0
+    quiet: tuple[tuple[str, int, int], ...] = ()
+
+    def __post_init__(self):
+        if int(self.skew_ms) != self.skew_ms or abs(self.skew_ms) > MAX_SKEW_MS:
+            raise ValueError(f"skew_ms must be whole milliseconds within +-{MAX_SKEW_MS}")
+        object.__setattr__(self, "skew_ms", int(self.skew_ms))
+        windows = []
+        for w in self.quiet:  # normalized to a tuple of tuples: part of the config's hash and cache keys
+            symbol, start, end = w
+            if not isinstance(symbol, str) or int(start) >= int(end):
+                raise ValueError(f"quiet window {w!r}: expected (symbol or '*', start_ms, end_ms) with start < end")
+            windows.append((symbol, int(start), int(end)))
+        object.__setattr__(self, "quiet", tuple(windows))
+
+    def quiet_windows(self, symbol: str) -> list[tuple[int, int]]:
+        """The quiet windows ``[start_ms, end_ms)`` of ``symbol``, sorted."""
+        return sorted((a, b) for s, a, b in self.quiet if s in ("*", symbol))
 
 
 @dataclass(frozen=True)
@@ -61,8 +97,9 @@ class Segment:
     arrays, exchange ms, replay local µs, live local µs). Book events store their
     changes flat (``b_off`` delimits them), the best level after the change, and the
     shallowest level index the change touched (``b_low``: a snapshot of depth N
-    changed iff ``b_low < N``). Every event of the segment also arrives within it, so
-    reading a segment never needs the previous one.
+    changed iff ``b_low < N``). Every event of the segment also arrives within it
+    shifted by the skew (local times in ``[start + skew, end + skew)``), so reading a
+    segment never needs the previous one.
     """
 
     __slots__ = (

@@ -1,7 +1,7 @@
 """Websocket server: ``/ws-stream-normalized`` on raw sockets (one thread per connection).
 
 Each connection opens its own "exchange connection" at the subscription time t_c: a
-book snapshot per symbol stamped t_c, then the market's events from t_c on, each sent
+book snapshot per symbol stamped t_c (minus the market's skew), then the market's events from t_c on, each sent
 when the double clock reaches its (live, millisecond) localTimestamp. Every payload
 written to the socket is recorded in the connection's :class:`ConnectionRecord`.
 Faults arrive as commands through a per-connection queue plus a wake-up socket, so they
@@ -26,7 +26,7 @@ from .normalize import Normalizer
 from .options import OptionsError, parse_options
 from .render import fmt_ms
 from .streams import KIND_DISCONNECT, RawFeed, run_event
-from .firehose import firehose_batch, firehose_prefixes
+from .firehose import run_firehose
 from .wsproto import OP_CLOSE, OP_PING, OP_PONG, accept_key, close_frame, frame, parse_frames
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 __all__ = ["StreamServer", "ConnectionRecord"]
 
 _BACKLOG_LIMIT = 5 * 1024 * 1024  # like tardis-machine: a client this far behind is closed (1008)
-_FIREHOSE_BATCH = 2048
 
 
 @dataclass
@@ -149,7 +148,7 @@ class _Session:
                 seconds = self.m._firehose_seconds
                 if seconds:
                     self.rec.firehose = True
-                    self._firehose(specs, seconds)
+                    run_firehose(self, specs, seconds)
                 else:
                     self._live(specs)
         except _Closed as c:
@@ -337,7 +336,9 @@ class _Session:
         t_c_ms = self.opened_us // 1000
         perturb = m._perturbations("live")
         outages = list(m.live_outages)
-        feeds = [RawFeed(m.market, s, live=True, start_us=t_c_ms * 1000, subscribe_ms=t_c_ms, outages=outages)
+        # the exchange's clock reads t_c - skew when we subscribe: its snapshot is stamped so
+        sub_ms = t_c_ms - m.market.config.skew_ms
+        feeds = [RawFeed(m.market, s, live=True, start_us=t_c_ms * 1000, subscribe_ms=sub_ms, outages=outages)
                  for s in specs]
         norms = [Normalizer(s, symbol_params, live=True, perturb=perturb) for s in specs]
         iters = [iter(f) for f in feeds]
@@ -391,26 +392,3 @@ class _Session:
                 self._queue_text(line)
             norm.out.clear()
         return last_loc
-
-    # -- firehose ----------------------------------------------------------------------
-    def _firehose(self, specs, seconds: float) -> None:
-        """Push pre-rendered quote frames as fast as the socket takes them, then idle."""
-        self._specs = specs
-        start_us = self.m.clock.now_us()
-        prefixes = firehose_prefixes([(s.exchange, sym) for s in specs for sym in s.symbols])
-        beat = {"next_ping": time.monotonic() + self.m.ping_interval_s, "window": None}
-        deadline = time.monotonic() + seconds
-        i = 0
-        while time.monotonic() < deadline:
-            self._commands()
-            if len(self.wbuf) < 1 << 20:
-                self._queue(firehose_batch(prefixes, start_us, i, _FIREHOSE_BATCH))
-                # counted per batch, once the socket has taken the whole batch
-                self.inflight.append((self.queued, None, _FIREHOSE_BATCH))
-                i += _FIREHOSE_BATCH
-            self._pump(0.05 if len(self.wbuf) >= 1 << 20 else 0)
-        self._flush(5.0)
-        while True:  # idle: keep the connection open, answer pings
-            self._commands()
-            self._heartbeat(beat)
-            self._pump(min(1.0, max(0.0, beat["next_ping"] - time.monotonic())))

@@ -5,6 +5,10 @@ order (replay or live local time), removes what an exchange outage hid, and inse
 connection events: ``disconnect`` where the link dropped, a full book snapshot per
 symbol where it came back (or where a live connection subscribed), and live ``error``
 messages for failed reconnects.
+
+Times: outages, replay ranges and the live subscription are LOCAL times (the recording
+host's clock); market events are selected by exchange time, which is local time minus
+the config's ``skew_ms`` (and the latency).
 """
 from __future__ import annotations
 
@@ -58,16 +62,17 @@ def _h(text: str) -> int:
     return zlib.crc32(text.encode())
 
 
-def reconnect_snapshot_ms(seed: int, exchange: str, end_us: int) -> int:
-    """Exchange time of the fresh snapshot after an outage ending at ``end_us`` (end + 0.1xx s)."""
+def reconnect_snapshot_ms(seed: int, exchange: str, end_us: int, skew_ms: int = 0) -> int:
+    """Exchange time of the fresh snapshot after an outage ending at local ``end_us`` (end + 0.1xx s - skew)."""
     end_ms = -(-end_us // 1000)
-    return end_ms + 100 + _h(f"{seed}/{exchange}/{end_ms}") % 50
+    return end_ms + 100 + _h(f"{seed}/{exchange}/{end_ms}") % 50 - skew_ms
 
 
 def snapshot_local_us(market: Market, exchange: str, symbol: str, ex_ms: int, live: bool) -> int:
-    """Deterministic arrival time of a connection snapshot (µs; whole ms when live)."""
+    """Deterministic arrival time of a connection snapshot (µs; whole ms when live): ex + latency + skew."""
     lo, hi = market.config.latency_ms
     lat_us = int(lo * 1000) + _h(f"{exchange}/{symbol}/{ex_ms}") % max(1, int((hi - lo) * 1000))
+    ex_ms += market.config.skew_ms
     if live:
         return (ex_ms + -(-lat_us // 1000)) * 1000
     return ex_ms * 1000 + lat_us
@@ -79,7 +84,8 @@ class RawFeed:
     ``kind`` is a market kind (book/trade/ticker, with a :class:`SegmentView` and index),
     ``KIND_SNAPSHOT`` (symbol, ex_ms), ``KIND_DISCONNECT`` or ``KIND_ERROR`` (index =
     consecutive error count). Replay feeds cover local times [start_us, end_us); live
-    feeds start at the subscription and never end.
+    feeds start at the subscription (``subscribe_ms``: the exchange time of its snapshot)
+    and never end.
     """
 
     def __init__(self, market: Market, spec: StreamSpec, *, live: bool, start_us: int,
@@ -87,13 +93,14 @@ class RawFeed:
         self.market, self.spec, self.live = market, spec, live
         self.start_us, self.end_us = start_us, end_us if end_us is not None else _NO_END
         self._need = np.array([spec.needs_book, spec.needs_trades, spec.ticker])
+        self._skew = market.config.skew_ms
         self._min_ex = subscribe_ms
         self._drops: list[tuple[int, int]] = []
         self._drop_until = -1  # live exchange drops: skip events before the resume time
         self._holds: list[tuple[int, int]] = []  # (snapshot ex ms, arrival of the last snapshot)
         self._pseudo: list = []
         self._seq = itertools.count()
-        down = any(o.start_us <= (subscribe_ms or 0) * 1000 < o.end_us for o in outages)
+        down = any(o.start_us <= ((subscribe_ms or 0) + self._skew) * 1000 < o.end_us for o in outages)
         if subscribe_ms is not None and not down:  # during an outage the link opens at its end
             self._push_snapshots(subscribe_ms)
         for o in outages:
@@ -115,24 +122,26 @@ class RawFeed:
         self._holds.append((ex_ms, last))
 
     def _add_outage(self, start_us: int, end_us: int) -> None:
-        snap = reconnect_snapshot_ms(self.market.config.seed, self.spec.exchange, end_us)
-        if snap * 1000 <= self.start_us:
+        skew = self._skew
+        snap = reconnect_snapshot_ms(self.market.config.seed, self.spec.exchange, end_us, skew)
+        if (snap + skew) * 1000 <= self.start_us:
             return
-        self._drops.append((-(-start_us // 1000), snap))
+        # the link is down in local time: the exchange events it hides are skew earlier
+        self._drops.append((-(-start_us // 1000) - skew, snap))
         # every event before the outage arrives < start + 5 ms, every event after it later
         if self.start_us <= start_us < self.end_us:
             self._push(start_us + 5000, 2, KIND_DISCONNECT, None, None, None)
             if self.live:
                 # failed reconnects: now, then after 1, 2, 4 ... 32 s (tardis-node backoff)
                 t, delay, n = start_us + 5000, 1, 1
-                while t < snap * 1000:
+                while t < (snap + skew) * 1000:
                     self._push(t, 2, KIND_ERROR, None, n, None)
                     t, delay, n = t + delay * 1_000_000, min(delay * 2, 32), n + 1
         self._push_snapshots(snap)
 
     def drop_now(self, now_us: int, resume_us: int) -> None:
-        """Live exchange drop: skip events until ``resume_us``, then fresh snapshots."""
-        resume_ms = -(-resume_us // 1000)
+        """Live exchange drop: skip events until local ``resume_us``, then fresh snapshots."""
+        resume_ms = -(-resume_us // 1000) - self._skew  # as exchange time
         self._drop_until = max(self._drop_until, resume_ms)
         self._push_snapshots(resume_ms)
 
@@ -145,8 +154,10 @@ class RawFeed:
         spec, market, need = self.spec, self.market, self._need
         cols: list[list] = [[], [], [], [], []]
         views = []
+        skew_us = self._skew * 1000
         for sym in spec.symbols:
-            for index in range(lo // SEGMENT_US, (hi - 1) // SEGMENT_US + 1):  # arrivals stay in their segment
+            # a segment's arrivals stay within it, shifted by the skew
+            for index in range((lo - skew_us) // SEGMENT_US, (hi - 1 - skew_us) // SEGMENT_US + 1):
                 seg = market.segment(spec.exchange, sym, index)
                 arr = seg.ev_live if self.live else seg.ev_loc
                 a, b = np.searchsorted(arr, [lo, hi])
@@ -176,9 +187,11 @@ class RawFeed:
         # connection events go before (prio 0: snapshots) or after (prio 2) market events
         # arriving at the same microsecond
         pseudo, holds = self._pseudo, self._holds
+        skew_us = self._skew * 1000
         lo = self.start_us
         while lo < self.end_us:
-            hi = min((lo // SEGMENT_US + 1) * SEGMENT_US, self.end_us)
+            # one segment's arrivals at a time: windows on the segment grid shifted by the skew
+            hi = min(((lo - skew_us) // SEGMENT_US + 1) * SEGMENT_US + skew_us, self.end_us)
             views, (locs, kinds, idxs, exs, parts) = self._collect(lo, hi)
             for j in range(len(locs)):
                 loc, ex = locs[j], exs[j]

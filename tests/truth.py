@@ -1,0 +1,336 @@
+"""Ground truth minute series straight from the fake market model (never from gapless code).
+
+:func:`minute_truth` computes, for one (exchange, symbol, data type), what a perfect minute
+series must hold, from the :class:`~tests.fake_tardis.market.Market` arrays themselves (the
+segments' trades, book changes and tickers), not from the normalizer's output lines:
+
+* ``trade`` and time bars whose interval divides a minute (``trade_bar_1m``,
+  ``trade_bar_10s`` ...): open, high, low, close, volume, buy_volume, sell_volume, trades
+  and vwap of the trades with exchange time in the minute. A minute without trades has
+  volume 0 and open = high = low = close = the last trade price before it (NaN only if
+  the symbol never traded).
+* ``quote``, ``quote_<N>``, ``book_snapshot_<depth>_<N>``: the book after every change
+  with exchange time BEFORE the minute's end (the tardis rule: a snapshot stamped T is the
+  book as of the last change before T): level 0 as bid/ask price/amount, ``mid_close``,
+  and the deeper levels as ``bids_<k>_price`` ... (NaN where the book is shallower).
+* ``derivative_ticker``: the last value of each field stamped before the minute's end.
+  Like the book (and like gapless, which files a message stamped exactly at 13:31:00
+  under the 13:31 row), the end is exclusive: an update stamped on the minute belongs
+  to the next row.
+
+Everything is in exchange time: a clock skew only moves local times, and quiet windows
+are already in the model (their events do not exist). Prices are the floats the double
+prints (``render.price_str``), so they compare exactly with stored values; vwap is
+``sum(price * amount) / volume`` and may differ from a bar's running vwap in the last bits.
+Perturbations (``machine.perturb``) are faults, not truth: they are ignored.
+
+:func:`whole_minutes` / :func:`served_whole_minutes` say which exchange minutes a local time
+range (a replay request or a live connection the double served) could have delivered
+whole, for raw events (trades, ticker updates, book changes).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from tests.fake_tardis.market import KIND_TICKER, KIND_TRADE, SEGMENT_MS, Market, MarketConfig, symbol_params
+from tests.fake_tardis.options import parse_data_type
+from tests.fake_tardis.render import cents_str, price_str
+from tests.fake_tardis.streams import reconnect_snapshot_ms
+
+__all__ = ["minute_truth", "trades_truth", "truth_columns", "whole_minutes", "served_whole_minutes",
+           "TRADE_COLUMNS", "QUOTE_COLUMNS", "TICKER_COLUMNS"]
+
+MINUTE_MS = 60_000
+MINUTE_US = 60_000_000
+TRADE_COLUMNS = ("open", "high", "low", "close", "volume", "buy_volume", "sell_volume", "trades", "vwap")
+QUOTE_COLUMNS = ("bid_price", "bid_amount", "ask_price", "ask_amount", "mid_close")
+TICKER_COLUMNS = ("last_price", "open_interest", "funding_rate", "index_price", "mark_price")
+
+
+# -- data types ------------------------------------------------------------------------------
+def _family(data_type: str):
+    """-> ("trade", None) | ("book", depth) | ("ticker", None), or ValueError."""
+    kind, spec = parse_data_type(data_type)
+    if kind == "trade":
+        return "trade", None
+    if kind == "bar":
+        if spec.kind != "time" or MINUTE_MS % spec.interval:
+            raise ValueError(f"{data_type}: only time bars whose interval divides a minute have minute truth")
+        return "trade", None
+    if kind == "book":
+        return "book", spec.depth
+    if kind == "ticker":
+        return "ticker", None
+    raise ValueError(f"{data_type}: no minute truth (book_change is not a minute series)")
+
+
+def truth_columns(data_type: str) -> tuple[str, ...]:
+    """The value columns :func:`minute_truth` returns for ``data_type``."""
+    family, depth = _family(data_type)
+    if family == "trade":
+        return TRADE_COLUMNS
+    if family == "ticker":
+        return TICKER_COLUMNS
+    deeper = [f"{side}_{k}_{field}" for side in ("bids", "asks") for k in range(1, depth) for field in ("price", "amount")]
+    return QUOTE_COLUMNS + tuple(deeper)
+
+
+# -- arrays of one segment ---------------------------------------------------------------------
+def _prices(ticks: np.ndarray, tick_h: int) -> np.ndarray:
+    """Tick counts -> the floats the double prints (via the exact decimal text)."""
+    if not len(ticks):
+        return np.zeros(0)
+    uniq, inverse = np.unique(ticks, return_inverse=True)
+    return np.array([float(price_str(int(t), tick_h)) for t in uniq])[inverse]
+
+
+def _kind_times(seg, kind: int, n: int) -> np.ndarray:
+    """Exchange ms of each item ``0..n-1`` of one kind (trade messages or tickers) of a segment."""
+    mask = seg.ev_kind == kind
+    out = np.empty(n, dtype=np.int64)
+    out[seg.ev_idx[mask]] = seg.ev_ex[mask]
+    return out
+
+
+def _segment_trades(seg) -> dict:
+    """Every trade of a segment in exchange-time order: ex ms, price, amount, buy, id."""
+    groups = len(seg.g_off) - 1
+    t_ex = np.repeat(_kind_times(seg, KIND_TRADE, groups), np.diff(seg.g_off))
+    return {"ex": t_ex, "price": _prices(seg.t_px, seg.params.tick_h), "amount": seg.t_amt.astype(np.float64),
+            "buy": seg.t_buy.astype(bool), "id": seg.t_id}
+
+
+def _segment_tickers(seg) -> tuple[np.ndarray, np.ndarray]:
+    """(ex ms, rows of TICKER_COLUMNS) of a segment's ticker updates, in time order."""
+    n = len(seg.k_last)
+    ex = _kind_times(seg, KIND_TICKER, n)
+    rows = np.column_stack([
+        _prices(seg.k_last, seg.params.tick_h),
+        seg.k_oi.astype(np.float64),
+        seg.k_fund / 1e8,  # what js_number(fund / 1e8) prints reads back as this float
+        [float(cents_str(int(c))) for c in seg.k_index],
+        [float(cents_str(int(c))) for c in seg.k_mark],
+    ]) if n else np.zeros((0, len(TICKER_COLUMNS)))
+    order = np.argsort(ex, kind="stable")
+    return ex[order], rows[order]
+
+
+def _segments(market: Market, exchange: str, symbol: str, lo_ms: int, hi_ms: int):
+    for index in range(lo_ms // SEGMENT_MS, (hi_ms - 1) // SEGMENT_MS + 1):
+        yield market.segment(exchange, symbol, index)
+
+
+def _last_before(market: Market, exchange: str, symbol: str, t_ms: int, rows_of):
+    """The last row (``rows_of(seg) -> (ex, rows)``) stamped before ``t_ms``, searching back as far as needed.
+
+    Quiet windows are skipped without generating them; None if there is nothing before
+    (never before the epoch).
+    """
+    windows = market.config.quiet_windows(symbol)
+    t = t_ms
+    while t > 0:
+        moved = True
+        while moved:  # jump over quiet time that ends at or after t
+            moved = False
+            for a, b in windows:
+                if a < t <= b:
+                    t, moved = a, True
+        if t <= 0:
+            return None
+        index = (t - 1) // SEGMENT_MS
+        ex, rows = rows_of(market.segment(exchange, symbol, index))
+        k = int(np.searchsorted(ex, t, side="left"))
+        if k > 0:
+            return rows[k - 1]
+        t = index * SEGMENT_MS
+    return None
+
+
+# -- the truth ---------------------------------------------------------------------------------
+def _as_market(market) -> Market:
+    if isinstance(market, MarketConfig):
+        return Market(market)
+    return getattr(market, "market", market)  # a FakeTardisMachine works too
+
+
+def _minutes(start_us: int, end_us: int) -> np.ndarray:
+    if start_us % MINUTE_US or end_us % MINUTE_US or end_us < start_us:
+        raise ValueError("start_us and end_us must be minute aligned, start <= end")
+    return np.arange(start_us // 1000, end_us // 1000, MINUTE_MS, dtype=np.int64)
+
+
+def minute_truth(market, exchange: str, symbol: str, data_type: str, start_us: int, end_us: int) -> pd.DataFrame:
+    """The true minute series of one stream over ``[start_us, end_us)`` (µs, minute aligned).
+
+    ``market`` is a :class:`Market` (or a MarketConfig, or a FakeTardisMachine). Returns a
+    DataFrame of float columns (:func:`truth_columns`) indexed by minute start (tz-aware
+    UTC DatetimeIndex named ``minute``). See the module docstring for the rules.
+    """
+    market = _as_market(market)
+    minutes = _minutes(start_us, end_us)
+    family, depth = _family(data_type)
+    if family == "trade":
+        values = _trade_minutes(market, exchange, symbol, minutes)
+    elif family == "book":
+        values = _book_minutes(market, exchange, symbol, minutes, depth)
+    else:
+        values = _ticker_minutes(market, exchange, symbol, minutes)
+    index = pd.DatetimeIndex(pd.to_datetime(minutes * 1000, unit="us", utc=True), name="minute")
+    return pd.DataFrame(values, index=index, columns=list(truth_columns(data_type)), dtype=np.float64)
+
+
+def trades_truth(market, exchange: str, symbol: str, start_us: int, end_us: int) -> pd.DataFrame:
+    """Every trade with exchange time in ``[start_us, end_us)``: id, price, amount, side, timestamp (ms)."""
+    market = _as_market(market)
+    lo, hi = start_us // 1000, -(-end_us // 1000)
+    prefix = symbol_params(symbol).id_prefix
+    parts = []
+    for seg in (_segments(market, exchange, symbol, lo, hi) if hi > lo else ()):
+        t = _segment_trades(seg)
+        keep = (t["ex"] >= lo) & (t["ex"] < hi)
+        parts.append(pd.DataFrame({"id": [prefix + str(int(i)) for i in t["id"][keep]], "price": t["price"][keep],
+                                   "amount": t["amount"][keep].astype(np.int64),
+                                   "side": np.where(t["buy"][keep], "buy", "sell"),
+                                   "timestamp": t["ex"][keep]}))
+    if not parts:
+        return pd.DataFrame({"id": [], "price": [], "amount": [], "side": [], "timestamp": []})
+    return pd.concat(parts, ignore_index=True)
+
+
+def _trade_minutes(market, exchange, symbol, minutes) -> np.ndarray:
+    n = len(minutes)
+    out = np.full((n, len(TRADE_COLUMNS)), np.nan)
+    out[:, 4:8] = 0.0  # volume, buy_volume, sell_volume, trades
+    if not n:
+        return out
+    lo, hi = int(minutes[0]), int(minutes[-1]) + MINUTE_MS
+    parts = [_segment_trades(seg) for seg in _segments(market, exchange, symbol, lo, hi)]
+    t = {k: np.concatenate([p[k] for p in parts]) for k in ("ex", "price", "amount", "buy")}
+    keep = (t["ex"] >= lo) & (t["ex"] < hi)
+    ex, price, amount, buy = t["ex"][keep], t["price"][keep], t["amount"][keep], t["buy"][keep]
+    if len(ex):
+        df = pd.DataFrame({"pos": (ex - lo) // MINUTE_MS, "price": price, "amount": amount,
+                           "buy": np.where(buy, amount, 0.0), "sell": np.where(buy, 0.0, amount),
+                           "notional": price * amount})
+        g = df.groupby("pos", sort=True)  # rows are in time order within each minute
+        pos = g.size().index.to_numpy()
+        volume = g["amount"].sum().to_numpy()
+        out[pos, 0] = g["price"].first().to_numpy()
+        out[pos, 1] = g["price"].max().to_numpy()
+        out[pos, 2] = g["price"].min().to_numpy()
+        out[pos, 3] = g["price"].last().to_numpy()
+        out[pos, 4] = volume
+        out[pos, 5] = g["buy"].sum().to_numpy()
+        out[pos, 6] = g["sell"].sum().to_numpy()
+        out[pos, 7] = g.size().to_numpy()
+        out[pos, 8] = g["notional"].sum().to_numpy() / volume
+    # minutes without trades: flat at the last price before them
+    last = None
+    for i in range(n):
+        if out[i, 7] > 0:
+            last = out[i, 3]
+            continue
+        if last is None:
+            found = _last_before(market, exchange, symbol, int(minutes[i]),
+                                 lambda seg: (lambda tr: (tr["ex"], tr["price"]))(_segment_trades(seg)))
+            last = math.nan if found is None else float(found)
+        out[i, 0:4] = last
+    return out
+
+
+def _book_minutes(market, exchange, symbol, minutes, depth: int) -> np.ndarray:
+    tick_h = symbol_params(symbol).tick_h
+    cols = len(QUOTE_COLUMNS) + 4 * (depth - 1)
+    out = np.full((len(minutes), cols), np.nan)
+    px = {}
+
+    def price(ticks):
+        if ticks not in px:
+            px[ticks] = float(price_str(ticks, tick_h))
+        return px[ticks]
+
+    for i, m in enumerate(minutes.tolist()):
+        end = m + MINUTE_MS
+        bids, asks = market.book_before(exchange, symbol, end)  # every change before the minute's end
+        if bids:
+            out[i, 0], out[i, 1] = price(bids[0][0]), bids[0][1]
+        if asks:
+            out[i, 2], out[i, 3] = price(asks[0][0]), asks[0][1]
+        out[i, 4] = (out[i, 0] + out[i, 2]) / 2
+        c = len(QUOTE_COLUMNS)
+        for levels in (bids, asks):
+            for k in range(1, depth):
+                if k < len(levels):
+                    out[i, c], out[i, c + 1] = price(levels[k][0]), levels[k][1]
+                c += 2
+    return out
+
+
+def _ticker_minutes(market, exchange, symbol, minutes) -> np.ndarray:
+    n = len(minutes)
+    out = np.full((n, len(TICKER_COLUMNS)), np.nan)
+    if not n:
+        return out
+    lo, hi = int(minutes[0]), int(minutes[-1]) + MINUTE_MS
+    parts = [_segment_tickers(seg) for seg in _segments(market, exchange, symbol, lo, hi)]
+    ex = np.concatenate([p[0] for p in parts])
+    rows = np.concatenate([p[1] for p in parts])
+    before = ...  # searched back only if a minute needs it (it may generate earlier days)
+    for i, m in enumerate(minutes.tolist()):
+        k = int(np.searchsorted(ex, m + MINUTE_MS, side="left"))  # stamped before the minute's end
+        if k > 0:
+            out[i] = rows[k - 1]
+            continue
+        if before is ...:
+            before = _last_before(market, exchange, symbol, lo, _segment_tickers)
+        if before is not None:
+            out[i] = before
+    return out
+
+
+# -- what a served range could hold ---------------------------------------------------------------
+def whole_minutes(config: MarketConfig, local_start_us: int, local_end_us: int, exchange: str = "deribit",
+                  outages=()) -> list[int]:
+    """Exchange minutes (start µs) all of whose raw events arrive in local ``[start, end)``.
+
+    An event stamped ``ex`` arrives at ``ex + skew + latency`` with latency in
+    ``[0, latency_ms[1]]``; ``outages`` (local time, as given to the machine) hide the
+    exchange time from their start to the reconnect snapshot. Raw events only: a bar or
+    interval snapshot also needs the next event after the minute's end, and book types
+    need the day's snapshot inside the range.
+    """
+    skew, late = config.skew_ms, int(math.ceil(config.latency_ms[1]))
+    first = -(-(local_start_us // 1000 - skew) // MINUTE_MS) * MINUTE_MS  # first minute starting at or after
+    stop = (-(-local_end_us // 1000) - skew - late) // MINUTE_MS * MINUTE_MS  # minutes ending by then
+    holes = [(-(-o.start_us // 1000) - skew, reconnect_snapshot_ms(config.seed, exchange, o.end_us, skew))
+             for o in outages]
+    return [m * 1000 for m in range(first, stop, MINUTE_MS)
+            if not any(a < m + MINUTE_MS and m < b for a, b in holes)]
+
+
+def served_whole_minutes(machine, record) -> list[int]:
+    """:func:`whole_minutes` of a replay ``RequestRecord`` or a live ``ConnectionRecord`` the machine served.
+
+    A replay counts only if it completed without a fault (cut by availability: up to the
+    limit). A live connection covers its opening to its close (or now); exchange drops
+    made with ``machine.exchange_drop()`` are not recorded and so not accounted for.
+    """
+    config = machine.market.config
+
+    def us(dt):
+        return int(dt.timestamp()) * 1_000_000 + dt.microsecond
+
+    if hasattr(record, "lines_sent"):  # a replay request
+        if not record.completed or record.fault or record.status != 200 or record.from_ is None:
+            return []
+        end = us(record.to)
+        if record.cut_by_availability:
+            end = min(end, us(record.available_until))
+        exchange = record.options[0].get("exchange", "deribit")
+        return whole_minutes(config, us(record.from_), end, exchange, machine.replay_outages)
+    end = us(record.closed_at) if record.closed_at is not None else machine.clock.now_us()
+    exchange = record.options[0].get("exchange", "deribit") if record.options else "deribit"
+    return whole_minutes(config, us(record.opened_at), end, exchange, machine.live_outages)
