@@ -31,7 +31,8 @@ Where a claim ENDS:
   provably empty. The claim skips the pending interval (two claims, ``<segment>`` and ``<segment>:q``).
 
 A stream that sent nothing in a whole run is not claimed (an unknown symbol and a silent market look
-the same). What a complete run did not claim is reported (:meth:`ClaimTracker.unclaimed`) for the
+the same), unless it is *known*: its own replay coverage reaches the anchored start (it exists, and it
+was quiet). What a complete run did not claim is reported (:meth:`ClaimTracker.unclaimed`) for the
 replay ledger, with why: ``history_outage``, ``unproven_start``, ``quiet_tail`` or ``no_data``.
 """
 import numpy as np
@@ -45,7 +46,7 @@ START_MARGIN_US = 10 * US
 # a replay asks this much before the wanted start: a disconnect there is seen, and a line there proves the
 # history recorder up (a one-minute bar, the first line of a bars-only request, comes a minute after ``from``)
 LOOK_BEHIND_US = 2 * MINUTE_US
-DAY_SNAPSHOT_SLACK_US = US
+DAY_SNAPSHOT_SLACK_US = SKEW_BOUND_US + US  # the day snapshot, stamped in exchange time just after local 00:00
 _BOOK, _TRADE = "book", "trade"
 
 
@@ -70,7 +71,8 @@ class ClaimTracker:
         self.run_id = run_id
         self.owner = owner
         self.expected = {(s, d) for s in request.symbols for d in request.data_types}
-        self.seen = set()
+        # a stream known from history before an anchored start exists: quiet in this run means quiet
+        self.seen = set(tuple(k) for k in request.known) & self.expected if request.anchored and not live else set()
         self.segment_no = 0
         self.first_arrival = None  # first data line of the current segment (local time)
         self.proven = bool(request.anchored) and not live
@@ -251,16 +253,18 @@ class ClaimTracker:
                 report.append(stream + (request.claim_from, request.claim_end, "no_data"))
                 continue
             claimed = sorted(self.history.get(stream, []))
-            cursor = request.claim_from
+            cursor, last_end = request.claim_from, request.start
             for a, b in claimed + [(request.claim_end, request.claim_end)]:
                 if a > cursor:
-                    report.append(stream + (cursor, a, self._reason(stream, cursor, a)))
+                    report.append(stream + (cursor, a, self._reason(stream, cursor, a, last_end)))
                 cursor = max(cursor, b)
+                last_end = max(last_end, b)
         return report
 
-    def _reason(self, stream, a, b):
-        if any(a - START_MARGIN_US <= d < b for d in self.disconnects):
-            return "history_outage"
+    def _reason(self, stream, a, b, last_end):
+        """Why ``[a, b)`` was not claimed; ``last_end``: where the stream's claims (or the run) stood before it."""
+        if any(min(a, last_end) - START_MARGIN_US <= d < b for d in self.disconnects):
+            return "history_outage"  # a disconnect between the last claim and the hole's end: tardis' own hole
         if a == self.request.claim_from:
             if self.types[stream[1]].family == "book_snapshot" and a % (1440 * MINUTE_US) == 0:
                 # a day's replay always begins with its initial book snapshot, unless the history recorder

@@ -76,7 +76,7 @@ def fetch_run(request, client, api_key, batch_rows, emit, should_stop=lambda: Fa
     except ServerError as exc:
         failure = exc
     final = parser.finish(complete)
-    if final.rows or final.claims or final.lines:
+    if final.rows or final.claims or final.lines or final.unclaimed:
         emit(final)
     if failure is not None:
         # how far this run got (after the last flush): the history horizon learns from refusals
@@ -195,7 +195,7 @@ class Downloader:
         wanted = {(s, parse_data_type(d)): [(request.claim_from, request.claim_end)] for s, d in request.streams}
         retries = plan_wanted(self.storage, request.exchange, wanted, now_us=self.now(), limit=self.limit)
         retries = [ReplayRequest(r.exchange, r.symbols, r.data_types, r.start, r.claim_end, r.skip_before,
-                                 request.attempt + 1, r.claim_start, r.anchored) for r in retries]
+                                 request.attempt + 1, r.claim_start, r.anchored, r.known) for r in retries]
         delay = min(self.backoff_cap, self.backoff_base * 2 ** (request.attempt - 1)) * random.uniform(0.5, 1.0)
         retry_after = getattr(failure, "retry_after", None)
         if retry_after:

@@ -49,6 +49,7 @@ class ReplayRequest:
     attempt: int = 1
     claim_start: int = None  # where claims may begin (None: at ``start``); ``start`` may look behind it
     anchored: bool = False  # history is known continuous through ``claim_start`` (see gapless.claims)
+    known: tuple = ()  # ((symbol, data_type), ...) whose own replay coverage reaches ``claim_start``
 
     @property
     def claim_from(self):

