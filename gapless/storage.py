@@ -14,8 +14,9 @@ really stored. It is written in the same transaction as the rows it covers, so i
 than is stored. Coverage times are exchange time: "every message whose timestamp falls in
 ``[start, end)`` (for sampled types: every sample whose interval lies in it) is stored".
 """
-import logging
+import collections
 import contextlib
+import logging
 import os
 import sqlite3
 import threading
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from peewee import (SQL, BigIntegerField, BooleanField, CharField, CompositeKey, DatabaseError, DoubleField,
                     IntegerField, InterfaceError, Model, OperationalError, SqliteDatabase, TextField)
 
-from .convert import table_columns
+from .convert import Const, RowBlock, table_columns
 from .exceptions import DatabaseUrlError, StorageError
 from .timeutil import US
 from .redaction import redact, url_password
@@ -189,6 +190,9 @@ class Storage:
         self._copy_inserter = None  # PostgreSQL bulk inserts (made on first use)
         self._lock = threading.Lock()
         self._tables = set()
+        # rows inserted by this process per (exchange, source, table), for monitoring (gapless_rows_stored_total)
+        self.rows_inserted = collections.Counter()
+        self._tally_lock = threading.Lock()
         self._open(create)
 
     # -- setup ---------------------------------------------------------------------------------
@@ -344,19 +348,30 @@ class Storage:
 
         Returns the number of rows actually inserted (duplicates are ignored, not counted).
         """
-        inserted = 0
+        counts = {}
         tables = [t for t, rows in rows_by_table.items() if rows]
         self.ensure_tables(tables)
         try:
             with self.write_transaction():
                 cursor = self.db.cursor()
                 for table in tables:
-                    inserted += self._insert_rows(cursor, table, rows_by_table[table])
+                    counts[table] = self._insert_rows(cursor, table, rows_by_table[table])
                 if claims:
                     self._upsert_claims(claims)
         except DRIVER_ERRORS as exc:
             raise StorageError("writing to %s failed: %s" % (self.redacted_url, _clean(exc, self.url))) from exc
-        return inserted
+        self._tally(rows_by_table, counts)
+        return sum(counts.values())
+
+    def _tally(self, rows_by_table, counts):
+        """Count committed inserts per (exchange, source, table); one write holds one run's rows (one
+        exchange, one source), so the first row names them."""
+        with self._tally_lock:
+            for table, inserted in counts.items():
+                if inserted:
+                    # every table's columns start with COMMON_COLUMNS: exchange first, source fifth
+                    key = (_first_value(rows_by_table[table], 0), _first_value(rows_by_table[table], 4), table)
+                    self.rows_inserted[key] += inserted
 
     def bulk_insert(self, model, columns, rows):
         """Fast insert of row tuples into any of our models (inside the caller's transaction).
@@ -465,6 +480,14 @@ class Storage:
         for key, value in where.items():
             query = query.where(getattr(model, key) == value)
         return query.count()
+
+
+def _first_value(rows, index):
+    """Column ``index`` of the first row of a :class:`~gapless.convert.RowBlock` or a list of tuples."""
+    if isinstance(rows, RowBlock):
+        column = rows.columns[index]
+        return str(column.value if isinstance(column, Const) else column[0])
+    return str(rows[0][index])
 
 
 class _NullContext:
