@@ -17,7 +17,17 @@ from .timeutil import MINUTE_US, ceil_minute, floor_minute, iso, parse_time_arg,
 log = logging.getLogger("gapless")
 
 PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG_DIR = os.path.join(PROJECT_DIR, "config")
+
+
+def default_config_dir():
+    """``config/`` of the checkout (``python run.py``); an installed package has none: ``./config``."""
+    checkout = os.path.join(PROJECT_DIR, "config")
+    if os.path.isfile(os.path.join(PROJECT_DIR, "run.py")) and os.path.isdir(checkout):
+        return checkout
+    return "config"
+
+
+CONFIG_DIR = default_config_dir()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -329,3 +339,7 @@ def main(argv=None, now=None):
         print("gapless: interrupted", file=sys.stderr)
         return 130
 
+
+def main_entry():
+    """The ``gapless`` console command of an installed package (``pip install .``): ``main()`` as exit status."""
+    sys.exit(main())
