@@ -214,6 +214,7 @@ class NotifySocket:
         self.socket.close()
 
 
+@pytest.mark.slow
 def test_the_service_process_notifies_systemd_and_serves_metrics(tardis, tmp_path):
     path = str(tmp_path / "notify.sock")
     assert len(path) < 100  # sockaddr_un's limit
