@@ -219,6 +219,8 @@ def _write_atomically(figure, path):
     os.close(fd)
     try:
         figure.savefig(tmp, format="png", dpi=DPI)
+        # mkstemp makes the file private (0600); a picture is for others to look at: keep the old file's mode
+        os.chmod(tmp, os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o644)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -73,6 +73,7 @@ def test_the_picture_has_the_source_colour_at_each_minute(tmp_path):
     # the gap the picture labels, with its reason
     assert gaps[("trade", "13:37")] == "disconnect"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".coverage.png")]  # no temporary file left
+    assert path.stat().st_mode & 0o777 == 0o644  # readable by whoever serves or views it
 
 
 def test_a_long_window_keeps_the_figure_within_its_cap():
