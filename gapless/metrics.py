@@ -192,6 +192,7 @@ class _Server6(_Server4):
 def _handler(owner):
     class Handler(BaseHTTPRequestHandler):
         server_version = "gapless"
+        timeout = 10  # a client that stalls mid-request does not hold its thread forever
 
         def do_GET(self):  # noqa: N802 (the http.server API)
             path = self.path.split("?", 1)[0]

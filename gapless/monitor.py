@@ -79,7 +79,8 @@ class Monitor:
 
     # -- systemd ---------------------------------------------------------------------------------
     def ready(self, status=None):
-        """``READY=1``; the calling thread becomes the one whose progress feeds the watchdog."""
+        """``READY=1``: from now on this is a service that notifies (``STATUS=`` after each rebuild), and the
+        calling thread is the one whose progress feeds the watchdog."""
         self._main_thread = threading.current_thread()
         self.notifier.ready(status)
 
@@ -116,8 +117,9 @@ class Monitor:
                 disagreements[(self.exchange, symbol, data_type)] = comparison.disagreements
             if self.metrics is not None:
                 self.metrics.rebuilt(minutes, disagreements, report.seconds)
-            missing = sum(counts["missing"] for counts in minutes.values())
-            self.notifier.status(summary(self.exchange, len(report.frames), missing))
+            if self._main_thread is not None:  # only a service notifies, never a library user's process
+                missing = sum(counts["missing"] for counts in minutes.values())
+                self.notifier.status(summary(self.exchange, len(report.frames), missing))
         except Exception:  # monitoring must never fail a healing pass
             log.exception("publishing the rebuild to metrics and the service manager failed")
         if self.plot_path:

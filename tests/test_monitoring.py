@@ -281,6 +281,22 @@ def test_watchdog_stops_when_the_recorder_thread_dies(tardis, tmp_path, monkeypa
     assert "WATCHDOG=1" not in after and "STOPPING=1" in after
 
 
+def test_a_library_user_gets_no_notifications(tardis, tmp_path, monkeypatch):
+    # start()/stop() inside someone else's Type=notify service: only run() (the service) notifies
+    path = str(tmp_path / "notify.sock")
+    notify = NotifySocket(path)
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")
+    gapless = make_gapless("sqlite:///%s" % (tmp_path / "gapless.db"), tardis, TYPES)
+    try:
+        with gapless:
+            wait_until(lambda: gapless.last_rebuild is not None, timeout=30, message="a rebuild")
+        notify.receive()
+        assert notify.messages == []
+    finally:
+        notify.close()
+
+
 def test_the_notifier_is_silent_without_notify_socket_and_rate_limits_the_watchdog(tmp_path):
     assert not Notifier({}).enabled
     assert Notifier({}).ready() is False and Notifier({}).watchdog() is False
