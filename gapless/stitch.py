@@ -167,7 +167,10 @@ def publish(storage, exchange, frames, comparisons, start, end, now_us=None):
     """Replace the published rows of these streams in one transaction."""
     series_model, status_model = make_series_models(storage.db)
     with storage._lock:
-        storage.db.create_tables([series_model, status_model], safe=True)
+        # several services publishing into one PostgreSQL database at once: CREATE TABLE IF NOT EXISTS races
+        # (a unique violation on pg_type) unless schema changes take the advisory lock, as Storage's do
+        with storage._schema_lock():
+            storage.db.create_tables([series_model, status_model], safe=True)
     now_us = now_us or int(time.time() * US)
     columns = ["exchange", "symbol", "data_type", "minute", "source", "missing"] + list(SERIES_VALUES)
     with storage.write_transaction():
