@@ -17,7 +17,17 @@ from .timeutil import MINUTE_US, ceil_minute, floor_minute, iso, parse_time_arg,
 log = logging.getLogger("gapless")
 
 PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG_DIR = os.path.join(PROJECT_DIR, "config")
+
+
+def default_config_dir():
+    """``config/`` of the checkout (``python run.py``); an installed package has none: ``./config``."""
+    checkout = os.path.join(PROJECT_DIR, "config")
+    if os.path.isfile(os.path.join(PROJECT_DIR, "run.py")) and os.path.isdir(checkout):
+        return checkout
+    return "config"
+
+
+CONFIG_DIR = default_config_dir()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -77,6 +87,18 @@ def build_parser():
     _streams(serve, times=False)
     _service_flags(serve)
     _common(serve)
+    plot = sub.add_parser("plot", help="draw the coverage picture (PNG)",
+                          description="Draw, per stream, a timeline band coloured by source (replay green, live "
+                                      "blue, missing red) with gaps labelled by reason, and the price above it. "
+                                      "Reads the database only.")
+    _streams(plot, times=False)
+    plot.add_argument("--from", dest="from_", help="start, UTC ISO-8601 (default: now minus the lookback)")
+    plot.add_argument("--to", help="end (exclusive), UTC ISO-8601 (default: the last settled minute)")
+    plot.add_argument("--lookback", help="window when --from is not given, e.g. 7d or 90m (GAPLESS_LOOKBACK)")
+    plot.add_argument("--history-delay", help="history delay to assume if the service has not stored one "
+                                              "(GAPLESS_HISTORY_DELAY); used to tell gap reasons apart")
+    plot.add_argument("--out", required=True, help="the picture, FILE.png (written atomically)")
+    _common(plot)
     for name, text in (("status", "coverage, gaps, history delay, live lag and disagreements per stream"),
                        ("gaps", "the gaps only")):
         command = sub.add_parser(name, help=text, description="Show %s (reads the database only)." % text)
@@ -95,12 +117,15 @@ def _service_flags(parser):
     parser.add_argument("--rebuild-interval", help="healing/rebuild period, e.g. 60s (GAPLESS_REBUILD_INTERVAL)")
     parser.add_argument("--export", help="also write the series to this .csv/.parquet file (GAPLESS_EXPORT)")
     parser.add_argument("--workers", type=int, help="parallel download processes (GAPLESS_WORKERS)")
+    parser.add_argument("--plot", help="rewrite this coverage picture (.png) after every rebuild (GAPLESS_PLOT)")
+    parser.add_argument("--metrics-addr", help="serve /metrics and /health on host:port, e.g. 127.0.0.1:9108 "
+                                               "(GAPLESS_METRICS_ADDR; default: no listener)")
 
 
 def _settings(args):
     overrides = {key: getattr(args, key, None) for key in (
         "tardis_url", "tardis_ws_url", "database_url", "api_key", "exchange", "log_level", "workers", "lookback",
-        "history_delay", "rebuild_interval", "export")}
+        "history_delay", "rebuild_interval", "export", "plot", "metrics_addr")}
     overrides["symbols"] = getattr(args, "symbols", None)
     overrides["data_types"] = getattr(args, "data_types", None)
     return load_settings(config_dir=getattr(args, "config_dir", CONFIG_DIR), **overrides)
@@ -219,9 +244,7 @@ def cmd_status(args, settings, now_us, gaps_only=False):
 
     storage = Storage(settings.database_url, create=False)
     try:
-        meta = storage.models["meta"]
-        row = meta.get_or_none(meta.key == "history_delay_us:%s" % settings.exchange)
-        delay = int(row.value) if row is not None else settings.history_delay
+        delay = _stored_history_delay(storage, settings)
         report = status_report(storage, [(settings.exchange, settings.symbols, settings.data_types)],
                                settings.lookback, {settings.exchange: {"delay": delay}}, now_us)
     finally:
@@ -236,13 +259,54 @@ def cmd_status(args, settings, now_us, gaps_only=False):
     return 0
 
 
+def cmd_plot(args, settings, now_us):
+    """``plot``: draw the coverage picture of [--from, --to) (default: the lookback window) to --out."""
+    from .plot import check_png_path, draw_coverage
+    from .series import Reader, series
+    from .status import SETTLE_US, stream_status
+    from .storage import Storage
+
+    check_png_path(args.out, "--out")
+    if args.from_:
+        start, end = _time_range(args, now_us)
+    else:
+        end = ceil_minute(parse_time_arg(args.to, "--to")) if args.to else floor_minute(now_us - SETTLE_US)
+        start = end - ceil_minute(settings.lookback)
+    if (end - start) // MINUTE_US > 400 * 24 * 60:
+        raise UsageError("--from/--to: %d days is too long for one picture" % ((end - start) // (1440 * MINUTE_US)))
+    data_types = parse_data_types(settings.data_types)
+    storage = Storage(settings.database_url, create=False)
+    try:
+        reader = Reader(storage, [(settings.exchange, s, d.name) for s in settings.symbols for d in data_types])
+        frames = series(storage, settings.exchange, settings.symbols, data_types, start, end, reader=reader)
+        claim_limit = floor_minute(now_us - _stored_history_delay(storage, settings)) - MINUTE_US
+        gaps = [dict(gap, symbol=symbol, data_type=data_type)
+                for symbol, data_type in frames
+                for gap in stream_status(reader, settings.exchange, symbol, data_type, start, end, claim_limit,
+                                         now_us)["gaps"]]
+    finally:
+        storage.close()
+    picture = draw_coverage(frames, gaps, args.out, title="gapless %s" % settings.exchange)
+    missing = sum(int(frame["missing"].sum()) for frame in frames.values())
+    print("wrote %s (%dx%d): %d stream(s), %d minute(s), %d missing" % (
+        args.out, picture.width, picture.height, len(frames), (end - start) // MINUTE_US, missing))
+    return 0
+
+
+def _stored_history_delay(storage, settings):
+    """The history delay the service learnt (stored in the database), else the configured one."""
+    meta = storage.models["meta"]
+    row = meta.get_or_none(meta.key == "history_delay_us:%s" % settings.exchange)
+    return int(row.value) if row is not None else settings.history_delay
+
+
 def cmd_gaps(args, settings, now_us):
     """``gaps``: the gaps only."""
     return cmd_status(args, settings, now_us, gaps_only=True)
 
 
 COMMANDS = {"download": cmd_download, "series": cmd_series, "serve": cmd_serve, "status": cmd_status,
-            "gaps": cmd_gaps}
+            "gaps": cmd_gaps, "plot": cmd_plot}
 
 
 def main(argv=None, now=None):
@@ -278,3 +342,7 @@ def main(argv=None, now=None):
         print("gapless: interrupted", file=sys.stderr)
         return 130
 
+
+def main_entry():
+    """The ``gapless`` console command of an installed package (``pip install .``): ``main()`` as exit status."""
+    sys.exit(main())

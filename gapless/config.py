@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields, replace
 
 from .datatypes import parse_data_types
 from .exceptions import ConfigurationError, UsageError
-from .urls import redact_url, validate_http_url
+from .urls import parse_host_port, redact_url, validate_http_url
 from .timeutil import DAY_US, US, parse_duration_us
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,9 @@ DEFAULTS = {
     "export": ("GAPLESS_EXPORT", ""),
     "workers": ("GAPLESS_WORKERS", "1"),
     "log_level": ("GAPLESS_LOG_LEVEL", "INFO"),
+    # monitoring (gapless.monitor): a picture rewritten after each rebuild, and a metrics/health listener
+    "plot": ("GAPLESS_PLOT", ""),
+    "metrics_addr": ("GAPLESS_METRICS_ADDR", ""),
     # testing only: "<start epoch s>,<wall epoch s at start>,<speed>" runs the service on a shifted clock
     "test_clock": ("GAPLESS_TEST_CLOCK", ""),
 }
@@ -62,6 +65,8 @@ class Settings:
     workers: int
     log_level: str
     test_clock: str
+    plot: str = ""
+    metrics_addr: str = ""
     warnings: tuple = field(default=(), compare=False)
 
     def __repr__(self):
@@ -178,11 +183,27 @@ def _validate(values, warnings):
         except ValueError:
             raise ConfigurationError("%s: %r is not '<start epoch s>,<wall epoch s>,<speed>'"
                                      % (label("test_clock"), test_clock)) from None
+    plot, metrics_addr = _monitoring(values)
     return Settings(tardis_url=tardis_url, tardis_ws_url=ws_url, database_url=database_url,
                     api_key=str(text("api_key") or "").strip(), exchange=exchange, symbols=symbols,
                     data_types=data_types, lookback=lookback, history_delay=history_delay,
                     rebuild_interval=rebuild_interval, export=export, workers=workers, log_level=log_level,
-                    test_clock=test_clock, warnings=warnings)
+                    test_clock=test_clock, plot=plot, metrics_addr=metrics_addr, warnings=warnings)
+
+
+def _monitoring(values):
+    """``GAPLESS_PLOT`` (a .png path) and ``GAPLESS_METRICS_ADDR`` (host:port), both optional."""
+    plot, plot_label = str(values["plot"][0] or "").strip(), values["plot"][1]
+    if plot and not plot.lower().endswith(".png"):
+        raise ConfigurationError("%s: %r must end in .png" % (plot_label, plot))
+    address, address_label = str(values["metrics_addr"][0] or "").strip(), values["metrics_addr"][1]
+    if address:
+        try:
+            host, port = parse_host_port(address, address_label)
+        except UsageError as exc:
+            raise ConfigurationError(str(exc)) from None
+        address = "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
+    return plot, address
 
 
 def make_clock(spec=""):

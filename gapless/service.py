@@ -20,11 +20,12 @@ from .exceptions import GaplessError, RequestRejectedError
 from . import ledger
 from .healing import HealingPlanner
 from .horizon import HistoryHorizon
+from .monitor import Monitor
 from .recorder import Recorder
 from .redaction import protect_url_loggers, url_password
 from .series import series as compute_series
 from .plan import Anchors
-from .publish import published_sources, rebuild
+from .publish import published_frames, published_sources, rebuild
 from .series import Reader
 from .status import SETTLE_US, minute_sources, status_report
 from .storage import Storage
@@ -48,7 +49,7 @@ class Gapless:
     def __init__(self, exchange, symbols, data_types, lookback="1d", database_url="sqlite:///gapless.db",
                  tardis_url="http://localhost:8000", tardis_ws_url="ws://localhost:8001", api_key=None,
                  history_delay="15m", rebuild_interval="60s", export=None, workers=0, now=None,
-                 recorder_options=None, downloader_options=None):
+                 recorder_options=None, downloader_options=None, metrics_addr=None, plot=None):
         # the same checks as the command line: names reach URLs, logs and SQL parameters
         self.exchange = parse_exchange(exchange, "exchange")
         self.symbols = parse_symbols(list(symbols) if not isinstance(symbols, str) else symbols, "symbols")
@@ -76,6 +77,9 @@ class Gapless:
         self.last_rebuild = None
         self.last_download = None
         self.heal_error = None
+        # operators' view (metrics listener, systemd notifications, picture): see gapless.monitor
+        self.monitor = Monitor(self.exchange, metrics_addr=metrics_addr, plot_path=plot, telemetry=self.telemetry,
+                               components=self.components)
 
     @classmethod
     def from_settings(cls, settings, **kwargs):
@@ -87,7 +91,8 @@ class Gapless:
                    tardis_ws_url=settings.tardis_ws_url, api_key=settings.api_key or None,
                    history_delay=as_delta(settings.history_delay),
                    rebuild_interval=as_delta(settings.rebuild_interval),
-                   export=settings.export or None, workers=settings.workers, **kwargs)
+                   export=settings.export or None, workers=settings.workers,
+                   metrics_addr=settings.metrics_addr or None, plot=settings.plot or None, **kwargs)
 
     # -- windows -------------------------------------------------------------------------------
     def window(self, now_us=None):
@@ -100,6 +105,7 @@ class Gapless:
     def start(self, initial_heal=True):
         """Start recording and the healing schedule (the first pass runs at once, in the scheduler thread)."""
         self.stop_event.clear()
+        self.monitor.start()
         self.recorder.start()
         self._start_scheduler(first_run_now=initial_heal)
         return self
@@ -115,6 +121,7 @@ class Gapless:
                 log.exception("scheduler shutdown failed")
             self._scheduler = None
         self.recorder.stop(max(1.0, deadline - time.monotonic()))
+        self.monitor.stop()
         self.storage.close()
 
     def __enter__(self):
@@ -180,6 +187,7 @@ class Gapless:
         log.info("rebuilt %d stream(s) over %s .. %s in %.2fs: %s", len(self.last_rebuild.streams),
                  iso(start), iso(end), self.last_rebuild.seconds,
                  "gapless" if not missing else "%d missing minute(s)" % missing)
+        self.monitor.rebuilt(self.last_rebuild, gaps=self.gaps, frames=self._published_frames)
 
     def download_history(self, use_published=False):
         """Download what replay coverage lacks over the window, up to where history can deliver.
@@ -195,6 +203,7 @@ class Gapless:
                                 stop_event=self.stop_event, progress=False, now=self.now, **self._downloader_options)
         downloader.limit = limit
         downloader.on_run_finished = self._learn_horizon
+        downloader.on_batch = self.monitor.progress  # the initial download runs in the main thread: feeds the watchdog
         # a refusal near the present means "not available yet": the next pass asks less, no retry storm
         downloader.should_retry = lambda request, failure: not (
             getattr(failure, "refused", False) and request.request_end >= self.now() - 120 * MINUTE_US)
@@ -203,6 +212,7 @@ class Gapless:
             log.info("history: %d request(s), %d new rows, %d lines in %.1fs%s", report.requests, report.rows_inserted,
                      report.lines, report.seconds, "; %d incomplete" % len(report.failed) if report.failed else "")
         self._save_horizon()
+        self.monitor.downloaded(report)
         return report
 
     def _wanted(self, start, limit, use_published=False):
@@ -290,6 +300,34 @@ class Gapless:
                 gaps.append(dict(gap, symbol=stream["symbol"], data_type=stream["data_type"]))
         return gaps
 
+    def _published_frames(self):
+        streams = [(self.exchange, s, d) for s in self.symbols for d in self.data_types]
+        return {key[1:]: frame for key, frame in published_frames(self.storage, streams).items()}
+
+    # -- monitoring ----------------------------------------------------------------------------
+    def telemetry(self):
+        """Counters and gauges for monitoring, keyed like the metrics' labels (see :mod:`gapless.metrics`)."""
+        health = self.recorder.health()
+        exchange = self.exchange
+        return {"live_lag_seconds": {exchange: health["lag_seconds"]},
+                "history_delay_seconds": {exchange: self.horizon.state()["delay"] / 1e6},
+                "reconnects": {exchange: health["reconnects"]},
+                "malformed": {(exchange, "live"): health["malformed"]},
+                "rows_stored": dict(self.storage.rows_inserted)}
+
+    def components(self):
+        """``{"recorder": alive, "scheduler": alive}`` (a scheduler not started yet counts as alive until stop)."""
+        scheduler = self._scheduler
+        return {"recorder": self.recorder.is_alive(),
+                "scheduler": scheduler.running if scheduler is not None else not self.stop_event.is_set()}
+
+    def plot(self, path):
+        """Draw the coverage picture of the window to ``path`` (PNG, atomically); returns a
+        :class:`~gapless.plot.Picture`."""
+        from .plot import check_png_path, draw_coverage
+        check_png_path(path, "path")
+        return draw_coverage(self.series(), self.gaps(), path, title="gapless %s" % self.exchange)
+
     # -- service -------------------------------------------------------------------------------
     def run(self, install_signals=True):
         """Run as a service until SIGTERM/SIGINT; return the exit status (non-zero if a component died)."""
@@ -301,7 +339,9 @@ class Gapless:
                  self.horizon.state()["delay"] // MINUTE_US, self.rebuild_interval, self.storage.redacted_url)
         status = EXIT_OK
         try:
+            self.monitor.start()
             self.recorder.start()
+            self.monitor.ready("recording; initial download")
             try:
                 self.heal()  # the initial download, in the main thread
             except RequestRejectedError:
@@ -311,6 +351,7 @@ class Gapless:
             if not self.stop_event.is_set():
                 self._start_scheduler(first_run_now=False)
             while not self.stop_event.wait(1.0):
+                self.monitor.tick()  # WATCHDOG=1 only while the recorder and the scheduler are alive
                 if not self.recorder.is_alive():
                     log.error("the recorder thread died (%r); exiting so the service manager restarts us",
                               self.recorder.error)
@@ -322,6 +363,7 @@ class Gapless:
                     break
         finally:
             began = time.monotonic()
+            self.monitor.stopping()
             self.stop()
             log.info("stopped in %.1fs", time.monotonic() - began)
         return status

@@ -14,6 +14,7 @@ really stored. It is written in the same transaction as the rows it covers, so i
 than is stored. Coverage times are exchange time: "every message whose timestamp falls in
 ``[start, end)`` (for sampled types: every sample whose interval lies in it) is stored".
 """
+import collections
 import contextlib
 import logging
 import os
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from peewee import SQL, DatabaseError, InterfaceError, OperationalError, SqliteDatabase
 
-from .convert import RowBlock, table_columns
+from .convert import Const, RowBlock, table_columns
 from .exceptions import DatabaseUrlError, StorageError
 from .redaction import redact, url_password
 from .schema import BOOKKEEPING_TABLES, FAMILY_TABLES, SCHEMA_VERSION, make_models, upgrade_statements
@@ -108,6 +109,9 @@ class Storage:
         self._copy_inserter = None  # PostgreSQL bulk inserts (made on first use)
         self._lock = threading.Lock()
         self._tables = set()
+        # rows inserted by this process per (exchange, source, table), for monitoring (gapless_rows_stored_total)
+        self.rows_inserted = collections.Counter()
+        self._tally_lock = threading.Lock()
         self._open(create)
 
     # -- setup ---------------------------------------------------------------------------------
@@ -287,7 +291,7 @@ class Storage:
 
         Returns the number of rows actually inserted (duplicates are ignored, not counted).
         """
-        inserted = 0
+        counts = {}
         tables = [t for t, rows in rows_by_table.items() if rows]
         self.ensure_tables(tables)
         dirty = {}
@@ -297,14 +301,25 @@ class Storage:
             with self.write_transaction():
                 cursor = self.db.cursor()
                 for table in tables:
-                    inserted += self._insert_rows(cursor, table, rows_by_table[table])
+                    counts[table] = self._insert_rows(cursor, table, rows_by_table[table])
                 if claims:
                     self._claim_ranges(claims, dirty)
                     self._upsert_claims(claims)
                 self._mark_dirty(dirty)
         except DRIVER_ERRORS as exc:
             raise StorageError("writing to %s failed: %s" % (self.redacted_url, _clean(exc, self.url))) from exc
-        return inserted
+        self._tally(rows_by_table, counts)
+        return sum(counts.values())
+
+    def _tally(self, rows_by_table, counts):
+        """Count committed inserts per (exchange, source, table); one write holds one run's rows (one
+        exchange, one source), so the first row names them."""
+        with self._tally_lock:
+            for table, inserted in counts.items():
+                if inserted:
+                    # every table's columns start with COMMON_COLUMNS: exchange first, source fifth
+                    key = (_first_value(rows_by_table[table], 0), _first_value(rows_by_table[table], 4), table)
+                    self.rows_inserted[key] += inserted
 
     def bulk_insert(self, model, columns, rows):
         """Fast insert of row tuples into any of our models (inside the caller's transaction).
@@ -486,6 +501,12 @@ def _row_ranges(rows, dirty):
         return
     for row in rows:
         _widen(dirty, (row[0], row[1], row[3], row[4]), row[5] - MINUTE_US, row[5] + 1)
+def _first_value(rows, index):
+    """Column ``index`` of the first row of a :class:`~gapless.convert.RowBlock` or a list of tuples."""
+    if isinstance(rows, RowBlock):
+        column = rows.columns[index]
+        return str(column.value if isinstance(column, Const) else column[0])
+    return str(rows[0][index])
 
 
 class _NullContext:

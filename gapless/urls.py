@@ -28,3 +28,16 @@ def redact_url(url):
     host = parts.netloc.rsplit("@", 1)[-1]
     return urlunsplit((parts.scheme, "%s:***@%s" % (parts.username or "", host), parts.path, parts.query,
                        parts.fragment))
+
+
+def parse_host_port(text, name="--metrics-addr"):
+    """``host:port`` (IPv6 as ``[::1]:port``) as ``(host, port)``; raise :class:`UsageError` naming ``name``."""
+    text = str(text).strip()
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        sep = ""  # an IPv6 address needs brackets: [::1]:9108
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535 or any(c in host for c in " /[]@?#"):
+        raise UsageError("%s: %r is not host:port (e.g. 127.0.0.1:9108)" % (name, text))
+    return host, int(port)

@@ -16,6 +16,16 @@ from tests.fake_tardis import FakeClock, FakeTardisMachine, MarketConfig
 PG_HOST, PG_PORT, PG_USER, PG_ADMIN_DB = "127.0.0.1", 5432, "postgres", "test"
 
 
+def pytest_collection_modifyitems(config, items):
+    """The fast lane (``pytest -m "not slow"``) runs on SQLite: every test that needs PostgreSQL (the
+    ``postgresql`` variant of ``database_url``, or ``pg_database`` itself) is slow. Service processes, fault
+    loops and other long tests carry ``@pytest.mark.slow`` themselves."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if params.get("database_url") == "postgresql" or "pg_database" in item.fixturenames:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def clock():
     """The double's clock, twenty minutes into a UTC day (so replays from 00:00 stay short)."""

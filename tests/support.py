@@ -1,5 +1,5 @@
 """Helpers shared by the tests: fixture files, stores, and feeding captured lines through the parser."""
-import os
+import gzip
 from pathlib import Path
 
 import orjson
@@ -8,20 +8,33 @@ from gapless.ingest import ReplayRequest, RunParser
 from gapless.storage import Storage
 from gapless.timeutil import MINUTE_US, parse_time_arg
 
-FIXTURES = Path(os.environ.get("GAPLESS_FIXTURES",
-                               Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"))
+DATA = Path(__file__).resolve().parent / "data"
 
 
 def fixture_path(name):
-    """Path of a captured tardis-machine file in ``../shared/fixtures``."""
-    path = FIXTURES / name
-    assert path.exists(), "fixture %s missing: ../shared must sit beside the checkout" % path
-    return path
+    """Path of a captured tardis-machine file in ``tests/data`` (stored as ``name`` or ``name.gz``)."""
+    for path in (DATA / name, DATA / (name + ".gz")):
+        if path.exists():
+            return path
+    raise AssertionError("fixture %s missing from %s" % (name, DATA))
+
+
+def fixture_bytes(name):
+    """The bytes of a fixture file, decompressed when it is stored gzipped."""
+    path = fixture_path(name)
+    data = path.read_bytes()
+    return gzip.decompress(data) if path.suffix == ".gz" else data
+
+
+def fixture_names(suffix=".ndjson"):
+    """Names (without ``.gz``) of the fixture files ending in ``suffix``."""
+    names = {p.name[:-3] if p.name.endswith(".gz") else p.name for p in DATA.iterdir()}
+    return sorted(n for n in names if n.endswith(suffix))
 
 
 def fixture_lines(name):
     """Raw lines (bytes, newline stripped) of a fixture file."""
-    return [line.rstrip(b"\n") for line in fixture_path(name).read_bytes().splitlines() if line.strip()]
+    return [line.rstrip(b"\n") for line in fixture_bytes(name).splitlines() if line.strip()]
 
 
 def fixture_messages(name):

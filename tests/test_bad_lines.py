@@ -110,6 +110,7 @@ def first_trade(tm):
     return float("inf")
 
 
+@pytest.mark.slow
 def test_bad_live_frames_are_counted_logged_not_stored_and_not_fatal(clock, store, caplog):
     with FakeTardisMachine(clock=clock, market=MarketConfig(book_rate=30.0, trade_rate=20.0)) as tm:
         recorder = Recorder(store, tm.ws_url, "deribit", SYMBOLS, ["trade"], clock=lambda: tm.clock.now_us() / 1e6)

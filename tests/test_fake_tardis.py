@@ -27,10 +27,9 @@ from tests.fake_tardis.market import symbol_params
 from tests.fake_tardis.normalize import Normalizer
 from tests.fake_tardis.options import parse_options
 from tests.fake_tardis.render import js_number, parse_ts_us, render_message
+from tests.support import fixture_bytes, fixture_names
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = next((p for p in (REPO.parent / "shared" / "fixtures", Path("/work/shared/fixtures")) if p.is_dir()),
-                REPO.parent / "shared" / "fixtures")
 UTC = timezone.utc
 DAY = datetime(2026, 11, 25, tzinfo=UTC)
 BOTH = ["BTC-PERPETUAL", "ETH-PERPETUAL"]
@@ -41,7 +40,7 @@ REPLAY_LOCAL = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 
 # -- helpers ---------------------------------------------------------------------------
 def fixture_lines(name: str) -> list[str]:
-    return (FIXTURES / name).read_text().splitlines()
+    return fixture_bytes(name).decode().splitlines()
 
 
 def machine(minutes: float = 25, **kw) -> FakeTardisMachine:
@@ -95,7 +94,7 @@ def tm20():
 
 
 # -- rendering: byte-exact against every fixture line -------------------------------------
-@pytest.mark.parametrize("name", sorted(p.name for p in FIXTURES.glob("*.ndjson")))
+@pytest.mark.parametrize("name", fixture_names(".ndjson"))
 def test_render_reproduces_fixture_lines(name):
     for line in fixture_lines(name):
         assert render_message(json.loads(line)) == line
@@ -319,9 +318,9 @@ def test_replay_outage_mirrors_disconnect_fixture():
 def test_unknown_exchange_error_like_fixture(tm20):
     r = replay(tm20, dict(opts(), exchange="deribitx"))
     assert r.status_code == 500
-    assert r.content == (FIXTURES / "replay_error_unknown_exchange.json").read_bytes().strip()
+    assert r.content == fixture_bytes("replay_error_unknown_exchange.json").strip()
     fixture_headers = dict(line.split(": ", 1) for line in
-                           (FIXTURES / "replay_error_unknown_exchange.headers").read_text().splitlines()[1:] if line)
+                           fixture_bytes("replay_error_unknown_exchange.headers").decode().splitlines()[1:] if line)
     for k in ("Content-Type", "Connection", "Keep-Alive", "Content-Length"):
         assert r.headers[k] == fixture_headers[k]
 

@@ -215,6 +215,7 @@ def fast_tardis():
         yield machine
 
 
+@pytest.mark.slow
 def test_tardis_machine_restarted_during_live_recording(fast_tardis, database_url):
     tm = fast_tardis
     types = ["trade", "quote", "quote_1m"]

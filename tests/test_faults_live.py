@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 import orjson
 import pandas as pd
 import psutil
+import pytest
 
 from gapless.download import Downloader
 from gapless.recorder import Recorder
@@ -37,6 +38,7 @@ def rss_mb():
 
 
 # -- 3. the exchange side drops again and again -------------------------------------------------------
+@pytest.mark.slow
 def test_repeated_exchange_drops_keep_one_connection_leak_nothing_and_every_hole_is_reported_then_healed(tmp_path):
     speed, drops, types = 6.0, 10, ["quote", "trade", "quote_1m"]
     clock = FakeClock(start=datetime(2026, 11, 25, 0, 20, tzinfo=timezone.utc), speed=speed)
@@ -108,6 +110,7 @@ def test_repeated_exchange_drops_keep_one_connection_leak_nothing_and_every_hole
         store.close()
 
 
+@pytest.mark.slow
 def test_refused_reconnects_back_off_and_leave_no_socket_or_thread_behind(tardis, tmp_path):
     store = Storage("sqlite:///%s" % (tmp_path / "g.db"))
     recorder = Recorder(store, tardis.ws_url, "deribit", SYMBOLS, ["trade", "quote"],
@@ -193,6 +196,7 @@ def test_a_long_read_transaction_never_makes_the_recorder_fail_or_fall_behind(da
 
 
 # -- 8. running across midnight --------------------------------------------------------------------------
+@pytest.mark.slow
 def test_running_across_midnight_leaves_no_gap_at_the_day_boundary(database_url, tmp_path):
     clock = FakeClock(start=datetime(2026, 11, 25, 23, 58, 30, tzinfo=timezone.utc), speed=30.0)
     types = ["quote_1m", "trade", "trade_bar_1m"]

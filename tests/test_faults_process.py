@@ -25,6 +25,9 @@ from tests.service_process import (ROOT, SYMBOLS, TYPES, kill_service, run_statu
                                    stop_service)
 from tests.support import wait_until
 
+# service processes killed, stopped and starved of disk in loops: the full suite only, not the fast lane
+pytestmark = pytest.mark.slow
+
 START = datetime(2026, 11, 25, 0, 20, tzinfo=timezone.utc)
 
 

@@ -54,6 +54,35 @@ def test_several_services_creating_the_schema_at_once_do_not_collide(pg_url):
         store.close()
 
 
+def _publish(url, barrier, results):
+    from gapless.stitch import publish
+    try:
+        store = Storage(url)
+        barrier.wait(30)
+        publish(store, "deribit", {}, {}, 0, 60_000_000)  # creates the published-series tables
+        store.close()
+        results.put("ok")
+    except Exception as exc:  # reported to the test, which shows it
+        results.put(repr(exc))
+
+
+def test_several_services_publishing_their_first_series_at_once_do_not_collide(pg_database):
+    # three services starting together publish their first rebuild at about the same moment: each one's
+    # CREATE TABLE IF NOT EXISTS of the series tables must not fail on another's (found by the 3-service test)
+    context = multiprocessing.get_context("spawn")
+    for _ in range(3):
+        url = pg_schema_url(pg_database)[1]
+        Storage(url).close()  # the base schema exists, as after the services' start
+        barrier, results = context.Barrier(6), context.Queue()
+        processes = [context.Process(target=_publish, args=(url, barrier, results)) for _ in range(6)]
+        for process in processes:
+            process.start()
+        outcomes = [results.get(timeout=60) for _ in processes]
+        for process in processes:
+            process.join(30)
+        assert outcomes == ["ok"] * 6
+
+
 def _status(tardis, url, cwd, symbol):
     env = service_env(tardis, url, symbols=[symbol], data_types=["trade", "quote_1m"], GAPLESS_LOOKBACK="5m")
     result = subprocess.run([sys.executable, str(ROOT / "run.py"), "status", "--json"], cwd=cwd, env=env,

@@ -50,6 +50,7 @@ def as_counter(rows_by_table):
     return {t: Counter(rows) for t, rows in rows_by_table.items()}
 
 
+@pytest.mark.slow
 def test_every_received_frame_is_stored_across_types(busy_tardis, store):
     recorder = make_recorder(store, busy_tardis)
     with recorder:
@@ -68,6 +69,7 @@ def test_every_received_frame_is_stored_across_types(busy_tardis, store):
     assert len(connection.sent) - health["frames_received"] < 50
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["close", "reset"])
 def test_a_dropped_connection_is_reconnected_and_the_gap_matches_the_outage(busy_tardis, store, mode):
     recorder = make_recorder(store, busy_tardis, types=["quote", "trade"])
@@ -110,6 +112,7 @@ def test_a_dropped_connection_is_reconnected_and_the_gap_matches_the_outage(busy
     assert after["start"] == first_after
 
 
+@pytest.mark.slow
 def test_a_disconnect_message_closes_the_segment_at_its_timestamp(busy_tardis, store):
     recorder = make_recorder(store, busy_tardis, types=["quote", "trade_bar_1s"])
     with recorder:
@@ -205,6 +208,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 def test_a_killed_recorder_leaves_a_database_the_next_start_repairs(busy_tardis, database_url, tmp_path):
     script = tmp_path / "record.py"
     script.write_text(RECORD_SCRIPT % os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

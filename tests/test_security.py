@@ -66,6 +66,7 @@ def pg_url(pg_database):
 
 
 # -- secrets -------------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("level", ["INFO", "DEBUG"])
 def test_the_api_key_and_the_database_password_never_appear_in_any_output(tardis, pg_url, tmp_path, level):
     # downloads run in worker processes (GAPLESS_WORKERS=1, the default) and in the main process (0)
@@ -210,6 +211,7 @@ def test_the_listening_socket_check_finds_a_listener():
     assert {f[0] for f in found} == {"psutil", "proc"}, found
 
 
+@pytest.mark.slow
 def test_the_service_opens_no_listening_socket(tardis, tmp_path):
     service = start_service(tardis, "sqlite:///%s" % (tmp_path / "g.db"), tmp_path, GAPLESS_WORKERS="1",
                             GAPLESS_LOOKBACK="15m", GAPLESS_REBUILD_INTERVAL="1s")

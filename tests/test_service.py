@@ -88,6 +88,7 @@ def test_a_fresh_start_reports_gaps_then_becomes_gapless_with_replay_then_live(f
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".series.parquet")]  # no temp file left
 
 
+@pytest.mark.slow
 def test_live_and_replay_agree_and_a_forced_disagreement_is_reported(fast_tardis, database_url):
     fast_tardis.perturb("live", "BTC-PERPETUAL", at("00:21:00"), factor=1.01)
     gapless = make_gapless(database_url, fast_tardis, data_types=["trade", "trade_bar_1m"])
@@ -108,6 +109,7 @@ def test_live_and_replay_agree_and_a_forced_disagreement_is_reported(fast_tardis
     assert status[("BTC-PERPETUAL", "trade")]["count"] == 1
 
 
+@pytest.mark.slow
 def test_a_live_outage_is_healed_by_replay(fast_clock, database_url):
     outage = Outage(at("00:21:10"), at("00:21:40"))
     with FakeTardisMachine(clock=fast_clock, live_outages=[outage], availability_delay=timedelta(seconds=5)) as tm:
@@ -141,6 +143,7 @@ def test_an_outage_in_history_is_filled_from_live_data(fast_clock, database_url)
         assert sources["00:20"] == "replay", key
 
 
+@pytest.mark.slow
 def test_the_history_delay_adapts_to_what_the_server_refuses(fast_clock, tmp_path):
     # the server has history only up to now - 3 min; gapless starts believing 10 s
     with FakeTardisMachine(clock=fast_clock, availability_delay=timedelta(minutes=3)) as tm:
@@ -157,6 +160,7 @@ def test_the_history_delay_adapts_to_what_the_server_refuses(fast_clock, tmp_pat
         assert gapless.status()["history_delay_minutes"] >= 3
 
 
+@pytest.mark.slow
 def test_get_data_without_gap_returns_a_gapless_frame(fast_tardis, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with warnings.catch_warnings():
@@ -192,6 +196,7 @@ def all_gapless(tardis, database_url, tmp_path):
     return status is not None and all(s["gapless"] for s in status["streams"])
 
 
+@pytest.mark.slow
 def test_sigkill_then_restart_reports_the_downtime_heals_it_and_downloads_only_what_was_missed(
         fast_tardis, database_url, tmp_path):
     service = start_service(fast_tardis, database_url, tmp_path)
@@ -235,6 +240,7 @@ def test_sigkill_then_restart_reports_the_downtime_heals_it_and_downloads_only_w
                 assert start >= max(ends) - 60 * 10 ** 6, (record.from_, symbol, data_type)
 
 
+@pytest.mark.slow
 def test_sigterm_under_load_exits_0_quickly_with_every_received_frame_stored(clock, tmp_path):
     with FakeTardisMachine(clock=clock, market=MarketConfig(book_rate=300.0, trade_rate=100.0),
                            availability_delay=timedelta(seconds=5)) as tardis:
@@ -294,6 +300,7 @@ print(json.dumps({"reads": reads, "sizes": sorted(sizes), "errors": errors}))
 """
 
 
+@pytest.mark.slow
 def test_a_reader_process_reads_while_the_service_writes(fast_tardis, tmp_path):
     database_url = "sqlite:///%s" % (tmp_path / "g.db")
     service = start_service(fast_tardis, database_url, tmp_path)

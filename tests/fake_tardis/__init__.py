@@ -2,7 +2,7 @@
 
 ``FakeTardisMachine`` serves ``/replay-normalized`` (HTTP) and ``/ws-stream-normalized``
 (websocket, on a second port) on 127.0.0.1 from a deterministic synthetic market, printing
-the same bytes the real server prints (see the fixtures in shared/fixtures), with switches
+the same bytes the real server prints (see the captured fixtures in tests/data), with switches
 to inject faults::
 
     from tests.fake_tardis import FakeTardisMachine, FakeClock, MarketConfig, Outage
