@@ -251,6 +251,7 @@ class RefreshResult:
 
     ranges: dict = field(default_factory=dict)
     overlay: dict = field(default_factory=dict)
+    errors: dict = field(default_factory=dict)  # {(exchange, symbol, data_type): why it could not be refreshed}
     seconds: float = 0.0
 
     @property
@@ -268,15 +269,15 @@ class MinuteStore:
 
     # -- refreshing --------------------------------------------------------------------------------
     def pending(self, streams=None):
-        """Dirty ranges waiting, merged: ``({(exchange, symbol, data_type, source): [(lo, hi)]}, ids)``.
+        """Dirty ranges waiting, merged: ``{(exchange, symbol, data_type, source): ([(lo, hi)], ids)}``.
 
         ``streams`` limits it to those (exchange, symbol, data_type); others are left for their owners.
         """
         if not self.storage.has_table("dirty_rows"):
-            return {}, []
+            return {}
         dirty = self.models["dirty_rows"]
         wanted = None if streams is None else {tuple(s) for s in streams}
-        spans, ids = {}, []
+        spans = {}
         for row in dirty.select().tuples().iterator():
             ident, exchange, symbol, data_type, source, lo, hi = row
             if wanted is not None and (exchange, symbol, data_type) not in wanted:
@@ -285,35 +286,42 @@ class MinuteStore:
                 parse_data_type(data_type)
             except GaplessError:
                 continue  # not a data type of ours (written by something else): leave it
+            ranges, ids = spans.setdefault((exchange, symbol, data_type, source), ([], []))
+            ranges.append((floor_minute(lo), ceil_minute(hi)))
             ids.append(ident)
-            spans.setdefault((exchange, symbol, data_type, source), []).append((floor_minute(lo), ceil_minute(hi)))
-        return {key: _merge(ranges) for key, ranges in spans.items()}, ids
+        return {key: (_merge(ranges), ids) for key, (ranges, ids) in spans.items()}
 
     def refresh(self, streams=None, persist=True):
         """Recompute the aggregates of the dirty ranges of ``streams`` (all when None).
 
         ``persist``: write them (and the ranges to ``dirty_series``) and consume the dirty marks; else keep
-        them in the returned overlay and write nothing (readers).
+        them in the returned overlay and write nothing (readers). A stream whose rows cannot be aggregated
+        (e.g. a value that is not a number) is reported in ``errors`` and keeps its dirty marks; the others
+        are refreshed all the same.
         """
         import time
         began = time.monotonic()
-        spans, ids = self.pending(streams)
         result = RefreshResult()
-        for key, ranges in spans.items():
+        for key, (ranges, ids) in self.pending(streams).items():
             data_type = parse_data_type(key[2])
             if data_type.family == "book_change":
-                continue  # stored for download users; it has no minute series (see datatypes.series_check)
-            for lo, hi in ranges:
-                for a in range(lo, hi, CHUNK_US):
-                    b = min(hi, a + CHUNK_US)
-                    frame = self._compute(key, data_type, a, b)
-                    if persist:
-                        self._store(key, a, b, frame)
-                    else:
-                        result.overlay.setdefault(key, []).append((a, b, frame))
+                continue  # stored for download users; it has no minute series (see datatypes.series_problem)
+            try:
+                for lo, hi in ranges:
+                    for a in range(lo, hi, CHUNK_US):
+                        b = min(hi, a + CHUNK_US)
+                        frame = self._compute(key, data_type, a, b)
+                        if persist:
+                            self._store(key, a, b, frame)
+                        else:
+                            result.overlay.setdefault(key, []).append((a, b, frame))
+            except Exception as exc:  # one stream's bad rows must not keep the others from being refreshed
+                log.exception("aggregating %s %s %s (%s) failed", *key)
+                result.errors[key[:3]] = "%s: %s" % (exc.__class__.__name__, exc)
+                continue
             result.ranges[key] = ranges
-        if persist and ids:
-            self._consume(ids)
+            if persist and ids:
+                self._consume(ids)
         result.seconds = time.monotonic() - began
         return result
 

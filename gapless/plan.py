@@ -56,19 +56,23 @@ def plan_wanted(storage, exchange, wanted, now_us=None, limit=None):
         held, tails = ledger.held_back(ledger.entries(storage, exchange, symbol, data_type.name), now_us, anchors,
                                        reach)
         need = merge((floor_minute(a), ceil_minute(b)) for a, b in subtract(subtract(ranges, covered), held))
-        # a quiet tail due again is asked past its end, further each time, so the next event shows up
-        further = {}
-        for a, b, attempts in tails:
-            if any(x <= a < y for x, y in need):
-                far = b + ledger.tail_reach(attempts)
-                further[a] = min(far, limit) if limit is not None else far
         if not need:
             continue
+
+        def further(a, b):
+            """A quiet tail due again is asked past its end, further each time, so the next event shows up."""
+            reach = b
+            for x, y, attempts in tails:
+                if a <= x < b:
+                    far = y + ledger.tail_reach(attempts)
+                    reach = max(reach, min(far, limit) if limit is not None else far)
+            return reach
+
         if data_type.book_derived:
             ends = {}
             for a, b in split(need, DAY_US):
                 day = floor_day(a)
-                ends[day] = max(ends.get(day, 0), further.get(a, b), b)
+                ends[day] = max(ends.get(day, 0), further(a, b))
             for day, b in ends.items():
                 groups.setdefault((day, day, b, False), set()).add((symbol, data_type.name))
                 prefix = _covered_prefix(covered, day)
@@ -76,7 +80,7 @@ def plan_wanted(storage, exchange, wanted, now_us=None, limit=None):
                     skips[(day, symbol, data_type.name)] = prefix
         else:
             for a, b in split(need, DAY_US):
-                b = max(b, further.get(a, b))
+                b = further(a, b)
                 anchored = anchors(a)
                 known = anchored and any(x <= a - START_MARGIN_US and y >= a for x, y in covered)
                 # anchored: a minute back is enough for tardis' local-time ``from`` not to cut the wanted range;

@@ -66,10 +66,12 @@ def _short(streams, key):
     return key[1:] if len({k[0] for k in streams}) == 1 else key
 
 
-def publish(storage, streams, start, end, now_us=None, full=False):
+def publish(storage, streams, start, end, now_us=None, full=False, errors=None):
     """Publish ``streams`` (``[(exchange, symbol, data_type)]``) over the window ``[start, end)``.
 
-    Only what changed is recomputed (``full`` recomputes the whole window). Returns a RebuildReport.
+    Only what changed is recomputed (``full`` recomputes the whole window). ``errors``: streams whose minute
+    store could not be refreshed (they keep what was published, marked with the error). Returns a
+    RebuildReport.
     """
     began = time.monotonic()
     start, end = floor_minute(start), ceil_minute(end)
@@ -78,6 +80,10 @@ def publish(storage, streams, start, end, now_us=None, full=False):
     report = RebuildReport()
     for exchange, symbol, name in streams:
         key = (exchange, symbol, name)
+        if errors and key in errors:
+            report.streams[key] = StreamResult(error=errors[key])
+            _record_error(storage, key, start, end, now_us, errors[key])
+            continue
         try:
             report.streams[key] = _publish_stream(storage, reader, key, start, end, now_us, full)
         except Exception as exc:  # one stream's failure must not keep the others from being published
@@ -291,8 +297,8 @@ def rebuild(storage, exchange, symbols, data_types, start, end, export=None, now
     from .minutes import MinuteStore
     streams = [(exchange, s, parse_data_type(d).name if isinstance(d, str) else d.name)
                for s in symbols for d in data_types]
-    MinuteStore(storage).refresh(streams)
-    report = publish(storage, streams, start, end, now_us=now_us, full=full)
+    refreshed = MinuteStore(storage).refresh(streams)
+    report = publish(storage, streams, start, end, now_us=now_us, full=full, errors=refreshed.errors)
     if export:
         export_frames(published_frames(storage, streams), exchange, export)
     for key, result in report.streams.items():

@@ -89,6 +89,9 @@ def gap_reason(rows, ledger, gap_start, gap_end, claim_limit, now_us, covered_so
         entry = next(e for e in overlapping if e["reason"] == "history_outage")
         return "history_outage", False, entry["retry_at"]
     before = [r for r in rows if gap_start - REASON_WINDOW_US <= r["end"] <= gap_start + MINUTE_US]
+    if any(r["source"] == "replay" and r["end_reason"] == "disconnect" for r in before) and \
+            not any(r["source"] == "live" for r in before):
+        return "history_outage", False, None  # the history recorder's own disconnect, nothing recorded it live
     if any(r["source"] == "live" and r["end_reason"] == "disconnect" for r in before):
         return "disconnect", gap_end <= claim_limit, None
     if any(r["source"] == "live" for r in before):

@@ -71,7 +71,7 @@ def test_the_picture_has_the_source_colour_at_each_minute(tmp_path):
     assert_colour(image, picture.minute_pixel(quote, us("2026-11-24T13:33")), "missing")
     assert_colour(image, picture.minute_pixel(quote, us("2026-11-24T13:40")), "replay")
     # the gap the picture labels, with its reason
-    assert gaps[("trade", "13:37")] == "disconnect"
+    assert gaps[("trade", "13:37")] == "history_outage"  # tardis' own recording dropped there
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".coverage.png")]  # no temporary file left
     assert path.stat().st_mode & 0o777 == 0o644  # readable by whoever serves or views it
 

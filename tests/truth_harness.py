@@ -149,7 +149,7 @@ def run(schedule, tmp_path, checkpoint_every=4):
             for i, step in enumerate(schedule.steps):
                 while events and events[0][0] <= step:
                     at, kind, detail = events.pop(0)
-                    _advance(clock, machine, at, [service.recorder] + ([second] if second else []))
+                    advance(clock, machine, at, [service.recorder] + ([second] if second else []))
                     if kind == "live":
                         if detail == "exchange":
                             machine.exchange_drop(2.0)
@@ -165,7 +165,7 @@ def run(schedule, tmp_path, checkpoint_every=4):
                         second.stop()
                         second.storage.close()
                         second = None
-                _advance(clock, machine, step, [service.recorder] + ([second] if second else []))
+                advance(clock, machine, step, [service.recorder] + ([second] if second else []))
                 service.heal()
                 if i % checkpoint_every == checkpoint_every - 1:
                     result.checkpoints.append(_snapshot(service))
@@ -204,8 +204,12 @@ def _recorder(schedule, machine, database_url):
                     clock=lambda: machine.clock.now_us() / 1e6, **_RECORDER_OPTIONS)
 
 
-def _advance(clock, machine, to_us, recorders):
-    """Move the clock to ``to_us`` in small steps and wait until the recorders stored what was sent."""
+def advance(clock, machine, to_us, recorders):
+    """Move the clock to ``to_us`` in small steps and wait until the recorders stored what was sent.
+
+    First the recorders must be connected: a subscription made after the clock moved would start later.
+    """
+    _settle(machine, recorders)
     while clock.now_us() < to_us:
         clock.set(min(to_us, clock.now_us() + 60_000_000))
         _settle(machine, recorders)
