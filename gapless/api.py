@@ -16,7 +16,7 @@ class GapWarning(UserWarning):
 
 def get_data_without_gap(exchange, symbols, data_types, lookback="1d", recording_warmup_seconds=1200.0, *,
                          database_url=None, tardis_url=None, tardis_ws_url=None, api_key=None, history_delay=None,
-                         workers=0, poll_seconds=2.0, now=None, recorder_options=None):
+                         workers=0, concurrency=None, poll_seconds=2.0, now=None, recorder_options=None):
     """Record, download history and wait until the minute series is gapless up to now; return it.
 
     Blocks. Starts recording ``exchange``'s ``symbols`` and ``data_types`` (lists or comma-separated),
@@ -34,7 +34,7 @@ def get_data_without_gap(exchange, symbols, data_types, lookback="1d", recording
     settings = load_settings(exchange=exchange, symbols=_joined(symbols), data_types=_joined(data_types),
                              lookback=lookback, database_url=database_url, tardis_url=tardis_url,
                              tardis_ws_url=tardis_ws_url, api_key=api_key, history_delay=history_delay,
-                             workers=workers)
+                             workers=workers, concurrency=concurrency)
     for message in settings.warnings:
         log.warning(message)
     options = {"now": now} if now else {}
@@ -46,7 +46,7 @@ def get_data_without_gap(exchange, symbols, data_types, lookback="1d", recording
     try:
         frames = None
         while True:
-            gapless.heal(download=True, publish=False)
+            gapless.heal()
             frames = gapless.series()
             if gapless.is_gapless(frames):
                 log.info("series is gapless over %s .. %s", *map(iso, gapless.window()))
@@ -56,13 +56,21 @@ def get_data_without_gap(exchange, symbols, data_types, lookback="1d", recording
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            time.sleep(min(poll_seconds, remaining))
+            # the next pass: soon (the live recording grows), or right when history reaches the gap
+            wait = min(poll_seconds, remaining)
+            due = gapless.next_pass_due()
+            reach = gapless.wall_seconds_until(due) if due is not None else None
+            if reach is not None and 0 < reach < wait:
+                wait = reach
+            time.sleep(max(0.05, wait))
         missing = {key: int(frame["missing"].sum()) for key, frame in frames.items() if frame["missing"].any()}
         text = ", ".join("%s %s: %d" % (s, d, n) for (s, d), n in sorted(missing.items()))
+        delay = gapless.horizon.state()["delay"]
         message = ("get_data_without_gap: still %d missing minute(s) after the %.0fs warm-up (%s); they are "
-                   "flagged (missing=True, source='missing'), not filled. History reaches now minus ~%d min; "
-                   "recording must overlap it." % (sum(missing.values()), recording_warmup_seconds, text,
-                                                   gapless.horizon.state()["delay"] // MINUTE_US))
+                   "flagged (missing=True, source='missing'), not filled. History reaches now minus %.0fs "
+                   "(measured); the recording must overlap it, so a warm-up of at least the history delay plus "
+                   "two minutes is needed after a cold start." % (sum(missing.values()), recording_warmup_seconds,
+                                                                  text, delay / 1e6))
         log.warning(message)
         warnings.warn(message, GapWarning, stacklevel=2)
         return frames

@@ -66,6 +66,8 @@ def build_parser():
                               description="Download replay data for [--from, --to) into the database. Ranges "
                                           "already stored are not downloaded again.")
     _streams(download)
+    download.add_argument("--concurrency", type=int, help="replay requests in flight at once (GAPLESS_CONCURRENCY, "
+                                                          "default 8)")
     download.add_argument("--workers", type=int, help="parallel download processes (GAPLESS_WORKERS, default 1; "
                                                       "0 = all in this process)")
     download.add_argument("--history-delay", help="how far history lags now, e.g. 15m (GAPLESS_HISTORY_DELAY); "
@@ -117,6 +119,7 @@ def _service_flags(parser):
     parser.add_argument("--rebuild-interval", help="healing/rebuild period, e.g. 60s (GAPLESS_REBUILD_INTERVAL)")
     parser.add_argument("--export", help="also write the series to this .csv/.parquet file (GAPLESS_EXPORT)")
     parser.add_argument("--workers", type=int, help="parallel download processes (GAPLESS_WORKERS)")
+    parser.add_argument("--concurrency", type=int, help="replay requests in flight at once (GAPLESS_CONCURRENCY)")
     parser.add_argument("--plot", help="rewrite this coverage picture (.png) after every rebuild (GAPLESS_PLOT)")
     parser.add_argument("--metrics-addr", help="serve /metrics and /health on host:port, e.g. 127.0.0.1:9108 "
                                                "(GAPLESS_METRICS_ADDR; default: no listener)")
@@ -124,7 +127,8 @@ def _service_flags(parser):
 
 def _settings(args):
     overrides = {key: getattr(args, key, None) for key in (
-        "tardis_url", "tardis_ws_url", "database_url", "api_key", "exchange", "log_level", "workers", "lookback",
+        "tardis_url", "tardis_ws_url", "database_url", "api_key", "exchange", "log_level", "workers", "concurrency",
+        "lookback",
         "history_delay", "rebuild_interval", "export", "plot", "metrics_addr")}
     overrides["symbols"] = getattr(args, "symbols", None)
     overrides["data_types"] = getattr(args, "data_types", None)
@@ -174,7 +178,8 @@ def cmd_download(args, settings, now_us):
     storage = Storage(settings.database_url)
     try:
         downloader = Downloader(storage, settings.tardis_url, api_key=settings.api_key or None,
-                                workers=settings.workers, progress=False if args.no_progress else None)
+                                workers=settings.workers, concurrency=settings.concurrency,
+                                progress=False if args.no_progress else None)
         report = downloader.download(settings.exchange, settings.symbols, data_types, start, end)
     finally:
         storage.close()
@@ -244,9 +249,9 @@ def cmd_status(args, settings, now_us, gaps_only=False):
 
     storage = Storage(settings.database_url, create=False)
     try:
-        delay = _stored_history_delay(storage, settings)
+        horizon = stored_horizon(storage, settings.exchange, settings.history_delay)
         report = status_report(storage, [(settings.exchange, settings.symbols, settings.data_types)],
-                               settings.lookback, {settings.exchange: {"delay": delay}}, now_us)
+                               settings.lookback, {settings.exchange: horizon}, now_us)
     finally:
         storage.close()
     if gaps_only:
@@ -277,13 +282,14 @@ def cmd_plot(args, settings, now_us):
     data_types = parse_data_types(settings.data_types)
     storage = Storage(settings.database_url, create=False)
     try:
-        reader = Reader(storage, [(settings.exchange, s, d.name) for s in settings.symbols for d in data_types])
-        frames = series(storage, settings.exchange, settings.symbols, data_types, start, end, reader=reader)
         claim_limit = floor_minute(now_us - _stored_history_delay(storage, settings)) - MINUTE_US
-        gaps = [dict(gap, symbol=symbol, data_type=data_type)
-                for symbol, data_type in frames
-                for gap in stream_status(reader, settings.exchange, symbol, data_type, start, end, claim_limit,
-                                         now_us)["gaps"]]
+        streams = [(settings.exchange, s, d.name) for s in settings.symbols for d in data_types]
+        with Reader(storage, streams) as reader:
+            frames = series(storage, settings.exchange, settings.symbols, data_types, start, end, reader=reader)
+            gaps = [dict(gap, symbol=symbol, data_type=data_type)
+                    for symbol, data_type in frames
+                    for gap in stream_status(reader, settings.exchange, symbol, data_type, start, end, claim_limit,
+                                             now_us)["gaps"]]
     finally:
         storage.close()
     picture = draw_coverage(frames, gaps, args.out, title="gapless %s" % settings.exchange)
@@ -293,11 +299,21 @@ def cmd_plot(args, settings, now_us):
     return 0
 
 
-def _stored_history_delay(storage, settings):
-    """The history delay the service learnt (stored in the database), else the configured one."""
+def stored_horizon(storage, exchange, default_delay):
+    """``{"delay", "measured_at"}`` the service last used for an exchange (stored in the database)."""
     meta = storage.models["meta"]
-    row = meta.get_or_none(meta.key == "history_delay_us:%s" % settings.exchange)
-    return int(row.value) if row is not None else settings.history_delay
+    values = {}
+    for name, key in (("delay", "history_delay_us:%s"), ("measured_at", "history_measured_at:%s")):
+        row = meta.get_or_none(meta.key == key % exchange)
+        values[name] = int(row.value) if row is not None else None
+    if values["delay"] is None:
+        values["delay"] = default_delay
+    return values
+
+
+def _stored_history_delay(storage, settings):
+    """The history delay the service measured (stored in the database), else the configured one."""
+    return stored_horizon(storage, settings.exchange, settings.history_delay)["delay"]
 
 
 def cmd_gaps(args, settings, now_us):

@@ -37,6 +37,7 @@ DEFAULTS = {
     "rebuild_interval": ("GAPLESS_REBUILD_INTERVAL", "60s"),
     "export": ("GAPLESS_EXPORT", ""),
     "workers": ("GAPLESS_WORKERS", "1"),
+    "concurrency": ("GAPLESS_CONCURRENCY", "8"),
     "log_level": ("GAPLESS_LOG_LEVEL", "INFO"),
     # monitoring (gapless.monitor): a picture rewritten after each rebuild, and a metrics/health listener
     "plot": ("GAPLESS_PLOT", ""),
@@ -63,6 +64,7 @@ class Settings:
     rebuild_interval: int
     export: str
     workers: int
+    concurrency: int
     log_level: str
     test_clock: str
     plot: str = ""
@@ -173,6 +175,13 @@ def _validate(values, warnings):
         raise ConfigurationError("%s: %r is not a whole number" % (label("workers"), text("workers"))) from None
     if not 0 <= workers <= 32:
         raise ConfigurationError("%s: %d workers is outside 0..32" % (label("workers"), workers))
+    try:
+        concurrency = int(text("concurrency"))
+    except (TypeError, ValueError):
+        raise ConfigurationError("%s: %r is not a whole number" % (label("concurrency"), text("concurrency"))) \
+            from None
+    if not 1 <= concurrency <= 64:
+        raise ConfigurationError("%s: %d concurrent requests is outside 1..64" % (label("concurrency"), concurrency))
     log_level = str(text("log_level")).strip().upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigurationError("%s: %r is not DEBUG, INFO, WARNING or ERROR" % (label("log_level"), log_level))
@@ -187,7 +196,8 @@ def _validate(values, warnings):
     return Settings(tardis_url=tardis_url, tardis_ws_url=ws_url, database_url=database_url,
                     api_key=str(text("api_key") or "").strip(), exchange=exchange, symbols=symbols,
                     data_types=data_types, lookback=lookback, history_delay=history_delay,
-                    rebuild_interval=rebuild_interval, export=export, workers=workers, log_level=log_level,
+                    rebuild_interval=rebuild_interval, export=export, workers=workers, concurrency=concurrency,
+                    log_level=log_level,
                     test_clock=test_clock, plot=plot, metrics_addr=metrics_addr, warnings=warnings)
 
 

@@ -56,14 +56,16 @@ class HealingPlanner:
         self.asked = {}  # {(exchange, symbol, data_type, day): when a from-00:00 request was last planned}
         self.counts = {}  # {(exchange, symbol, data_type, day): from-00:00 requests planned}
 
-    def wanted(self, sources_of, exchange, symbols, data_types, start, limit, now_us, held_of=None):
+    def wanted(self, sources_of, exchange, symbols, data_types, start, limit, now_us, held_of=None, end=None):
         """``{(symbol, DataType): [(start, end)]}`` to download this pass.
 
         ``sources_of(symbol, data_type, a, b)`` gives the per-minute sources ('replay', 'live', 'missing')
         of ``[a, b)`` as the series decides them; ``held_of(symbol, data_type)`` the ranges the replay
-        ledger holds back now (a history outage is a gap that asking again does not heal).
+        ledger holds back now (a history outage is a gap that asking again does not heal); ``end`` is the
+        series window's end (what lies between the history horizon and it tells whether a gap has ended).
         """
         self._held_of = held_of or (lambda symbol, data_type: [])
+        end = max(limit, end or limit)
         wanted = {}
         for symbol in symbols:
             for name in data_types:
@@ -75,25 +77,46 @@ class HealingPlanner:
                     continue
                 ranges = []
                 for day in range(floor_day(start), limit, DAY_US):
-                    ranges += self._book_day(sources_of, exchange, symbol, data_type, day, start, limit, now_us)
+                    ranges += self._book_day(sources_of, exchange, symbol, data_type, day, start, limit, end,
+                                             now_us)
                 if ranges:
                     wanted[(symbol, data_type)] = ranges
         return wanted
 
-    def _book_day(self, sources_of, exchange, symbol, data_type, day, start, limit, now_us):
+    def next_reach(self, sources_of, symbols, data_types, start, limit, end, held_of=None):
+        """The claim limit at which history will reach the next gap that has ended (None if no such gap).
+
+        A pass planned for when the claim limit gets there heals it at once (e.g. the stretch between a
+        cold start's history and the live recording).
+        """
+        held_of = held_of or (lambda symbol, data_type: [])
+        reach = None
+        for symbol in symbols:
+            for name in data_types:
+                if end <= start:
+                    continue
+                sources = sources_of(symbol, name, start, end)
+                for x, y in subtract(_runs(sources, start, ("missing",)), held_of(symbol, name)):
+                    if limit < y < end:  # ended (something covers the minute after it), not reached yet
+                        reach = y if reach is None else min(reach, y)
+        return reach
+
+    def _book_day(self, sources_of, exchange, symbol, data_type, day, start, limit, end, now_us):
         a, b = max(start, day), min(limit, day + DAY_US)
         if b <= a:
             return []
-        sources = sources_of(symbol, data_type.name, a, b)
+        c = min(end, day + DAY_US)
+        sources = sources_of(symbol, data_type.name, a, c)
         held = self._held_of(symbol, data_type.name)
-        not_replay = subtract(_runs(sources, a, ("live", "missing")), held)
+        not_replay = subtract(_runs(sources[:(b - a) // MINUTE_US], a, ("live", "missing")), held)
         if not not_replay:
             return []
         key = (exchange, symbol, data_type.name, day)
         last = self.asked.get(key)
         missing = subtract(_runs(sources, a, ("missing",)), held)
-        ended = [(x, y) for x, y in missing if y < b]
-        running = [(x, y) for x, y in missing if y >= b]
+        # a gap that has ended (something covers the minute after it) and that history reaches whole
+        ended = [(x, y) for x, y in missing if x < b and y <= b and y < c]
+        running = [(x, y) for x, y in missing if x < b and (y > b or y >= c)]
         if b == day + DAY_US:
             why = "the day is over"
         elif last is None:
@@ -101,7 +124,7 @@ class HealingPlanner:
         elif ended:
             why = "history reaches a whole gap"  # heal it, and upgrade the rest on the way
         elif running and now_us - last >= self.frontier_refresh:
-            why = "a gap runs up to the history horizon"
+            why = "a gap runs past the history horizon"
         elif now_us - last >= self.upgrade_interval:
             why = "upgrading live minutes to replay"
         else:

@@ -1,33 +1,37 @@
-"""How far history reaches: the replay watermark, learned from what tardis-machine delivers or refuses.
+"""How far history reaches: the history delay in use, measured, and the watermark it implies.
 
-History lags real time (users have seen ~15 minutes; tardis' own client assumes 30). Asking for
-minutes that are not available yet either fails (the error line) or, worse, can come back empty and
-look like a quiet market; so gapless never asks past ``now - delay``. The delay starts at the
-configured value and adapts:
+History lags real time by a delay that depends on the server (a few minutes, 15, 30...). Asking for
+minutes that are not available yet either fails (the error line) or, worse, comes back EMPTY and looks
+like a quiet market; so gapless never asks past ``now - delay``. The configured ``GAPLESS_HISTORY_DELAY``
+is only the starting upper bound: the delay in use is *measured* (:mod:`gapless.probe`) at start, when a
+request near the edge is refused, and every :data:`PROBE_INTERVAL_US`. A refusal also makes the delay
+grow at once (a wrong guess costs requests), until the next measurement says better.
 
-* a refused run (error line or error status) that delivered up to ``t`` shows history ends near ``t``:
-  the delay grows to ``now - t`` plus a safety minute (at once: a wrong guess costs requests);
-* every ``probe_after`` runs that complete at the watermark let the delay shrink back by one minute,
-  never below ``min_delay`` (probing slowly: a wrong guess costs one refused request).
+The last measurement also says up to where availability is *proven* (the edge it saw): a replay run
+that reaches past it claims only what its own lines prove (see :class:`gapless.claims.ClaimTracker`).
 """
 import logging
 import threading
 
-from .timeutil import MINUTE_US, floor_minute, iso
+from .timeutil import MINUTE_US, US, floor_minute, iso
 
 log = logging.getLogger(__name__)
+
+PROBE_INTERVAL_US = 30 * MINUTE_US
+SAFETY_US = 2 * US  # on top of a measured delay: the edge seen is the newest line, not the newest minute
 
 
 class HistoryHorizon:
     """The history delay in use and the watermark it implies (thread-safe)."""
 
-    def __init__(self, delay_us, min_delay_us=None, max_delay_us=None, probe_after=10):
+    def __init__(self, delay_us, max_delay_us=None, probe_interval_us=PROBE_INTERVAL_US):
         self.configured = delay_us
         self.delay = delay_us
-        self.min_delay = min_delay_us if min_delay_us is not None else max(MINUTE_US, delay_us // 3)
         self.max_delay = max_delay_us if max_delay_us is not None else max(delay_us * 8, 6 * 60 * MINUTE_US)
-        self.probe_after = probe_after
-        self._successes = 0
+        self.probe_interval = probe_interval_us
+        self.measured_at = None
+        self.edge = None  # the newest line the last measurement saw (local time)
+        self._probe_due = True
         self._lock = threading.Lock()
 
     def watermark(self, now_us):
@@ -39,35 +43,53 @@ class HistoryHorizon:
         """Latest claim end a replay request may have (its ``to`` is one minute later)."""
         return self.watermark(now_us) - MINUTE_US
 
-    def refused(self, now_us, delivered_until_us):
-        """A run near the edge was refused after delivering data up to ``delivered_until_us`` (or None)."""
+    def proven_until(self, now_us):
+        """Up to where availability is proven (local time): the last edge measured, else the configured bound."""
         with self._lock:
+            return self.edge if self.edge is not None else now_us - self.configured
+
+    def probe_due(self, now_us):
+        """True when the delay should be measured (at start, after a refusal, or every probe interval)."""
+        with self._lock:
+            return self._probe_due or self.measured_at is None or now_us - self.measured_at >= self.probe_interval
+
+    def measured(self, now_us, edge_us):
+        """A measurement saw history up to ``edge_us`` (None: it could not tell; keep the delay in use)."""
+        with self._lock:
+            self._probe_due = False
+            self.measured_at = now_us
+            if edge_us is None:
+                return
+            delay = min(self.max_delay, max(0, now_us - edge_us) + SAFETY_US)
+            if abs(delay - self.delay) >= US:
+                log.info("history delay %s -> %s (measured: history reaches %s)", _text(self.delay), _text(delay),
+                         iso(edge_us))
+            self.delay = delay
+            self.edge = edge_us
+
+    def refused(self, now_us, delivered_until_us):
+        """A run near the edge was refused after delivering data up to ``delivered_until_us`` (or None).
+
+        The delay grows at once to what the refusal shows, and a measurement is due.
+        """
+        with self._lock:
+            self._probe_due = True
             reach = delivered_until_us if delivered_until_us else now_us - self.delay - MINUTE_US
             wanted = min(self.max_delay, max(self.delay, now_us - floor_minute(reach) + MINUTE_US))
-            self._successes = 0
             if wanted != self.delay:
-                log.warning("history ends near %s: history delay %s -> %d min", iso(floor_minute(reach)),
-                            _minutes(self.delay), -(-wanted // MINUTE_US))
-                self.delay = -(-wanted // MINUTE_US) * MINUTE_US
-
-    def delivered(self, now_us, request_end_us):
-        """A run that ended at ``request_end_us`` completed; shrink the delay if it reached the edge."""
-        with self._lock:
-            if request_end_us < floor_minute(now_us - self.delay) or self.delay <= self.min_delay:
-                return
-            self._successes += 1
-            if self._successes >= self.probe_after:
-                self._successes = 0
-                self.delay = max(self.min_delay, self.delay - MINUTE_US)
-                log.info("history delivered up to %s: history delay now %s", iso(request_end_us),
-                         _minutes(self.delay))
+                log.warning("history ends near %s: history delay %s -> %s", iso(floor_minute(reach)),
+                            _text(self.delay), _text(wanted))
+                self.delay = wanted
+                self.edge = min(self.edge, reach) if self.edge is not None else reach
 
     def state(self):
-        """Delay in use and its bounds (µs)."""
+        """Delay in use, its bounds, and the last measurement (µs; ``measured_at`` None before one)."""
         with self._lock:
-            return {"delay": self.delay, "configured": self.configured, "min": self.min_delay, "max": self.max_delay}
+            return {"delay": self.delay, "configured": self.configured, "max": self.max_delay,
+                    "measured_at": self.measured_at, "edge": self.edge}
 
 
-def _minutes(us):
-    """A delay for humans: ``15 min`` or ``10 s``."""
-    return "%d min" % (us // MINUTE_US) if us >= MINUTE_US else "%d s" % (us // 1_000_000)
+def _text(us):
+    """A delay for humans: ``15 min 00 s`` or ``40 s``."""
+    seconds = us // US
+    return "%d min %02d s" % divmod(seconds, 60) if seconds >= 60 else "%d s" % seconds

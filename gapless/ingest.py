@@ -50,6 +50,7 @@ class ReplayRequest:
     claim_start: int = None  # where claims may begin (None: at ``start``); ``start`` may look behind it
     anchored: bool = False  # history is known continuous through ``claim_start`` (see gapless.claims)
     known: tuple = ()  # ((symbol, data_type), ...) whose own replay coverage reaches ``claim_start``
+    proven_until: int = None  # history is proven available up to here (local time); None: all of the run
 
     @property
     def claim_from(self):
@@ -257,10 +258,15 @@ class RunParser:
             log.warning("%s: %d line(s) arrived out of localTimestamp order", self.request.describe(),
                         self.out_of_order)
         # after a cut, only messages strictly older than the last arrival time are known complete
-        batch = self._flush(progress_us=self.request.request_end if complete else None,
-                            end_reason="complete" if complete else "partial",
+        progress = self.request.request_end if complete else None
+        proven = self.request.proven_until
+        if complete and proven is not None and progress > proven:
+            # past where history is proven available, an empty stretch may be minutes not served yet (tardis
+            # can send those empty): only the lines themselves prove the run got that far
+            progress = max(proven, self._arrival)
+        batch = self._flush(progress_us=progress, end_reason="complete" if complete else "partial",
                             evidence_bound=_AFTER_EVERYTHING if complete else None,
-                            sealed=self.request.request_end if complete else self._arrival)
+                            sealed=progress if complete else self._arrival)
         if complete:
             batch.unclaimed = self.claims.unclaimed(batch.claims)
             missing = sorted(self._expected - self.claims.seen)

@@ -40,11 +40,12 @@ class Anchors:
         return any(a <= at - START_MARGIN_US and b >= at for a, b in self.intervals)
 
 
-def plan_wanted(storage, exchange, wanted, now_us=None, limit=None):
+def plan_wanted(storage, exchange, wanted, now_us=None, limit=None, proven_until=None):
     """Like :func:`plan_requests`, for ``{(symbol, DataType): [(start, end), ...]}`` wanted per stream.
 
     ``limit`` caps how far a quiet tail's retry may reach (the history horizon); ``now_us`` decides which
-    ledger entries are due.
+    ledger entries are due; ``proven_until`` is where history is proven available (runs reaching past it
+    claim only what their lines prove).
     """
     now_us = int(time.time() * US) if now_us is None else now_us
     anchors = Anchors(storage, exchange)
@@ -95,7 +96,8 @@ def plan_wanted(storage, exchange, wanted, now_us=None, limit=None):
             skip = tuple((s, d, skips[(start, s, d)]) for s in symbols_ for d in types_ if (start, s, d) in skips)
             known = tuple((s, d) for s in symbols_ for d in types_ if (claim_start, s, d) in knowns)
             requests.append(ReplayRequest(exchange, symbols_, types_, start, end, skip_before=skip,
-                                          claim_start=claim_start, anchored=anchored, known=known))
+                                          claim_start=claim_start, anchored=anchored, known=known,
+                                          proven_until=proven_until))
     return requests
 
 

@@ -72,34 +72,47 @@ def publish(storage, streams, start, end, now_us=None, full=False, errors=None):
     Only what changed is recomputed (``full`` recomputes the whole window). ``errors``: streams whose minute
     store could not be refreshed (they keep what was published, marked with the error). Returns a
     RebuildReport.
+
+    Everything is computed from one snapshot of the database (the recorder keeps writing meanwhile: a
+    claim must never be read without the rows it claims), then each stream is written in its own
+    transaction.
     """
     began = time.monotonic()
     start, end = floor_minute(start), ceil_minute(end)
     now_us = now_us or int(time.time() * US)
-    reader = Reader(storage, overlay={})  # the persisted minute store: what this pass publishes is reproducible
     report = RebuildReport()
+    planned = {}
+    with Reader(storage, [tuple(s) for s in streams]) as reader:
+        for exchange, symbol, name in streams:
+            key = (exchange, symbol, name)
+            if errors and key in errors:
+                continue
+            try:
+                planned[key] = _plan_stream(storage, reader, key, start, end, full)
+            except Exception as exc:  # one stream's failure must not keep the others from being published
+                log.exception("publishing %s %s %s failed", *key)
+                report.streams[key] = StreamResult(error="%s: %s" % (exc.__class__.__name__, exc))
     for exchange, symbol, name in streams:
         key = (exchange, symbol, name)
         if errors and key in errors:
             report.streams[key] = StreamResult(error=errors[key])
-            _record_error(storage, key, start, end, now_us, errors[key])
-            continue
-        try:
-            report.streams[key] = _publish_stream(storage, reader, key, start, end, now_us, full)
-        except Exception as exc:  # one stream's failure must not keep the others from being published
-            log.exception("publishing %s %s %s failed", exchange, symbol, name)
-            report.streams[key] = StreamResult(error="%s: %s" % (exc.__class__.__name__, exc))
-            _record_error(storage, key, start, end, now_us, report.streams[key].error)
+        elif key in planned:
+            try:
+                report.streams[key] = _write_stream(storage, key, start, end, now_us, *planned[key])
+                continue
+            except Exception as exc:
+                log.exception("publishing %s %s %s failed", *key)
+                report.streams[key] = StreamResult(error="%s: %s" % (exc.__class__.__name__, exc))
+        _record_error(storage, key, start, end, now_us, report.streams[key].error)
     report.seconds = time.monotonic() - began
     return report
 
 
-def _publish_stream(storage, reader, key, start, end, now_us, full):
+def _plan_stream(storage, reader, key, start, end, full):
+    """What to (re)write for one stream: ``(ranges, series rows, comparison rows, dirty ids consumed)``."""
     exchange, symbol, name = key
     data_type = parse_data_type(name)
-    models = storage.models
-    status, series, compare, dirty = (models["stream_status"], models["minute_series"], models["minute_compare"],
-                                      models["dirty_series"])
+    status, dirty = storage.models["stream_status"], storage.models["dirty_series"]
     where = lambda m: (m.exchange == exchange) & (m.symbol == symbol) & (m.data_type == name)  # noqa: E731
     previous = status.get_or_none(where(status))
     marks = list(dirty.select(dirty.id, dirty.lo, dirty.hi).where(where(dirty)).tuples())
@@ -119,6 +132,16 @@ def _publish_stream(storage, reader, key, start, end, now_us, full):
         rows += _series_rows(exchange, symbol, name, result.frame)
         differences += [(exchange, symbol, name, int(t.value // 1000), bool(d.differs), float(d.difference),
                          d.column) for t, d in result.differences.iterrows()]
+    return ranges, rows, differences, [m[0] for m in marks]
+
+
+def _write_stream(storage, key, start, end, now_us, ranges, rows, differences, ids):
+    """Write one stream's changes, comparison and status, and consume its dirty marks, in one transaction."""
+    exchange, symbol, name = key
+    models = storage.models
+    status, series, compare, dirty = (models["stream_status"], models["minute_series"], models["minute_compare"],
+                                      models["dirty_series"])
+    where = lambda m: (m.exchange == exchange) & (m.symbol == symbol) & (m.data_type == name)  # noqa: E731
     with storage.write_transaction():
         series.delete().where(where(series) & ((series.minute < start) | (series.minute >= end))).execute()
         compare.delete().where(where(compare) & ((compare.minute < start) | (compare.minute >= end))).execute()
@@ -131,7 +154,6 @@ def _publish_stream(storage, reader, key, start, end, now_us, full):
         result = StreamResult(minutes=_counts(series, where), comparison=_comparison(compare, where),
                               published=len(rows))
         _upsert_status(status, key, start, end, now_us, result)
-        ids = [m[0] for m in marks]
         for i in range(0, len(ids), 500):
             dirty.delete().where(dirty.id.in_(ids[i:i + 500])).execute()
     return result

@@ -51,15 +51,37 @@ def covered_minutes(intervals, start, end):
 class Reader:
     """Reads minute series from a Storage: the minute store plus an in-memory refresh of what is pending.
 
-    A reader never writes: what the last persisted refresh did not see yet is aggregated in memory (an
-    overlay), so a reader beside a running service, or after a download, sees exactly what is stored.
+    Use it as a context manager: everything it reads comes from one snapshot of the database. A reader
+    never writes: what the last persisted refresh did not see yet is aggregated in memory (an overlay),
+    so a reader beside a running service, or after a download, sees exactly what is stored.
     """
 
     def __init__(self, storage, streams=None, overlay=None):
         self.storage = storage
         self.store = MinuteStore(storage)
-        self.overlay = overlay if overlay is not None else self.store.refresh(streams, persist=False).overlay
+        self._streams = streams
+        self._given = overlay
+        self.overlay = None
         self._coverage = {}
+        self._snapshot = None
+
+    def __enter__(self):
+        # one snapshot for everything this reader reads: the overlay's rows, the aggregates, the coverage
+        self._snapshot = self.storage.snapshot()
+        self._snapshot.__enter__()
+        try:
+            self.overlay = self._given if self._given is not None else \
+                self.store.refresh(self._streams, persist=False).overlay
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        snapshot, self._snapshot = self._snapshot, None
+        if snapshot is not None:
+            snapshot.__exit__(*(exc or (None, None, None)))
+        return False
 
     def covered(self, exchange, symbol, data_type, source):
         """Merged coverage intervals of one stream and source (cached for this reader)."""
@@ -212,7 +234,9 @@ def stream_series(storage, exchange, symbol, data_type, start, end, source, read
     :func:`value_columns` plus ``source`` (the given source or ``"missing"``) and ``missing``.
     """
     data_type = _type(data_type)
-    reader = reader or Reader(storage, [(exchange, symbol, data_type.name)])
+    if reader is None:
+        with Reader(storage, [(exchange, symbol, data_type.name)]) as reader:
+            return stream_series(storage, exchange, symbol, data_type, start, end, source, reader)
     values, known = source_minutes(reader, exchange, symbol, data_type, start, end, source)
     frame = values.set_axis(minute_index(start, end))
     missing = ~known
@@ -230,7 +254,9 @@ def series(storage, exchange, symbols, data_types, start, end, sources=SOURCES, 
     """
     from .stitch import combine
     types = [_type(d) for d in data_types]
-    reader = reader or Reader(storage, [(exchange, s, d.name) for s in symbols for d in types])
+    if reader is None:
+        with Reader(storage, [(exchange, s, d.name) for s in symbols for d in types]) as reader:
+            return series(storage, exchange, symbols, types, start, end, sources, reader)
     result = {}
     for symbol in symbols:
         for data_type in types:

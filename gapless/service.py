@@ -29,7 +29,7 @@ from .publish import published_frames, published_sources, rebuild
 from .series import Reader
 from .status import SETTLE_US, minute_sources, status_report
 from .storage import Storage
-from .timeutil import MINUTE_US, ceil_minute, floor_minute, iso, parse_duration_us
+from .timeutil import MINUTE_US, US, ceil_minute, floor_minute, iso, parse_duration_us
 from .urls import validate_http_url
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class Gapless:
 
     def __init__(self, exchange, symbols, data_types, lookback="1d", database_url="sqlite:///gapless.db",
                  tardis_url="http://localhost:8000", tardis_ws_url="ws://localhost:8001", api_key=None,
-                 history_delay="15m", rebuild_interval="60s", export=None, workers=0, now=None,
+                 history_delay="15m", rebuild_interval="60s", export=None, workers=0, concurrency=8, now=None,
                  recorder_options=None, downloader_options=None, metrics_addr=None, plot=None):
         # the same checks as the command line: names reach URLs, logs and SQL parameters
         self.exchange = parse_exchange(exchange, "exchange")
@@ -63,6 +63,7 @@ class Gapless:
         self.api_key = api_key or None
         protect_url_loggers([self.api_key, url_password(database_url)])
         self.workers = workers
+        self.concurrency = concurrency
         self.now = now or make_clock()
         self.storage = Storage(database_url)
         self.horizon = HistoryHorizon(parse_duration_us(history_delay, "history_delay"))
@@ -74,6 +75,8 @@ class Gapless:
                                  clock=lambda: self.now() / 1e6, **(recorder_options or {}))
         self._downloader_options = dict(downloader_options or {})
         self.planner = HealingPlanner()
+        self.probe_requests = 0
+        self._started = (time.monotonic(), self.now())
         self.last_rebuild = None
         self.last_download = None
         self.heal_error = None
@@ -91,7 +94,7 @@ class Gapless:
                    tardis_ws_url=settings.tardis_ws_url, api_key=settings.api_key or None,
                    history_delay=as_delta(settings.history_delay),
                    rebuild_interval=as_delta(settings.rebuild_interval),
-                   export=settings.export or None, workers=settings.workers,
+                   export=settings.export or None, workers=settings.workers, concurrency=settings.concurrency,
                    metrics_addr=settings.metrics_addr or None, plot=settings.plot or None, **kwargs)
 
     # -- windows -------------------------------------------------------------------------------
@@ -149,6 +152,7 @@ class Gapless:
         try:
             self.heal()
             self.heal_error = None
+            self._schedule_reach()
         except RequestRejectedError as exc:
             # tardis-machine refuses the configuration itself: healing cannot ever succeed
             self.heal_error = exc
@@ -156,6 +160,48 @@ class Gapless:
         except Exception as exc:  # the schedule must survive a bad pass (network, database busy)
             self.heal_error = exc
             log.exception("healing pass failed")
+
+    def _schedule_reach(self):
+        """Plan an extra pass for the moment history reaches the next gap that has ended."""
+        due = self.next_pass_due()
+        scheduler = self._scheduler
+        if due is None or scheduler is None or self.stop_event.is_set():
+            return
+        from datetime import datetime, timedelta, timezone
+        wait = self.wall_seconds_until(due)
+        if wait is None or wait >= self.rebuild_interval:
+            return  # the regular pass comes first
+        scheduler.add_job(self._scheduled_heal, "date", id="reach", replace_existing=True, misfire_grace_time=30,
+                          run_date=datetime.now(timezone.utc) + timedelta(seconds=max(0.0, wait)))
+
+    def next_pass_due(self):
+        """When (our clock, µs) a pass will reach the next gap that has ended (None: no such gap).
+
+        ``claim_limit(t) = floor(t - delay) - 1 min`` reaches the gap's end ``e`` at ``t = e + 1 min + delay``.
+        """
+        now_us = self.now()
+        start, end = self.window(now_us)
+        limit = self.horizon.claim_limit(now_us)
+
+        def sources_of(symbol, data_type, a, b):
+            sources = published_sources(self.storage, self.exchange, symbol, data_type, a, b)
+            if sources is None:
+                with Reader(self.storage, [(self.exchange, symbol, data_type)]) as reader:
+                    sources = minute_sources(reader, self.exchange, symbol, data_type, a, b)
+            return sources
+
+        reach = self.planner.next_reach(sources_of, self.symbols, self.data_types, start, limit, end,
+                                        self._held_of(now_us, limit))
+        return None if reach is None else reach + MINUTE_US + self.horizon.state()["delay"] + US
+
+    def wall_seconds_until(self, clock_us):
+        """Real seconds until our clock reads ``clock_us`` (a test clock may run fast); None if it stands still."""
+        wall, clock = time.monotonic(), self.now()
+        elapsed = wall - self._started[0]
+        speed = (clock - self._started[1]) / 1e6 / elapsed if elapsed > 0.5 else 1.0
+        if speed <= 0:
+            return None
+        return (clock_us - clock) / 1e6 / speed
 
     # -- healing -------------------------------------------------------------------------------
     def heal(self, download=True, publish=True):
@@ -195,13 +241,22 @@ class Gapless:
         ``use_published``: decide from the series published just before (cheaper than stitching again).
         """
         now_us = self.now()
+        if self.horizon.probe_due(now_us):
+            self.measure_history_delay()
+            now_us = self.now()
         start, _ = self.window(now_us)
         limit = self.horizon.claim_limit(now_us)
         if limit <= start:
             return None
-        downloader = Downloader(self.storage, self.tardis_url, api_key=self.api_key, workers=self.workers,
-                                stop_event=self.stop_event, progress=False, now=self.now, **self._downloader_options)
+        # the first download of a long lookback shows its progress (a bar on a terminal, else a log line a
+        # request); later passes ask for a few minutes and stay quiet
+        progress = None if self.last_download is None else False
+        options = dict(dict(workers=self.workers, concurrency=self.concurrency, progress=progress),
+                       **self._downloader_options)
+        downloader = Downloader(self.storage, self.tardis_url, api_key=self.api_key, stop_event=self.stop_event,
+                                now=self.now, **options)
         downloader.limit = limit
+        downloader.proven_until = self.horizon.proven_until(now_us)
         downloader.on_run_finished = self._learn_horizon
         downloader.on_batch = self.monitor.progress  # the initial download runs in the main thread: feeds the watchdog
         # a refusal near the present means "not available yet": the next pass asks less, no retry storm
@@ -217,52 +272,86 @@ class Gapless:
 
     def _wanted(self, start, limit, use_published=False):
         """What history to fetch this pass, per stream (see :mod:`gapless.healing`)."""
-        reader = None
-
         def sources_of(symbol, data_type, a, b):
-            nonlocal reader
             if use_published:
                 sources = published_sources(self.storage, self.exchange, symbol, data_type, a, b)
                 if sources is not None:
                     return sources
-            if reader is None:
-                reader = Reader(self.storage, [(self.exchange, s, d) for s in self.symbols for d in self.data_types])
-            return minute_sources(reader, self.exchange, symbol, data_type, a, b)
+            with Reader(self.storage, [(self.exchange, symbol, data_type)]) as reader:
+                return minute_sources(reader, self.exchange, symbol, data_type, a, b)
 
         now_us = self.now()
+        return self.planner.wanted(sources_of, self.exchange, self.symbols, self.data_types, start, limit, now_us,
+                                   self._held_of(now_us, limit), end=self.window(now_us)[1])
+
+    def _held_of(self, now_us, limit):
+        """``held_of(symbol, data_type)``: what the replay ledger holds back now (see :mod:`gapless.ledger`)."""
         anchors = Anchors(self.storage, self.exchange)
 
         def held_of(symbol, data_type):
             entries = ledger.entries(self.storage, self.exchange, symbol, data_type)
             return ledger.held_back(entries, now_us, anchors, limit)[0]
 
-        return self.planner.wanted(sources_of, self.exchange, self.symbols, self.data_types, start, limit, now_us,
-                                   held_of)
+        return held_of
+
+    def measure_history_delay(self):
+        """Measure how far history reaches now (a handful of one-minute probes) and use it as the delay."""
+        from .probe import EdgeProbe
+        from .replay import ReplayClient
+        probe = EdgeProbe(ReplayClient(self.tardis_url, timeout=(5.0, 30.0)), self.exchange, self.symbols,
+                          api_key=self.api_key, live_trades_in=self._live_trades_in)
+        try:
+            result = probe.measure(self.now(), self.horizon.state()["delay"])
+        except GaplessError as exc:
+            log.warning("%s: measuring the history delay failed (%s); keeping %s", self.exchange, exc,
+                        self.horizon.state()["delay"])
+            return None
+        self.horizon.measured(self.now(), result.edge)
+        self.probe_requests += result.probes
+        self._save_horizon()
+        return result
+
+    def _live_trades_in(self, minute):
+        """True when the live recording stored trades of our symbols inside ``minute`` (history must have them)."""
+        for symbol in self.symbols:
+            if self.storage.last_row_before("trade", self.exchange, symbol, "trade", "live", minute + MINUTE_US,
+                                            minute, columns=["timestamp"]):
+                return True
+            for name in self.data_types:
+                if name.startswith("trade_bar") and self.storage.last_row_before(
+                        "trade_bar", self.exchange, symbol, name, "live", minute + MINUTE_US + 1, minute + 1,
+                        columns=["timestamp"]):
+                    return True
+        return False
 
     def _learn_horizon(self, request, failure):
         now_us = self.now()
-        if failure is None:
-            self.horizon.delivered(now_us, request.request_end)
-        elif getattr(failure, "refused", False) and request.request_end >= now_us - 120 * MINUTE_US:
-            # refused near the present: history does not reach that far yet
+        if failure is not None and getattr(failure, "refused", False) and \
+                request.request_end >= now_us - 120 * MINUTE_US:
+            # refused near the present: history does not reach that far (any more): grow, and measure again
             self.horizon.refused(now_us, getattr(failure, "delivered_until", None))
 
-    def _horizon_key(self):
-        return "history_delay_us:%s" % self.exchange
+    def _horizon_keys(self):
+        return "history_delay_us:%s" % self.exchange, "history_measured_at:%s" % self.exchange
 
     def _restore_horizon(self):
+        """Start from the delay the last run used (measured or grown); it is measured again at once."""
         meta = self.storage.models["meta"]
-        row = meta.get_or_none(meta.key == self._horizon_key())
+        delay_key, measured_key = self._horizon_keys()
+        row = meta.get_or_none(meta.key == delay_key)
         if row is not None:
             try:
-                self.horizon.delay = max(self.horizon.delay, min(self.horizon.max_delay, int(row.value)))
+                self.horizon.delay = max(0, min(self.horizon.max_delay, int(row.value)))
             except ValueError:
                 pass
 
     def _save_horizon(self):
         meta = self.storage.models["meta"]
-        meta.insert(key=self._horizon_key(), value=str(self.horizon.state()["delay"])).on_conflict(
-            conflict_target=[meta.key], preserve=[meta.value]).execute()
+        state = self.horizon.state()
+        for key, value in zip(self._horizon_keys(), (state["delay"], state["measured_at"])):
+            if value is not None:
+                meta.insert(key=key, value=str(value)).on_conflict(conflict_target=[meta.key],
+                                                                    preserve=[meta.value]).execute()
 
     # -- reading -------------------------------------------------------------------------------
     def series(self, start=None, end=None, sources=("replay", "live")):

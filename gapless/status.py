@@ -177,8 +177,10 @@ def status_report(storage, groups, lookback_us, horizons, now_us, reader=None):
     ``groups``: ``[(exchange, symbols, data_types)]``; ``horizons``: ``{exchange: state dict}`` with
     ``delay`` (µs) and optionally ``measured_at`` (µs) — see :class:`gapless.horizon.HistoryHorizon`.
     """
+    if reader is None:
+        with Reader(storage, [(e, s, d) for e, symbols, types in groups for s in symbols for d in types]) as reader:
+            return status_report(storage, groups, lookback_us, horizons, now_us, reader)
     start, end = window(lookback_us, now_us)
-    reader = reader or Reader(storage, [(e, s, d) for e, symbols, types in groups for s in symbols for d in types])
     rebuilds = rebuild_results(storage)
     exchanges, streams = [], []
     for exchange, symbols, data_types in groups:

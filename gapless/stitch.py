@@ -128,7 +128,9 @@ def summarize(differences):
 def stitched(storage, exchange, symbols, data_types, start, end, reader=None):
     """Per stream ``(symbol, data_type)``: the combined frame and the comparison, computed from storage."""
     types = [parse_data_type(d) if isinstance(d, str) else d for d in data_types]
-    reader = reader or Reader(storage, [(exchange, s, d.name) for s in symbols for d in types])
+    if reader is None:
+        with Reader(storage, [(exchange, s, d.name) for s in symbols for d in types]) as reader:
+            return stitched(storage, exchange, symbols, types, start, end, reader)
     frames, comparisons = {}, {}
     for symbol in symbols:
         for data_type in types:

@@ -208,6 +208,23 @@ class Storage:
         """
         return self._transaction(self.db.atomic("IMMEDIATE") if self.is_sqlite else self.db.atomic())
 
+    @contextlib.contextmanager
+    def snapshot(self):
+        """One consistent view for several reads: another connection's transaction is seen whole or not at all.
+
+        Rows and the coverage claiming them are written together, so a reader that reads coverage, rows and
+        minute aggregates in separate statements must read them from one snapshot, or it could see a claim
+        without its rows. SQLite (WAL) and PostgreSQL (REPEATABLE READ) both give one for a transaction.
+        Inside a transaction already, the caller's is used. Never write inside a snapshot.
+        """
+        if self.db.in_transaction():
+            yield
+            return
+        with self.db.atomic():
+            if not self.is_sqlite:
+                self.db.execute_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            yield
+
     @staticmethod
     @contextlib.contextmanager
     def _transaction(atomic):

@@ -18,7 +18,8 @@ from tests.invariants import assert_live_is_a_prefix_per_connection, stored_rows
 from tests.support import wait_until
 
 SYMBOLS = ["BTC-PERPETUAL", "ETH-PERPETUAL"]
-OPTIONS = {"exchange": "deribit", "symbols": SYMBOLS, "dataTypes": ["trade"], "from": "2026-11-25T00:05:00Z",
+# what `download --from 00:05 --to 00:10` asks: two minutes of look-behind, one minute past the end
+OPTIONS = {"exchange": "deribit", "symbols": SYMBOLS, "dataTypes": ["trade"], "from": "2026-11-25T00:03:00Z",
            "to": "2026-11-25T00:11:00Z", "withDisconnectMessages": True}
 AFTER = 300  # the bad line comes after this many good ones
 
@@ -83,6 +84,7 @@ def test_a_bad_replay_line_is_counted_logged_not_stored_and_not_fatal(tardis, tm
     out, err = capfd.readouterr()  # (capfd: parsing runs in a download worker process)
     assert code == 0, err
     assert tardis.requests[0].fault == "malformed"
+    assert tardis.requests[0].options[0]["from"] == OPTIONS["from"]
     from gapless.storage import Storage
     store = Storage("sqlite:///%s" % db, create=False)
     try:
