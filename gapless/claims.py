@@ -83,6 +83,8 @@ class ClaimTracker:
         # {(kind, symbol): (latest evidence, first arrival, trade trigger)} of a packet that may be cut
         self._provisional = {}
         self._trigger = {}  # {symbol: (exact time or None, arrival, not before)} of the last trade
+        self._own = {}  # {(symbol, sampled data type): evidence from the stream's own samples}
+        self._own_trigger = {}  # {(symbol, bar data type): the last bar's trigger, as for _trigger}
 
     # -- observing rows --------------------------------------------------------------------------
     def segment_line(self, arrival):
@@ -111,6 +113,8 @@ class ClaimTracker:
         evidence = np.where(sampled, np.maximum(ts, arrivals - LATENCY_MARGIN_US), ts)
         symbols = block.distinct(1)
         symbol_column = None if len(symbols) == 1 else np.asarray(list(block.column(1)), dtype=object)
+        if sampled.any():
+            self._own_evidence(kind, block, names, symbol_column, symbols, sampled, evidence, ts, arrivals)
         confirmed = arrivals < bound
         for symbol in symbols:
             mask = np.ones(len(block), dtype=bool) if symbol_column is None else symbol_column == symbol
@@ -134,6 +138,31 @@ class ClaimTracker:
                 if old is not None:
                     value, first, trigger = max(old[0], value), min(old[1], first), trigger or old[2]
                 self._provisional[(kind, symbol)] = (value, first, trigger)
+
+    def _own_evidence(self, kind, block, names, symbol_column, symbols, sampled, evidence, ts, arrivals):
+        """A stream's own samples prove its own intervals at once, packet complete or not: its sample is there.
+
+        (Other streams' samples of the same packet may still be on their way: for them, only a later packet
+        confirms the evidence; see :meth:`observe`.)
+        """
+        name_column = None if len(names) == 1 else np.asarray(list(block.column(3)), dtype=object)
+        for name in names:
+            if not self.types[name].interval:
+                continue
+            for symbol in symbols:
+                mask = sampled.copy()
+                if name_column is not None:
+                    mask &= name_column == name
+                if symbol_column is not None:
+                    mask &= symbol_column == symbol
+                rows = np.flatnonzero(mask)
+                if not len(rows):
+                    continue
+                key = (symbol, name)
+                self._own[key] = max(self._own.get(key, 0), int(evidence[rows].max()))
+                if kind == _TRADE:
+                    last = int(rows[-1])
+                    self._own_trigger[key] = (None, int(arrivals[last]), int(ts[last]))
 
     def _set_starts(self, block, new, ts, arrivals):
         firsts = _first_rows(block, new)
@@ -215,6 +244,9 @@ class ClaimTracker:
         interval = data_type.interval_ms * 1000
         if data_type.evidence == _TRADE:
             trigger = self._trigger.get(symbol)
+            own = self._own_trigger.get((symbol, data_type.name))
+            if own is not None and (trigger is None or own[1] > trigger[1]):
+                trigger = own
             if trigger is None:
                 return [("", start, raw_end)]  # no trade since the segment began: nothing is pending
             exact, arrival, not_before = trigger
@@ -223,8 +255,10 @@ class ClaimTracker:
             else:
                 pending = (floor_to(max(not_before, arrival - LATENCY_MARGIN_US), interval),
                            ceil_to(arrival + SKEW_BOUND_US + 1, interval))
-            return [("", start, min(pending[0], raw_end)), (":q", max(start, pending[1]), raw_end)]
-        evidence = self._evidence.get((_BOOK, symbol), 0)
+            # before the pending interval every bar came already (the trigger's own bar came after them); after
+            # it, trades would have sent the pending bar: empty up to what the progress point proves
+            return [("", start, min(pending[0], self.request.claim_end)), (":q", max(start, pending[1]), raw_end)]
+        evidence = max(self._evidence.get((_BOOK, symbol), 0), self._own.get((symbol, data_type.name), 0))
         return [("", start, min(self.request.claim_end, evidence))]
 
     # -- segments ------------------------------------------------------------------------------
@@ -238,6 +272,8 @@ class ClaimTracker:
         self._evidence = {}
         self._provisional = {}
         self._trigger = {}
+        self._own = {}
+        self._own_trigger = {}
 
     def _remember(self, claims):
         for c in claims:

@@ -58,7 +58,7 @@ class EdgeProbe:
                 log.warning("%s: no history with trades found in the last %d min; history delay not measured",
                             self.exchange, (now_us - lo) // MINUTE_US)
                 return result
-        hi, step = present, MINUTE_US
+        hi, step = present + MINUTE_US, MINUTE_US  # the present minute may be partly available already
         while lo + step < hi and result.probes < self.max_probes:
             if self._ask(lo + step, result) == "yes":
                 lo, step = lo + step, step * 2

@@ -102,6 +102,7 @@ class Recorder:
                           "server_errors": 0, "disconnects": 0, "reconnects": 0, "connections": 0,
                           "write_failures": 0}
         self._connected = False
+        self._uncommitted = 0
         self._segment_start = None
         self._last_message_us = None
         self._commit_delays = []
@@ -145,6 +146,7 @@ class Recorder:
         with self._lock:
             result = dict(self._counters)
             result["connected"] = self._connected
+            result["uncommitted"] = self._uncommitted  # frames received and not stored yet
             result["alive"] = self.is_alive()
             result["segment_start"] = self._segment_start
             result["last_message_us"] = self._last_message_us
@@ -281,6 +283,7 @@ class Recorder:
                     if opcode == websocket.ABNF.OPCODE_TEXT:
                         pending.append(data)
                         pending_times.append(now)
+                        self._uncommitted = len(pending)
                         last_data = now
                         got_data = True
                     elif opcode == websocket.ABNF.OPCODE_CLOSE:
@@ -289,6 +292,7 @@ class Recorder:
                 if pending and (len(pending) >= self.batch_rows or now - last_flush >= self.flush_interval):
                     self._commit(parser, pending, pending_times, final=None)
                     pending, pending_times = [], []
+                    self._uncommitted = 0
                     last_flush = time.monotonic()
                 elif not pending and now - last_flush >= HEARTBEAT:
                     # heartbeat: keeps the open segment's updated_at fresh so a restart can tell us from a crash

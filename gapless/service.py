@@ -263,6 +263,8 @@ class Gapless:
         downloader.should_retry = lambda request, failure: not (
             getattr(failure, "refused", False) and request.request_end >= self.now() - 120 * MINUTE_US)
         report = downloader.download_wanted(self.exchange, self._wanted(start, limit, use_published))
+        if self.horizon.probe_due(self.now()):
+            self.measure_history_delay()  # a refusal near the edge: history fell behind; find out how far
         if report.requests:
             log.info("history: %d request(s), %d new rows, %d lines in %.1fs%s", report.requests, report.rows_inserted,
                      report.lines, report.seconds, "; %d incomplete" % len(report.failed) if report.failed else "")

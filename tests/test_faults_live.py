@@ -87,7 +87,8 @@ def test_repeated_exchange_drops_keep_one_connection_leak_nothing_and_every_hole
         # every hole is reported: the minutes with a drop are missing in status
         disconnects = [parse_timestamp_us(m["localTimestamp"]) for m in map(orjson.loads,
                        tm.connections[0].sent) if m["type"] == "disconnect"]
-        report = status_report(store, "deribit", SYMBOLS, types, 10 * MINUTE_US, 10 * US, ended_at)
+        report = status_report(store, [("deribit", SYMBOLS, types)], 10 * MINUTE_US, {"deribit": {"delay": 10 * US}},
+                               ended_at)
         for stream in report["streams"]:
             missing = set()
             for gap in stream["gaps"]:

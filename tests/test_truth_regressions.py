@@ -23,7 +23,8 @@ from tests.truth_harness import advance
 UTC = timezone.utc
 DAY = datetime(2026, 11, 25, tzinfo=UTC)
 SYMBOLS = ["BTC-PERPETUAL", "ETH-PERPETUAL"]
-RECORDER = {"backoff_base": 0.01, "backoff_cap": 0.05, "flush_interval": 0.02, "data_silence": 3600.0,
+RECORDER = {"backoff_base": 0.01, "backoff_cap": 0.05, "flush_interval": 0.02, "recv_timeout": 0.01,
+            "data_silence": 3600.0,
             "dead_after": 3600.0}
 
 

@@ -191,11 +191,12 @@ def _dt(us):
 def _service(schedule, machine, database_url, lookback, data_types):
     return Gapless("deribit", list(schedule.symbols), list(data_types), lookback="%ds" % (lookback // 1_000_000),
                    database_url=database_url, tardis_url=machine.http_url, tardis_ws_url=machine.ws_url,
-                   history_delay="%ds" % (schedule.availability_s + 60), rebuild_interval="3600s", workers=0,
+                   history_delay="15m", rebuild_interval="3600s", workers=0,
                    now=machine.clock.now_us, recorder_options=dict(_RECORDER_OPTIONS))
 
 
-_RECORDER_OPTIONS = {"backoff_base": 0.01, "backoff_cap": 0.05, "flush_interval": 0.02, "data_silence": 3600.0,
+_RECORDER_OPTIONS = {"backoff_base": 0.01, "backoff_cap": 0.05, "flush_interval": 0.02, "recv_timeout": 0.01,
+                     "data_silence": 3600.0,
                      "dead_after": 3600.0}
 
 
@@ -226,7 +227,9 @@ def _settle(machine, recorders, timeout=10.0):
     while time.monotonic() < deadline:
         state = (sum(c.sent_count for c in machine.connections),
                  tuple(r.health()["frames_received"] for r in recorders if r.is_alive()))
-        same = same + 1 if state == last and all(_idle(r) for r in recorders) else 0
+        # the double has written everything due (its own account), and the recorders took it all
+        ready = machine.live_caught_up() and all(_idle(r) for r in recorders)
+        same = same + 1 if state == last and ready else 0
         if same >= 3:
             return
         last = state
@@ -236,7 +239,7 @@ def _settle(machine, recorders, timeout=10.0):
 def _idle(recorder):
     # connected and committed: the frames the double sent on the open connection are all received
     health = recorder.health()
-    return not recorder.is_alive() or health["connected"] or health["connections"] == 0
+    return not recorder.is_alive() or (health["connected"] and not health["uncommitted"])
 
 
 def _snapshot(service, tries=5):

@@ -211,6 +211,16 @@ class FakeTardisMachine:
             (s.closing if mode == "close" else s.done).wait(max(0.0, deadline - time.monotonic()))
         return len(sessions)
 
+    def live_caught_up(self, now_us: int | None = None) -> bool:
+        """True when every open live session has written every event due by ``now_us`` (default: now).
+
+        With a :class:`ManualClock` this is the moment a test can move on: the double has sent all it will
+        send until the clock moves again.
+        """
+        now_us = self.clock.now_us() if now_us is None else now_us
+        return all(s.caught_up_us >= now_us for s in self._ws.live_sessions() if s.rec is not None
+                   and not s.closing.is_set() and not s.rec.firehose)
+
     def refuse_connections(self, n: int) -> None:
         """Reset the next ``n`` websocket connection attempts before the handshake."""
         with self._lock:

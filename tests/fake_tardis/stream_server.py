@@ -128,6 +128,7 @@ class _Session:
         self.last_heard = time.monotonic()
         self.close_sent = False
         self.drop_request: float | None = None
+        self.caught_up_us = -1  # the clock time up to which every due event is written (live sessions)
 
     def push(self, cmd: tuple) -> None:
         """Queue a command for the session thread and wake it."""
@@ -373,6 +374,8 @@ class _Session:
                 if processed % 64 == 0:
                     self._pump(0)
                 continue
+            if not stalled and not self.wbuf:
+                self.caught_up_us = now  # everything due by ``now`` is written to the socket
             wait = m.clock.wall_seconds_until(ev[4])
             if stalled:
                 wait = m._stall_until - time.monotonic()
