@@ -4,8 +4,10 @@ import time
 import warnings
 
 from .config import load_settings
+from .exceptions import UsageError
 from .service import Gapless
-from .timeutil import MINUTE_US, iso
+from .streams import StreamGroup
+from .timeutil import iso
 
 log = logging.getLogger(__name__)
 
@@ -14,8 +16,8 @@ class GapWarning(UserWarning):
     """The series returned still has missing minutes (the warm-up ended before it became gapless)."""
 
 
-def get_data_without_gap(exchange, symbols, data_types, lookback="1d", recording_warmup_seconds=1200.0, *,
-                         database_url=None, tardis_url=None, tardis_ws_url=None, api_key=None, history_delay=None,
+def get_data_without_gap(exchange=None, symbols=None, data_types=None, lookback="1d",
+                         recording_warmup_seconds=1200.0, *, streams=None, database_url=None, tardis_url=None, tardis_ws_url=None, api_key=None, history_delay=None,
                          workers=0, concurrency=None, poll_seconds=2.0, now=None, recorder_options=None):
     """Record, download history and wait until the minute series is gapless up to now; return it.
 
@@ -25,14 +27,19 @@ def get_data_without_gap(exchange, symbols, data_types, lookback="1d", recording
     passed: then it returns what it has, with the missing minutes flagged, and warns (:class:`GapWarning`).
     Everything it started is stopped before it returns.
 
-    Returns a dict ``{(symbol, data_type): DataFrame}``: one frame per stream, indexed by minute start
-    (tz-aware UTC), with the stream's value columns plus ``source`` ("replay", "live" or "missing")
+    Several exchanges at once: ``streams="deribit:BTC-PERPETUAL:quote_1m;binance-futures:BTCUSDT:trade"``
+    (or a list of ``(exchange, symbols, data_types)``) instead of the first three arguments.
+
+    Returns a dict ``{(symbol, data_type): DataFrame}`` (``{(exchange, symbol, data_type): DataFrame}`` with
+    several exchanges): one frame per stream, indexed by minute start (tz-aware UTC), with the stream's value columns plus ``source`` ("replay", "live" or "missing")
     and ``missing`` (bool). Settings not given here come from ``GAPLESS_*`` variables / ``.env``.
     Downloads run in the calling process unless ``workers`` > 0 (worker processes re-import the
     caller's main module, which must then be guarded by ``if __name__ == "__main__":``).
     """
+    if streams is None and (exchange is None or symbols is None or data_types is None):
+        raise UsageError("get_data_without_gap: give exchange, symbols and data_types, or streams")
     settings = load_settings(exchange=exchange, symbols=_joined(symbols), data_types=_joined(data_types),
-                             lookback=lookback, database_url=database_url, tardis_url=tardis_url,
+                             streams=_streams_text(streams), lookback=lookback, database_url=database_url, tardis_url=tardis_url,
                              tardis_ws_url=tardis_ws_url, api_key=api_key, history_delay=history_delay,
                              workers=workers, concurrency=concurrency)
     for message in settings.warnings:
@@ -42,7 +49,8 @@ def get_data_without_gap(exchange, symbols, data_types, lookback="1d", recording
         options["recorder_options"] = recorder_options
     gapless = Gapless.from_settings(settings, **options)
     deadline = time.monotonic() + float(recording_warmup_seconds)
-    gapless.recorder.start()
+    for feed in gapless.feeds:
+        feed.recorder.start()
     try:
         frames = None
         while True:
@@ -51,8 +59,9 @@ def get_data_without_gap(exchange, symbols, data_types, lookback="1d", recording
             if gapless.is_gapless(frames):
                 log.info("series is gapless over %s .. %s", *map(iso, gapless.window()))
                 return frames
-            if not gapless.recorder.is_alive():
-                raise gapless.recorder.error or RuntimeError("recorder stopped")
+            for feed in gapless.feeds:
+                if not feed.recorder.is_alive():
+                    raise feed.recorder.error or RuntimeError("the %s recorder stopped" % feed.exchange)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -64,8 +73,8 @@ def get_data_without_gap(exchange, symbols, data_types, lookback="1d", recording
                 wait = reach
             time.sleep(max(0.05, wait))
         missing = {key: int(frame["missing"].sum()) for key, frame in frames.items() if frame["missing"].any()}
-        text = ", ".join("%s %s: %d" % (s, d, n) for (s, d), n in sorted(missing.items()))
-        delay = gapless.horizon.state()["delay"]
+        text = ", ".join("%s: %d" % (" ".join(key), n) for key, n in sorted(missing.items()))
+        delay = max(feed.horizon.state()["delay"] for feed in gapless.feeds)
         message = ("get_data_without_gap: still %d missing minute(s) after the %.0fs warm-up (%s); they are "
                    "flagged (missing=True, source='missing'), not filled. History reaches now minus %.0fs "
                    "(measured); the recording must overlap it, so a warm-up of at least the history delay plus "
@@ -76,6 +85,15 @@ def get_data_without_gap(exchange, symbols, data_types, lookback="1d", recording
         return frames
     finally:
         gapless.stop()
+
+
+def _streams_text(streams):
+    """``GAPLESS_STREAMS`` text from text, stream groups or ``(exchange, symbols, data_types)`` triples."""
+    if streams is None or isinstance(streams, str):
+        return streams
+    groups = [streams] if isinstance(streams, StreamGroup) else streams
+    return ";".join(str(g) if isinstance(g, StreamGroup) else "%s:%s:%s" % (g[0], _joined(g[1]), _joined(g[2]))
+                    for g in groups)
 
 
 def _joined(value):

@@ -49,6 +49,9 @@ def _common(parser):
 
 
 def _streams(parser, times=True):
+    parser.add_argument("--streams", help="several exchanges at once: 'exchange:symbols:data_types;...', e.g. "
+                                          "'deribit:BTC-PERPETUAL:quote_1m;binance-futures:BTCUSDT:trade' "
+                                          "(GAPLESS_STREAMS); overrides --exchange/--symbols/--data-types")
     parser.add_argument("--exchange", help="exchange, e.g. deribit (GAPLESS_EXCHANGE)")
     parser.add_argument("--symbols", help="comma-separated symbols, e.g. BTC-PERPETUAL,ETH-PERPETUAL (GAPLESS_SYMBOLS)")
     parser.add_argument("--data-types", help="comma-separated data types, e.g. quote_1m,trade_bar_1m,trade "
@@ -132,6 +135,7 @@ def _settings(args):
         "history_delay", "rebuild_interval", "export", "plot", "metrics_addr")}
     overrides["symbols"] = getattr(args, "symbols", None)
     overrides["data_types"] = getattr(args, "data_types", None)
+    overrides["streams"] = getattr(args, "streams", None)
     return load_settings(config_dir=getattr(args, "config_dir", CONFIG_DIR), **overrides)
 
 
@@ -173,16 +177,19 @@ def cmd_download(args, settings, now_us):
         log.warning("history is available up to about %s (now - history delay); downloading up to there, not %s",
                     iso(horizon), iso(end))
         end = horizon
-    data_types = parse_data_types(settings.data_types)
     ReplayClient(settings.tardis_url, timeout=(5.0, 10.0)).health_check()
     storage = Storage(settings.database_url)
+    reports = []
     try:
-        downloader = Downloader(storage, settings.tardis_url, api_key=settings.api_key or None,
-                                workers=settings.workers, concurrency=settings.concurrency,
-                                progress=False if args.no_progress else None)
-        report = downloader.download(settings.exchange, settings.symbols, data_types, start, end)
+        for group in settings.streams:
+            downloader = Downloader(storage, settings.tardis_url, api_key=settings.api_key or None,
+                                    workers=settings.workers, concurrency=settings.concurrency,
+                                    progress=False if args.no_progress else None)
+            reports.append(downloader.download(group.exchange, group.symbols, parse_data_types(group.data_types),
+                                               start, end))
     finally:
         storage.close()
+    report = reports[0].merged(reports[1:])
     mb = report.bytes / 1e6
     rate = report.messages / report.seconds if report.seconds else 0
     print("downloaded %d request(s), %d lines (%.1f MB), %d new rows in %.1fs (%.0f msg/s); %d malformed line(s)"
@@ -194,7 +201,7 @@ def cmd_download(args, settings, now_us):
 
 def cmd_series(args, settings, now_us):
     """``series``: print the minute series, or write it to --out (CSV or Parquet, atomically)."""
-    from .series import series, to_long
+    from .series import to_long
     from .storage import Storage
 
     start, end = _time_range(args, now_us)
@@ -202,21 +209,20 @@ def cmd_series(args, settings, now_us):
         raise UsageError("--from/--to: %d days is too long for one series" % ((end - start) // (1440 * MINUTE_US)))
     if args.out and not args.out.lower().endswith((".csv", ".parquet")):
         raise UsageError("--out %r: must end in .csv or .parquet" % (args.out,))
-    data_types = parse_data_types(settings.data_types)
     storage = Storage(settings.database_url, create=False)
     try:
         sources = ("replay", "live") if args.source == "both" else (args.source,)
-        frames = series(storage, settings.exchange, settings.symbols, data_types, start, end, sources=sources)
+        frames = _group_frames(storage, settings.streams, start, end, sources=sources)
     finally:
         storage.close()
     long = to_long(frames, settings.exchange)
-    for (symbol, data_type), frame in frames.items():
+    for key, frame in frames.items():
         counts = frame["source"].value_counts().to_dict()
-        print("# %s %s %s: %d minutes, %s" % (settings.exchange, symbol, data_type, len(frame),
-                                               ", ".join("%s %d" % kv for kv in sorted(counts.items()))),
+        print("# %s: %d minutes, %s" % (" ".join(_full_key(settings, key)), len(frame),
+                                         ", ".join("%s %d" % kv for kv in sorted(counts.items()))),
               file=sys.stderr if not args.out else sys.stdout)
     if args.out:
-        from .publish import export_frames
+        from .published import export_frames
         export_frames(frames, settings.exchange, args.out)
         print("wrote %d rows to %s" % (len(long), args.out))
     else:
@@ -249,9 +255,9 @@ def cmd_status(args, settings, now_us, gaps_only=False):
 
     storage = Storage(settings.database_url, create=False)
     try:
-        horizon = stored_horizon(storage, settings.exchange, settings.history_delay)
-        report = status_report(storage, [(settings.exchange, settings.symbols, settings.data_types)],
-                               settings.lookback, {settings.exchange: horizon}, now_us)
+        groups = [(g.exchange, g.symbols, g.data_types) for g in settings.streams]
+        horizons = {g.exchange: stored_horizon(storage, g.exchange, settings.history_delay) for g in settings.streams}
+        report = status_report(storage, groups, settings.lookback, horizons, now_us)
     finally:
         storage.close()
     if gaps_only:
@@ -267,7 +273,7 @@ def cmd_status(args, settings, now_us, gaps_only=False):
 def cmd_plot(args, settings, now_us):
     """``plot``: draw the coverage picture of [--from, --to) (default: the lookback window) to --out."""
     from .plot import check_png_path, draw_coverage
-    from .series import Reader, series
+    from .series import Reader
     from .status import SETTLE_US, stream_status
     from .storage import Storage
 
@@ -279,20 +285,22 @@ def cmd_plot(args, settings, now_us):
         start = end - ceil_minute(settings.lookback)
     if (end - start) // MINUTE_US > 400 * 24 * 60:
         raise UsageError("--from/--to: %d days is too long for one picture" % ((end - start) // (1440 * MINUTE_US)))
-    data_types = parse_data_types(settings.data_types)
     storage = Storage(settings.database_url, create=False)
     try:
-        claim_limit = floor_minute(now_us - _stored_history_delay(storage, settings)) - MINUTE_US
-        streams = [(settings.exchange, s, d.name) for s in settings.symbols for d in data_types]
+        streams = [s for g in settings.streams for s in g.streams]
         with Reader(storage, streams) as reader:
-            frames = series(storage, settings.exchange, settings.symbols, data_types, start, end, reader=reader)
-            gaps = [dict(gap, symbol=symbol, data_type=data_type)
-                    for symbol, data_type in frames
-                    for gap in stream_status(reader, settings.exchange, symbol, data_type, start, end, claim_limit,
-                                             now_us)["gaps"]]
+            frames = _group_frames(storage, settings.streams, start, end, reader=reader)
+            gaps = []
+            for key in frames:
+                exchange, symbol, data_type = _full_key(settings, key)
+                delay = stored_horizon(storage, exchange, settings.history_delay)["delay"]
+                claim_limit = floor_minute(now_us - delay) - MINUTE_US
+                gaps += [dict(gap, exchange=exchange, symbol=symbol, data_type=data_type)
+                         for gap in stream_status(reader, exchange, symbol, data_type, start, end, claim_limit,
+                                                  now_us)["gaps"]]
     finally:
         storage.close()
-    picture = draw_coverage(frames, gaps, args.out, title="gapless %s" % settings.exchange)
+    picture = draw_coverage(frames, gaps, args.out, title="gapless %s" % "+".join(g.exchange for g in settings.streams))
     missing = sum(int(frame["missing"].sum()) for frame in frames.values())
     print("wrote %s (%dx%d): %d stream(s), %d minute(s), %d missing" % (
         args.out, picture.width, picture.height, len(frames), (end - start) // MINUTE_US, missing))
@@ -311,9 +319,19 @@ def stored_horizon(storage, exchange, default_delay):
     return values
 
 
-def _stored_history_delay(storage, settings):
-    """The history delay the service measured (stored in the database), else the configured one."""
-    return stored_horizon(storage, settings.exchange, settings.history_delay)["delay"]
+def _group_frames(storage, groups, start, end, **kwargs):
+    """Series of every group: keyed ``(symbol, data_type)`` with one exchange, else ``(exchange, symbol, data_type)``."""
+    from .series import series
+    frames = {}
+    for g in groups:
+        for (symbol, data_type), frame in series(storage, g.exchange, g.symbols, parse_data_types(g.data_types),
+                                                 start, end, **kwargs).items():
+            frames[(symbol, data_type) if len(groups) == 1 else (g.exchange, symbol, data_type)] = frame
+    return frames
+
+
+def _full_key(settings, key):
+    return key if len(key) == 3 else (settings.exchange,) + tuple(key)
 
 
 def cmd_gaps(args, settings, now_us):
@@ -340,7 +358,9 @@ def main(argv=None, now=None):
             raise UsageError("unknown command %r (try --help)" % (args.command,))
         settings = _settings(args)
         if args.command != "download":  # download stores any data type; everything else makes minute series
-            check_series_types(settings.data_types, "--data-types / GAPLESS_DATA_TYPES")
+            for group in settings.streams:
+                check_series_types(group.data_types, "--data-types / GAPLESS_DATA_TYPES" if len(settings.streams) == 1
+                                   else "--streams / GAPLESS_STREAMS (%s)" % group.exchange)
         setup_logging(settings.log_level)
         secrets = [settings.api_key, url_password(settings.database_url)]
         install_secret_filter(secrets)

@@ -13,14 +13,13 @@ import time
 from dataclasses import dataclass, field, fields, replace
 
 from .datatypes import parse_data_types
+from .streams import StreamGroup, parse_exchange, parse_streams, parse_symbols  # noqa: F401 (re-exported)
 from .exceptions import ConfigurationError, UsageError
 from .urls import parse_host_port, redact_url, validate_http_url
 from .timeutil import DAY_US, US, parse_duration_us
 
 log = logging.getLogger(__name__)
 
-EXCHANGE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
-SYMBOL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 MAX_LOOKBACK_US = 366 * DAY_US
 
 # setting name -> (environment variable, default as text)
@@ -29,6 +28,7 @@ DEFAULTS = {
     "tardis_ws_url": ("GAPLESS_TARDIS_WS_URL", "ws://localhost:8001"),
     "database_url": ("GAPLESS_DATABASE_URL", "sqlite:///gapless.db"),
     "api_key": ("GAPLESS_TARDIS_API_KEY", ""),
+    "streams": ("GAPLESS_STREAMS", ""),
     "exchange": ("GAPLESS_EXCHANGE", "deribit"),
     "symbols": ("GAPLESS_SYMBOLS", "BTC-PERPETUAL"),
     "data_types": ("GAPLESS_DATA_TYPES", "quote_1m,trade_bar_1m"),
@@ -59,6 +59,7 @@ class Settings:
     exchange: str
     symbols: tuple
     data_types: tuple
+    streams: tuple  # the StreamGroups: every exchange kept (exchange/symbols/data_types: the first one)
     lookback: int
     history_delay: int
     rebuild_interval: int
@@ -158,6 +159,12 @@ def _validate(values, warnings):
         data_types = tuple(dt.name for dt in parse_data_types(text("data_types")))
     except UsageError as exc:
         raise ConfigurationError("%s: %s" % (label("data_types"), exc)) from None
+    streams = (StreamGroup(exchange, symbols, data_types),)
+    # GAPLESS_STREAMS names several exchanges; a single-exchange flag on the command line is more specific
+    single_flags = any(values[n][1].startswith("--") for n in ("exchange", "symbols", "data_types"))
+    if str(text("streams") or "").strip() and (values["streams"][1].startswith("--") or not single_flags):
+        streams = parse_streams(str(text("streams")), label("streams"), series=False)
+        exchange, symbols, data_types = streams[0].exchange, streams[0].symbols, streams[0].data_types
     lookback = parse_lookback(_duration(values, "lookback"), label("lookback"))
     history_delay = _duration(values, "history_delay")
     if history_delay > 7 * DAY_US:
@@ -195,7 +202,7 @@ def _validate(values, warnings):
     plot, metrics_addr = _monitoring(values)
     return Settings(tardis_url=tardis_url, tardis_ws_url=ws_url, database_url=database_url,
                     api_key=str(text("api_key") or "").strip(), exchange=exchange, symbols=symbols,
-                    data_types=data_types, lookback=lookback, history_delay=history_delay,
+                    data_types=data_types, streams=streams, lookback=lookback, history_delay=history_delay,
                     rebuild_interval=rebuild_interval, export=export, workers=workers, concurrency=concurrency,
                     log_level=log_level,
                     test_clock=test_clock, plot=plot, metrics_addr=metrics_addr, warnings=warnings)
@@ -234,15 +241,6 @@ def _duration(values, name):
         raise ConfigurationError(str(exc)) from None
 
 
-def parse_exchange(text, label="--exchange"):
-    """Validate an exchange id as tardis-machine spells it (e.g. ``deribit``, ``binance-futures``)."""
-    exchange = str(text).strip()
-    if not EXCHANGE_PATTERN.match(exchange):
-        raise ConfigurationError("%s: %r is not an exchange name (lower case letters, digits and '-')"
-                                 % (label, exchange))
-    return exchange
-
-
 def parse_lookback(lookback_us, label="--lookback"):
     """Check a lookback (µs) is longer than zero and at most a year."""
     if lookback_us <= 0:
@@ -251,21 +249,3 @@ def parse_lookback(lookback_us, label="--lookback"):
         raise ConfigurationError("%s: a lookback of %d days is more than a year; refusing"
                                  % (label, lookback_us // DAY_US))
     return lookback_us
-
-
-def parse_symbols(text, label="--symbols"):
-    """Split and validate a comma-separated symbol list (upper-cased, as tardis-machine spells them)."""
-    items = text if isinstance(text, (list, tuple)) else str(text).split(",")
-    symbols = []
-    for item in items:
-        symbol = str(item).strip()
-        if not symbol:
-            continue
-        if not SYMBOL_PATTERN.match(symbol):
-            raise ConfigurationError("%s: %r is not a symbol (letters, digits and . _ : / - only)" % (label, symbol))
-        symbol = symbol.upper()
-        if symbol not in symbols:
-            symbols.append(symbol)
-    if not symbols:
-        raise ConfigurationError("%s: no symbol given" % label)
-    return tuple(symbols)

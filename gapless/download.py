@@ -17,12 +17,12 @@ import random
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from . import ledger
 from .datatypes import parse_data_type, parse_data_types
 from .exceptions import GaplessError, RequestRejectedError
-from .fetch import ProcessFetchers, Stopped, ThreadFetchers, fetch_run  # noqa: F401 (fetch_run re-exported)
+from .fetch import ProcessFetchers, Stopped, ThreadFetchers
 from .plan import plan_wanted
 from .replay import redact_options, replay_options
 from .timeutil import MINUTE_US, US
@@ -55,6 +55,16 @@ class DownloadReport:
     def complete(self):
         """True when every planned request finished."""
         return not self.failed
+
+    def merged(self, others):
+        """One report summing this one and ``others`` (e.g. one per exchange)."""
+        total = DownloadReport(**{f.name: getattr(self, f.name) for f in fields(self)})
+        total.failed = list(self.failed)
+        for other in others:
+            for f in fields(self):
+                value = getattr(other, f.name)
+                setattr(total, f.name, getattr(total, f.name) + (list(value) if f.name == "failed" else value))
+        return total
 
 
 class Downloader:

@@ -21,8 +21,7 @@ import orjson
 from .claims import LATENCY_MARGIN_US, ClaimTracker
 from .convert import BatchConverter
 from .datatypes import parse_data_type
-from .storage import Claim
-from .timeutil import MINUTE_US, US, iso, parse_timestamp_us
+from .timeutil import MINUTE_US, iso, parse_timestamp_us
 
 log = logging.getLogger(__name__)
 

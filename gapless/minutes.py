@@ -346,18 +346,25 @@ class MinuteStore:
                 rows.append(tuple(prefix) + tuple(None if (isinstance(v, float) and v != v) else v
                                                   for v in record))
             columns = ["exchange", "symbol", "data_type", "source"] + list(values.columns)
-        series_dirty = self.models["dirty_series"]
+        m = "?" if self.storage.is_sqlite else "%s"
         with self.storage.write_transaction():
-            agg.delete().where((agg.exchange == exchange) & (agg.symbol == symbol) & (agg.data_type == name)
-                               & (agg.source == source) & (agg.minute >= lo) & (agg.minute < hi)).execute()
+            # plain SQL: these run for every chunk of every stream on every pass
+            self.storage.db.execute_sql(
+                'DELETE FROM "minute_agg" WHERE "exchange" = {m} AND "symbol" = {m} AND "data_type" = {m} AND '
+                '"source" = {m} AND "minute" >= {m} AND "minute" < {m}'.format(m=m), (exchange, symbol, name, source,
+                                                                                    lo, hi))
             self.storage.bulk_insert(agg, columns, rows)
-            series_dirty.insert(exchange=exchange, symbol=symbol, data_type=name, lo=lo, hi=hi).execute()
+            self.storage.db.execute_sql(
+                'INSERT INTO "dirty_series" ("exchange", "symbol", "data_type", "lo", "hi") VALUES '
+                '({m}, {m}, {m}, {m}, {m})'.format(m=m), (exchange, symbol, name, lo, hi))
 
     def _consume(self, ids):
-        dirty = self.models["dirty_rows"]
+        m = "?" if self.storage.is_sqlite else "%s"
         with self.storage.write_transaction():
             for i in range(0, len(ids), 500):
-                dirty.delete().where(dirty.id.in_(ids[i:i + 500])).execute()
+                chunk = ids[i:i + 500]
+                self.storage.db.execute_sql('DELETE FROM "dirty_rows" WHERE "id" IN (%s)' % ", ".join([m] * len(chunk)),
+                                            chunk)
 
     # -- reading -----------------------------------------------------------------------------------
     def read(self, key, lo, hi, columns, overlay=None):

@@ -39,7 +39,7 @@ class Monitor:
         self.metrics = None
         self.server = None
         self.picture = None
-        self._replay_malformed = 0
+        self._replay_malformed = {}  # exchange -> malformed replay lines
         self._main_thread = None
         self._lock = threading.Lock()
 
@@ -99,11 +99,12 @@ class Monitor:
         self.notifier.stopping(status)
 
     # -- after each pass -------------------------------------------------------------------------
-    def downloaded(self, report):
-        """Count what a download report says (malformed replay lines)."""
+    def downloaded(self, report, exchange=None):
+        """Count what one exchange's download report says (malformed replay lines)."""
         if report is not None:
+            exchange = exchange or self.exchange
             with self._lock:
-                self._replay_malformed += report.malformed
+                self._replay_malformed[exchange] = self._replay_malformed.get(exchange, 0) + report.malformed
 
     def rebuilt(self, report, gaps=None, frames=None):
         """Publish one pass: metrics, ``STATUS=``, and the picture. ``gaps`` and ``frames`` are callables
@@ -117,7 +118,8 @@ class Monitor:
                 self.metrics.rebuilt(minutes, disagreements, report.seconds)
             if self._main_thread is not None:  # only a service notifies, never a library user's process
                 missing = sum(counts["missing"] for counts in minutes.values())
-                self.notifier.status(summary(self.exchange, len(report.streams), missing))
+                failed = sum(1 for result in report.streams.values() if result.error)
+                self.notifier.status(summary(self.exchange, len(report.streams), missing, failed))
         except Exception:  # monitoring must never fail a healing pass
             log.exception("publishing the rebuild to metrics and the service manager failed")
         if self.plot_path:
@@ -141,15 +143,17 @@ class Monitor:
         values = dict(self.telemetry() or {})
         malformed = dict(values.get("malformed", {}))
         with self._lock:
-            malformed[(self.exchange, "replay")] = malformed.get((self.exchange, "replay"), 0) + self._replay_malformed
+            for exchange, count in self._replay_malformed.items():
+                malformed[(exchange, "replay")] = malformed.get((exchange, "replay"), 0) + count
         values["malformed"] = malformed
         return values
 
 
-def summary(exchange, streams, missing):
+def summary(exchange, streams, missing, failed=0):
     """The one-line ``STATUS=`` text."""
-    return "%s: %d stream(s), %s" % (exchange, streams, "gapless" if not missing else
+    text = "%s: %d stream(s), %s" % (exchange, streams, "gapless" if not missing else
                                      "%d missing minute(s)" % missing)
+    return text + (", %d could not be published" % failed if failed else "")
 
 
 def _address(value, label):

@@ -14,6 +14,8 @@ from .urls import redact_url
 
 # pg_advisory_xact_lock key for schema changes: several services starting at once create tables in turn
 SCHEMA_LOCK_KEY = 0x6761706C657373  # "gapless"
+# pg_advisory_lock key of the publishing pass (with the schema's hash): one pass at a time per schema
+PUBLISH_LOCK_KEY = 0x67706C73  # "gpls"
 
 
 def connect_postgres(url, timeout):
@@ -53,6 +55,26 @@ class advisory_lock:
 
     def __exit__(self, *exc):
         return self._atomic.__exit__(*exc)
+
+
+class publisher_lock:
+    """``with publisher_lock(db):`` one publishing pass at a time in this database schema, across processes.
+
+    Session-scoped and taken BEFORE the pass's transaction begins: the pass reads from a REPEATABLE READ
+    snapshot, which must be taken after the wait, or two services publishing the same stream would fail on
+    each other's rows (could not serialize access).
+    """
+
+    def __init__(self, db):
+        self.db = db
+
+    def __enter__(self):
+        self.db.execute_sql("SELECT pg_advisory_lock(%s, hashtext(current_schema()))", (PUBLISH_LOCK_KEY,))
+        return self
+
+    def __exit__(self, *exc):
+        self.db.execute_sql("SELECT pg_advisory_unlock(%s, hashtext(current_schema()))", (PUBLISH_LOCK_KEY,))
+        return False
 
 
 class CopyInserter:

@@ -85,7 +85,8 @@ def figure_width(minutes):
 
 
 def draw_coverage(frames, gaps, path, title="gapless coverage"):
-    """Draw the picture of ``{(symbol, data_type): frame}`` and ``gaps`` to ``path`` (PNG, atomically).
+    """Draw the picture of ``{(symbol, data_type): frame}`` (or ``{(exchange, symbol, data_type): frame}``
+    with several exchanges) and ``gaps`` to ``path`` (PNG, atomically).
 
     Returns a :class:`Picture` with the bands' pixel positions.
     """
@@ -112,7 +113,8 @@ def draw_coverage(frames, gaps, path, title="gapless coverage"):
                   frameon=False, fontsize=9, bbox_to_anchor=(right, 1 - 0.02 / height_in))
     gaps_by_key = {}
     for gap in gaps:
-        gaps_by_key.setdefault((gap["symbol"], gap["data_type"]), []).append(gap)
+        for gap_key in ((gap["symbol"], gap["data_type"]), (gap.get("exchange"), gap["symbol"], gap["data_type"])):
+            gaps_by_key.setdefault(gap_key, []).append(gap)
     band_axes = {}
     top = height_in - _HEADER
     for i, key in enumerate(keys):
@@ -129,7 +131,7 @@ def draw_coverage(frames, gaps, path, title="gapless coverage"):
         _draw_price(price_ax, frame, start)
         _draw_gaps(price_ax, gaps_by_key.get(key, ()), x0, x1)
         counts = {s: int((frame["source"] == s).sum()) for s in CODES}
-        price_ax.set_title("%s %s" % key, loc="left", fontsize=10)
+        price_ax.set_title(" ".join(key), loc="left", fontsize=10)
         price_ax.set_title("replay %d  live %d  missing %d" % (counts["replay"], counts["live"], counts["missing"]),
                            loc="right", fontsize=9, color=COLOURS["missing"] if counts["missing"] else "black")
         price_ax.set_xlim(x0, x1)

@@ -3,30 +3,31 @@
 A pass recomputes only what can have changed since the last one: the minutes whose aggregates or
 coverage changed (``dirty_series``, written by the minute store), the minutes whose carried state
 depends on those (up to the next minute with data of its own), and the minutes that entered the
-window; minutes that left the window are deleted. Each stream's changes, its per-minute replay/live
-comparison (``minute_compare``) and its ``stream_status`` row are written in ONE transaction, so a
-reader sees a stream before or after a pass, never half of it.
+window; minutes that left the window are deleted. Every stream's changes, per-minute replay/live
+comparison (``minute_compare``) and ``stream_status`` row are written in ONE transaction, so a reader
+sees the series before or after a pass, never half of one.
 
-A stream that fails to publish is logged and reported in ``stream_status.error``; the others are
-published all the same.
+A stream that fails to publish (a savepoint inside that transaction) is logged and reported in
+``stream_status.error``; the others are published all the same.
 """
 import logging
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 
 import pandas as pd
 
 from .datatypes import parse_data_type
+from .minutes import CHUNK_US
 from .schema import SERIES_VALUES
-from .series import Reader, to_long
+from .published import export_frames, published_frames
+from .series import Reader
 from .stitch import Comparison, stitch_stream
 from .timeutil import MINUTE_US, US, ceil_minute, floor_minute, iso
 
 log = logging.getLogger(__name__)
 
 SERIES_COLUMNS = ["exchange", "symbol", "data_type", "minute", "source", "missing"] + list(SERIES_VALUES)
+COMPARE_COLUMNS = ["exchange", "symbol", "data_type", "minute", "differs", "difference", "column"]
 
 
 @dataclass
@@ -73,105 +74,185 @@ def publish(storage, streams, start, end, now_us=None, full=False, errors=None):
     store could not be refreshed (they keep what was published, marked with the error). Returns a
     RebuildReport.
 
-    Everything is computed from one snapshot of the database (the recorder keeps writing meanwhile: a
-    claim must never be read without the rows it claims), then each stream is written in its own
-    transaction.
+    The whole pass is ONE write transaction, read from its own consistent view (the recorder keeps writing
+    meanwhile: a claim must never be read without the rows it claims), so a reader sees every stream
+    before the pass or every stream after it. Each stream is a savepoint inside it: a stream that fails
+    is rolled back alone, reported, and the others are published. Work goes in chunks of at most
+    :data:`CHUNK_US`, so memory does not grow with the window.
     """
     began = time.monotonic()
     start, end = floor_minute(start), ceil_minute(end)
     now_us = now_us or int(time.time() * US)
+    streams = [tuple(s) for s in streams]
     report = RebuildReport()
-    planned = {}
-    with Reader(storage, [tuple(s) for s in streams]) as reader:
-        for exchange, symbol, name in streams:
-            key = (exchange, symbol, name)
-            if errors and key in errors:
-                continue
+    try:
+        with storage.publish_transaction(), Reader(storage, streams) as reader:
+            for key in streams:
+                error = (errors or {}).get(key)
+                if error is None:
+                    try:
+                        with storage.db.atomic():  # a savepoint: this stream alone is undone if it fails
+                            report.streams[key] = _publish_stream(storage, reader, key, start, end, now_us, full)
+                        continue
+                    except Exception as exc:  # one stream's failure must not keep the others from being published
+                        log.exception("publishing %s %s %s failed", *key)
+                        error = "%s: %s" % (exc.__class__.__name__, exc)
+                report.streams[key] = _failed(error, start, end)
+                with storage.db.atomic():
+                    _record_error(storage, key, start, end, now_us, error)
+    except Exception as exc:  # the pass as a whole failed (e.g. its commit): nothing of it was published
+        log.exception("publishing the pass failed")
+        error = "%s: %s" % (exc.__class__.__name__, exc)
+        for key in streams:
+            report.streams[key] = _failed(error, start, end)
             try:
-                planned[key] = _plan_stream(storage, reader, key, start, end, full)
-            except Exception as exc:  # one stream's failure must not keep the others from being published
-                log.exception("publishing %s %s %s failed", *key)
-                report.streams[key] = StreamResult(error="%s: %s" % (exc.__class__.__name__, exc))
-    for exchange, symbol, name in streams:
-        key = (exchange, symbol, name)
-        if errors and key in errors:
-            report.streams[key] = StreamResult(error=errors[key])
-        elif key in planned:
-            try:
-                report.streams[key] = _write_stream(storage, key, start, end, now_us, *planned[key])
-                continue
-            except Exception as exc:
-                log.exception("publishing %s %s %s failed", *key)
-                report.streams[key] = StreamResult(error="%s: %s" % (exc.__class__.__name__, exc))
-        _record_error(storage, key, start, end, now_us, report.streams[key].error)
+                with storage.write_transaction():
+                    _record_error(storage, key, start, end, now_us, error)
+            except Exception:
+                log.exception("could not record the publishing error of %s", key)
     report.seconds = time.monotonic() - began
     return report
 
 
-def _plan_stream(storage, reader, key, start, end, full):
-    """What to (re)write for one stream: ``(ranges, series rows, comparison rows, dirty ids consumed)``."""
+class _Statements:
+    """The publisher's statements on one stream, as parameterised SQL built once per database kind (building
+    them with the ORM on every pass cost more than running them, with many streams)."""
+
+    _cache = {}
+
+    def __new__(cls, storage):
+        kind = "sqlite" if storage.is_sqlite else "postgresql"
+        if kind not in cls._cache:
+            cls._cache[kind] = super().__new__(cls)
+            cls._cache[kind]._build("?" if storage.is_sqlite else "%s")
+        return cls._cache[kind]
+
+    def _build(self, m):
+        stream = '"exchange" = {m} AND "symbol" = {m} AND "data_type" = {m}'.format(m=m)
+        inside = stream + ' AND "minute" >= {m} AND "minute" < {m}'.format(m=m)
+        outside = stream + ' AND ("minute" < {m} OR "minute" >= {m})'.format(m=m)
+        self.status = ('SELECT "window_start", "window_end", "minutes_replay", "minutes_live", "minutes_missing", '
+                       '"compared", "disagreements", "max_difference", "worst_minute", "worst_column" '
+                       'FROM "stream_status" WHERE ' + stream)
+        self.marks = 'SELECT "id", "lo", "hi" FROM "dirty_series" WHERE ' + stream
+        self.sources = {part: 'SELECT "source", COUNT(*) FROM "minute_series" WHERE %s GROUP BY "source"' % where
+                        for part, where in (("inside", inside), ("outside", outside), ("all", stream))}
+        self.compared = {part: 'SELECT COUNT(*), SUM(CASE WHEN "differs" THEN 1 ELSE 0 END) FROM "minute_compare" '
+                               'WHERE ' + where for part, where in (("inside", inside), ("outside", outside))}
+        self.delete = {(table, part): 'DELETE FROM "%s" WHERE %s' % (table, where)
+                       for table in ("minute_series", "minute_compare")
+                       for part, where in (("inside", inside), ("outside", outside))}
+        self.worst = ('SELECT "minute", "difference", "column" FROM "minute_compare" WHERE ' + stream +
+                      ' AND "differs" ORDER BY "difference" DESC, "minute" LIMIT 1')
+        self.mark = m
+
+    def consume(self, n):
+        """DELETE of ``n`` dirty marks by id."""
+        return 'DELETE FROM "dirty_series" WHERE "id" IN (%s)' % ", ".join([self.mark] * n)
+
+
+def _failed(error, start, end):
+    """The result of a stream that could not be published: every minute of the window counts as missing (what
+    was published before is stale; nothing may be claimed from it)."""
+    return StreamResult(error=error, minutes={"replay": 0, "live": 0, "missing": (end - start) // MINUTE_US})
+
+
+def _publish_stream(storage, reader, key, start, end, now_us, full):
+    """Recompute and write one stream's changed minutes, its comparison and status; consume its dirty marks.
+
+    The status counts are kept incrementally (the previous counts, minus what was deleted, plus what was
+    written), so a pass costs what changed, not the window; a pass over the whole window counts afresh.
+    """
     exchange, symbol, name = key
     data_type = parse_data_type(name)
-    status, dirty = storage.models["stream_status"], storage.models["dirty_series"]
-    where = lambda m: (m.exchange == exchange) & (m.symbol == symbol) & (m.data_type == name)  # noqa: E731
-    previous = status.get_or_none(where(status))
-    marks = list(dirty.select(dirty.id, dirty.lo, dirty.hi).where(where(dirty)).tuples())
-    if full or previous is None or previous.window_end <= start or previous.window_start >= end:
+    sql, run = _Statements(storage), storage.db.execute_sql
+    previous = run(sql.status, key).fetchone()
+    marks = run(sql.marks, key).fetchall()
+    if full or previous is None or previous[1] <= start or previous[0] >= end:
         ranges = [(start, end)]
     else:
         ranges = [(lo, hi) for _, lo, hi in marks]
-        if start < previous.window_start:
-            ranges.append((start, previous.window_start))
-        if end > previous.window_end:
-            ranges.append((previous.window_end, end))
+        if start < previous[0]:
+            ranges.append((start, previous[0]))
+        if end > previous[1]:
+            ranges.append((previous[1], end))
         ranges = [_carry_extent(reader, key, data_type, lo, hi, end) for lo, hi in ranges]
     ranges = _merge([(max(lo, start), min(hi, end)) for lo, hi in ranges])
-    rows, differences = [], []
+    whole = ranges == [(start, end)]
+    counts = dict.fromkeys(("replay", "live", "missing"), 0)
+    compared = [0, 0]
+    worst = None  # (difference, minute, column) of the worst disagreement kept
+    if not whole:
+        counts.update(zip(("replay", "live", "missing"), previous[2:5]))
+        compared = [previous[5], previous[6]]
+        if previous[8] is not None:
+            worst = (previous[7], previous[8], previous[9])
+    gone = [("outside", (start, end))] + [("inside", r) for r in ranges]
+    for part, (lo, hi) in gone:
+        if not whole:
+            for source, n in run(sql.sources[part], key + (lo, hi)).fetchall():
+                counts[source] -= n
+            n, bad = run(sql.compared[part], key + (lo, hi)).fetchone()
+            compared[0] -= n or 0
+            compared[1] -= bad or 0
+            if worst and (lo <= worst[1] < hi) == (part == "inside"):
+                worst = False  # the worst minute was replaced: look it up again below
+        run(sql.delete[("minute_series", part)], key + (lo, hi))
+        run(sql.delete[("minute_compare", part)], key + (lo, hi))
+    published = 0
     for lo, hi in ranges:
-        result = stitch_stream(reader, exchange, symbol, data_type, lo, hi)
-        rows += _series_rows(exchange, symbol, name, result.frame)
-        differences += [(exchange, symbol, name, int(t.value // 1000), bool(d.differs), float(d.difference),
-                         d.column) for t, d in result.differences.iterrows()]
-    return ranges, rows, differences, [m[0] for m in marks]
-
-
-def _write_stream(storage, key, start, end, now_us, ranges, rows, differences, ids):
-    """Write one stream's changes, comparison and status, and consume its dirty marks, in one transaction."""
-    exchange, symbol, name = key
-    models = storage.models
-    status, series, compare, dirty = (models["stream_status"], models["minute_series"], models["minute_compare"],
-                                      models["dirty_series"])
-    where = lambda m: (m.exchange == exchange) & (m.symbol == symbol) & (m.data_type == name)  # noqa: E731
-    with storage.write_transaction():
-        series.delete().where(where(series) & ((series.minute < start) | (series.minute >= end))).execute()
-        compare.delete().where(where(compare) & ((compare.minute < start) | (compare.minute >= end))).execute()
-        for lo, hi in ranges:
-            series.delete().where(where(series) & (series.minute >= lo) & (series.minute < hi)).execute()
-            compare.delete().where(where(compare) & (compare.minute >= lo) & (compare.minute < hi)).execute()
-        storage.bulk_insert(series, SERIES_COLUMNS, rows)
-        storage.bulk_insert(compare, ["exchange", "symbol", "data_type", "minute", "differs", "difference",
-                                      "column"], differences)
-        result = StreamResult(minutes=_counts(series, where), comparison=_comparison(compare, where),
-                              published=len(rows))
-        _upsert_status(status, key, start, end, now_us, result)
-        for i in range(0, len(ids), 500):
-            dirty.delete().where(dirty.id.in_(ids[i:i + 500])).execute()
+        for a in range(lo, hi, CHUNK_US):
+            stitched = stitch_stream(reader, exchange, symbol, data_type, a, min(hi, a + CHUNK_US))
+            rows = _series_rows(exchange, symbol, name, stitched.frame)
+            storage.bulk_insert(storage.models["minute_series"], SERIES_COLUMNS, rows)
+            for source, n in stitched.frame["source"].value_counts().items():
+                counts[source] += int(n)
+            differences = [(exchange, symbol, name, int(t.value // 1000), bool(d.differs), float(d.difference),
+                            d.column) for t, d in stitched.differences.iterrows()]
+            storage.bulk_insert(storage.models["minute_compare"], COMPARE_COLUMNS, differences)
+            compared[0] += len(differences)
+            for row in differences:
+                if row[4]:
+                    compared[1] += 1
+                    if worst is not False and (worst is None or (-row[5], row[3]) < (-worst[0], worst[1])):
+                        worst = (row[5], row[3], row[6])
+            published += len(rows)
+    if whole:  # counted afresh: everything of the stream was just written
+        worst = worst or None
+    elif worst is False:
+        found = run(sql.worst, key).fetchone()
+        worst = (found[1], found[0], found[2]) if found else None
+    comparison = Comparison(compared=compared[0], disagreements=compared[1])
+    if worst and compared[1]:
+        comparison.max_difference = float(worst[0])
+        comparison.worst_minute = pd.Timestamp(worst[1] * 1000, tz="UTC")
+        comparison.worst_column = worst[2]
+    result = StreamResult(minutes=counts, comparison=comparison, published=published)
+    _upsert_status(storage.models["stream_status"], key, start, end, now_us, result)
+    ids = [m[0] for m in marks]
+    for i in range(0, len(ids), 500):
+        chunk = ids[i:i + 500]
+        run(sql.consume(len(chunk)), chunk)
     return result
 
 
 def _carry_extent(reader, key, data_type, lo, hi, end):
     """``[lo, hi)`` widened to every minute whose carried state may depend on it.
 
-    A quiet minute carries the state of the last minute with data of its own; so a change reaches up to
-    the next minute that has its own data, in either source. A ticker minute carries every field it did
-    not change itself, so a ticker change may reach the end of the window.
+    A quiet minute carries the state of the last minute with data of its own, and only inside one coverage
+    interval of its source. So a change reaches, in each source, up to that source's next minute with data
+    of its own, and never past the end of the source's interval that holds ``hi``. A ticker minute carries
+    every field it did not change itself: a ticker change may reach the end of that interval.
     """
-    if data_type.family == "derivative_ticker":
-        return lo, end
     reach = hi
     for source in ("replay", "live"):
-        following = reader.store.first_at_or_after((key[0], key[1], key[2], source), hi, end)
-        reach = max(reach, following + MINUTE_US if following is not None else end)
+        holding = [b for a, b in reader.covered(key[0], key[1], key[2], source) if a <= hi < b]
+        if not holding:
+            continue  # no interval of this source goes on past the change: nothing carries from it
+        block_end = min(ceil_minute(holding[0]), end)
+        following = None if data_type.family == "derivative_ticker" else \
+            reader.store.first_at_or_after((key[0], key[1], key[2], source), hi, block_end)
+        reach = max(reach, following + MINUTE_US if following is not None else block_end)
     return lo, min(reach, end)
 
 
@@ -198,31 +279,6 @@ def _series_rows(exchange, symbol, name, frame):
                     frame["missing"].astype(bool).tolist(), *values))
 
 
-def _counts(series, where):
-    counts = {"replay": 0, "live": 0, "missing": 0}
-    from peewee import fn
-    for source, count in series.select(series.source, fn.COUNT(series.minute)).where(where(series)).group_by(
-            series.source).tuples():
-        counts[source] = count
-    return counts
-
-
-def _comparison(compare, where):
-    from peewee import fn
-    result = Comparison()
-    result.compared = compare.select().where(where(compare)).count()
-    result.disagreements = compare.select().where(where(compare) & (compare.differs == True)).count()  # noqa
-    worst = (compare.select(compare.minute, compare.difference, compare.column)
-             .where(where(compare) & (compare.differs == True))  # noqa: E712
-             .order_by(compare.difference.desc(), compare.minute).limit(1).tuples())
-    for minute, difference, column in worst:
-        result.max_difference = float(difference)
-        result.worst_minute = pd.Timestamp(minute * 1000, tz="UTC")
-        result.worst_column = column
-    del fn
-    return result
-
-
 def _upsert_status(status, key, start, end, now_us, result, error=None):
     exchange, symbol, name = key
     c = result.comparison
@@ -240,89 +296,31 @@ def _upsert_status(status, key, start, end, now_us, result, error=None):
 
 
 def _record_error(storage, key, start, end, now_us, error):
-    try:
-        with storage.write_transaction():
-            status = storage.models["stream_status"]
-            previous = status.get_or_none((status.exchange == key[0]) & (status.symbol == key[1])
-                                          & (status.data_type == key[2]))
-            result = StreamResult(error=error)
-            if previous is not None:  # keep the last good counts; the error says they are stale
-                result.minutes = {"replay": previous.minutes_replay, "live": previous.minutes_live,
-                                  "missing": previous.minutes_missing}
-            _upsert_status(status, key, start, end, now_us, result, error=error)
-    except Exception:
-        log.exception("could not record the publishing error of %s", key)
+    """Mark a stream's status with its error, keeping the last good counts (the error says they are stale).
+    Runs inside the caller's transaction."""
+    status = storage.models["stream_status"]
+    previous = status.get_or_none((status.exchange == key[0]) & (status.symbol == key[1])
+                                  & (status.data_type == key[2]))
+    result = StreamResult(error=error)
+    if previous is not None:
+        result.minutes = {"replay": previous.minutes_replay, "live": previous.minutes_live,
+                          "missing": previous.minutes_missing}
+    _upsert_status(status, key, start, end, now_us, result, error=error)
 
 
-# -- reading what was published, and exporting it -------------------------------------------------------
-def read_published(storage, exchange, symbol, data_type):
-    """The published series of one stream (as written by the last pass), minute-indexed (None if never)."""
-    if not storage.has_table("minute_series"):
-        return None
-    model = storage.models["minute_series"]
-    query = model.select().where((model.exchange == exchange) & (model.symbol == symbol)
-                                 & (model.data_type == data_type)).order_by(model.minute)
-    frame = pd.DataFrame(list(query.dicts()))
-    if frame.empty:
-        return frame
-    frame.index = pd.DatetimeIndex(pd.to_datetime(frame.pop("minute"), unit="us", utc=True), name="minute")
-    return frame
+def rebuild(storage, streams, start, end, export=None, now_us=None, full=False):
+    """Refresh the minute store, publish the streams' series over ``[start, end)``, and export it if asked.
 
-
-def published_sources(storage, exchange, symbol, data_type, start, end):
-    """Per minute of ``[start, end)``: the published source (numpy array), or None if not all published."""
-    import numpy as np
-    model = storage.models["minute_series"]
-    rows = (model.select(model.minute, model.source)
-            .where((model.exchange == exchange) & (model.symbol == symbol) & (model.data_type == data_type)
-                   & (model.minute >= start) & (model.minute < end)).order_by(model.minute).tuples())
-    rows = list(rows)
-    if len(rows) != (end - start) // MINUTE_US:
-        return None
-    return np.array([source for _, source in rows], dtype=object)
-
-
-def published_frames(storage, streams):
-    """``{(exchange, symbol, data_type): frame}`` of the published series, with each type's value columns."""
-    from .minutes import value_columns
-    frames = {}
-    for exchange, symbol, name in streams:
-        frame = read_published(storage, exchange, symbol, name)
-        if frame is None or frame.empty:
-            continue
-        frames[(exchange, symbol, name)] = frame[list(value_columns(name)) + ["source", "missing"]]
-    return frames
-
-
-def export_frames(frames, exchange, path):
-    """Write the long form of the frames to CSV or Parquet atomically (temp file + rename)."""
-    long = to_long(frames, exchange)
-    directory = os.path.dirname(os.path.abspath(path)) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), dir=directory)
-    os.close(fd)
-    try:
-        if path.lower().endswith(".parquet"):
-            long.to_parquet(tmp, index=False)
-        else:
-            out = long.copy()
-            out["minute"] = out["minute"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
-            out.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def rebuild(storage, exchange, symbols, data_types, start, end, export=None, now_us=None, full=False):
-    """Refresh the minute store, publish the streams' series over ``[start, end)``, and export it if asked."""
+    ``streams``: stream groups (:class:`~gapless.streams.StreamGroup`, ``"exchange:symbols:types;..."`` text
+    or ``(exchange, symbols, data_types)`` triples), or ``[(exchange, symbol, data_type)]`` streams.
+    """
     from .minutes import MinuteStore
-    streams = [(exchange, s, parse_data_type(d).name if isinstance(d, str) else d.name)
-               for s in symbols for d in data_types]
-    refreshed = MinuteStore(storage).refresh(streams)
-    report = publish(storage, streams, start, end, now_us=now_us, full=full, errors=refreshed.errors)
+    streams = _stream_list(streams)
+    with storage.publisher_lock():  # services sharing a PostgreSQL database publish in turn
+        refreshed = MinuteStore(storage).refresh(streams)
+        report = publish(storage, streams, start, end, now_us=now_us, full=full, errors=refreshed.errors)
     if export:
-        export_frames(published_frames(storage, streams), exchange, export)
+        export_frames(published_frames(storage, streams), streams[0][0] if streams else None, export)
     for key, result in report.streams.items():
         c = result.comparison
         if c.disagreements:
@@ -330,3 +328,14 @@ def rebuild(storage, exchange, symbols, data_types, start, end, export=None, now
                         "(%s at %s)", *key, c.disagreements, c.compared, c.max_difference, c.worst_column,
                         iso(int(c.worst_minute.value // 1000)) if c.worst_minute is not None else "-")
     return report
+
+
+def _stream_list(streams):
+    """``[(exchange, symbol, data_type name)]`` from groups or streams (see :func:`rebuild`)."""
+    from .streams import StreamGroup, parse_streams
+    grouped = lambda s: (isinstance(s, StreamGroup) or not isinstance(s[1], str)  # noqa: E731
+                         or not isinstance(s[2], str) or "," in s[1] + s[2])
+    if isinstance(streams, (str, StreamGroup)) or any(grouped(s) for s in streams):
+        return [s for g in parse_streams(streams, "streams") for s in g.streams]
+    return [(exchange, symbol, parse_data_type(d).name if isinstance(d, str) else d.name)
+            for exchange, symbol, d in streams]

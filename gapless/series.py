@@ -19,7 +19,7 @@ stretch's start), never from before the stretch (a hole could hide a change).
 import numpy as np
 import pandas as pd
 
-from .minutes import MinuteStore, value_columns
+from .minutes import CHUNK_US, MinuteStore, value_columns
 from .schema import QUOTE_VALUES, TICKER_VALUES, TRADE_VALUES
 from .timeutil import MINUTE_US, ceil_minute, floor_minute
 
@@ -156,7 +156,11 @@ def _seeds(reader, key, stored_cols, data_type, start, block, intervals, own, la
     for k in np.unique(block[block >= 0]).tolist():
         a = intervals[k][0]
         first = int(np.argmax(block == k))
-        if first == 0:
+        if first == 0 and data_type.family == "derivative_ticker":
+            seed = _ticker_seed(reader, key, columns, start, a)
+            if seed is not None:
+                seeds[k] = seed
+        elif first == 0:
             row = reader.store.last_before(key, start, floor_minute(a), stored_cols, reader.overlay)
             if row is not None and int(row["last_ts"]) >= a:
                 seeds[k] = _agg_values(row.to_frame().T, data_type, columns)[0]
@@ -165,6 +169,31 @@ def _seeds(reader, key, stored_cols, data_type, start, block, intervals, own, la
             if own[previous] and last_ts[previous] >= a and start + previous * MINUTE_US >= floor_minute(a):
                 seeds[k] = values[previous].copy()
     return seeds
+
+
+def _ticker_seed(reader, key, columns, start, interval_start):
+    """The ticker state carried into ``start``: each field's last value since the interval began (NaN if none).
+
+    A ticker message carries only the fields that changed, so each field is looked up on its own, not in the
+    last minute with data (that one may have updated one field only). Read backwards in chunks: memory stays
+    flat whatever the distance to the interval's start.
+    """
+    seed = np.full(len(columns), np.nan)
+    floor_a = floor_minute(interval_start)
+    hi = start
+    while hi > floor_a and np.isnan(seed).any():
+        lo = max(floor_a, hi - CHUNK_US)
+        agg = reader.store.read(key, lo, hi, columns, reader.overlay)
+        if len(agg):
+            # the minute where the interval began counts only if its last row is inside the interval
+            agg = agg[(agg.index > floor_a) | (agg["last_ts"].to_numpy(dtype=np.int64) >= interval_start)]
+            for i, column in enumerate(columns):
+                if np.isnan(seed[i]):
+                    present = agg[column].dropna()
+                    if len(present):
+                        seed[i] = float(present.iloc[-1])
+        hi = lo
+    return None if np.isnan(seed).all() else seed
 
 
 def _carry(values, valid, block, seeds):

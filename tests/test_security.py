@@ -22,7 +22,8 @@ from gapless.exceptions import GaplessError, UsageError
 from gapless.series import series
 from gapless.service import Gapless
 from gapless.status import status_report
-from gapless.publish import read_published, rebuild
+from gapless.publish import rebuild
+from gapless.published import read_published
 from gapless.storage import Claim, Storage
 from tests.conftest import pg_schema_url
 from tests.service_process import run_cli, service_env, start_service, stop_service
@@ -323,7 +324,7 @@ def test_hostile_strings_reaching_storage_are_data_never_sql(store):
     report = status_report(store, [(HOSTILE_EXCHANGES[0], HOSTILE_SYMBOLS, ["trade"])], 10 * 60 * 10 ** 6,
                            {HOSTILE_EXCHANGES[0]: {"delay": 0}}, end + 10 ** 7)
     assert [s["symbol"] for s in report["streams"]] == HOSTILE_SYMBOLS and all(s["gapless"] for s in report["streams"])
-    rebuild(store, HOSTILE_EXCHANGES[0], HOSTILE_SYMBOLS, ["trade"], start, end)
+    rebuild(store, [(HOSTILE_EXCHANGES[0], s, "trade") for s in HOSTILE_SYMBOLS], start, end)
     for symbol in HOSTILE_SYMBOLS:
         assert len(read_published(store, HOSTILE_EXCHANGES[0], symbol, "trade")) == 10
     assert store.count_rows("trade") == len(rows)

@@ -283,7 +283,7 @@ READER = """
 import sys, time, json
 sys.path.insert(0, %r)
 from gapless.storage import Storage
-from gapless.publish import read_published
+from gapless.published import read_published
 store = Storage(sys.argv[1], create=False)
 deadline = time.time() + float(sys.argv[2])
 reads, sizes, errors = 0, set(), []

@@ -23,7 +23,7 @@ from common import fresh_database, start_double  # noqa: E402
 
 from gapless.download import Downloader  # noqa: E402
 from gapless.series import series  # noqa: E402
-from gapless.stitch import rebuild  # noqa: E402
+from gapless.publish import rebuild  # noqa: E402
 from gapless.storage import Storage  # noqa: E402
 from gapless.timeutil import DAY_US, floor_day, iso, to_us  # noqa: E402
 
@@ -61,7 +61,7 @@ def main():
                                           max(timings)))
         for export in (None, os.path.join(directory, "series.csv")):
             began = time.perf_counter()
-            result = rebuild(store, "deribit", SYMBOLS, TYPES, start, end, export=export)
+            result = rebuild(store, [("deribit", SYMBOLS, TYPES)], start, end, export=export)
             print("rebuild of the combined series (stitch + compare + publish%s): %.3fs" % (
                 " + CSV export" if export else "", time.perf_counter() - began))
             del result

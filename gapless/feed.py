@@ -1,0 +1,204 @@
+"""One exchange of a service: its live recorder, its history horizon, and the history it asks for.
+
+A :class:`Feed` is what gapless keeps per exchange: one recorder thread (one websocket to tardis-machine
+for the exchange's symbols and data types), one :class:`~gapless.horizon.HistoryHorizon` (each exchange's
+history lags by its own delay, measured by probes), and the per-pass history download that the healing
+rules decide (:mod:`gapless.healing`). The service (:class:`gapless.service.Gapless`) runs one Feed per
+exchange and publishes all their streams together.
+"""
+import logging
+
+from . import ledger
+from .download import Downloader
+from .exceptions import GaplessError
+from .horizon import HistoryHorizon
+from .plan import Anchors
+from .published import published_sources
+from .recorder import Recorder
+from .series import Reader
+from .status import minute_sources
+from .timeutil import MINUTE_US, US
+
+log = logging.getLogger(__name__)
+
+# a refusal this close to the present means "not available yet", not a fault worth retrying at once
+EDGE_US = 120 * MINUTE_US
+
+
+class Feed:
+    """One exchange: recorder, history horizon and history downloads (see the module docstring)."""
+
+    def __init__(self, group, storage, now, tardis_url, tardis_ws_url, api_key=None, history_delay_us=15 * MINUTE_US,
+                 workers=0, concurrency=8, recorder_options=None, downloader_options=None, planner=None,
+                 stop_event=None, monitor=None):
+        self.group = group
+        self.exchange = group.exchange
+        self.symbols = group.symbols
+        self.data_types = group.data_types
+        self.storage = storage
+        self.now = now
+        self.tardis_url = tardis_url
+        self.api_key = api_key
+        self.workers = workers
+        self.concurrency = concurrency
+        self.planner = planner
+        self.stop_event = stop_event
+        self.monitor = monitor
+        self.horizon = HistoryHorizon(history_delay_us)
+        self._restore_horizon()
+        self.recorder = Recorder(storage, tardis_ws_url, self.exchange, self.symbols, self.data_types,
+                                 clock=lambda: now() / 1e6, **(recorder_options or {}))
+        self._downloader_options = dict(downloader_options or {})
+        self.last_download = None
+        self.probe_requests = 0
+
+    # -- history -------------------------------------------------------------------------------
+    def download_history(self, window, use_published=False):
+        """Download what replay coverage lacks over ``window`` (start, end), up to where history can deliver.
+
+        ``use_published``: decide from the series published just before (cheaper than stitching again).
+        """
+        now_us = self.now()
+        if self.horizon.probe_due(now_us):
+            self.measure_history_delay()
+            now_us = self.now()
+        start, end = window
+        limit = self.horizon.claim_limit(now_us)
+        if limit <= start:
+            return None
+        # the first download of a long lookback shows its progress (a bar on a terminal, else a log line a
+        # request); later passes ask for a few minutes and stay quiet
+        progress = None if self.last_download is None else False
+        options = dict(dict(workers=self.workers, concurrency=self.concurrency, progress=progress),
+                       **self._downloader_options)
+        downloader = Downloader(self.storage, self.tardis_url, api_key=self.api_key, stop_event=self.stop_event,
+                                now=self.now, **options)
+        downloader.limit = limit
+        downloader.proven_until = self.horizon.proven_until(now_us)
+        downloader.on_run_finished = self._learn_horizon
+        if self.monitor is not None:
+            downloader.on_batch = self.monitor.progress  # the first download runs in the main thread: the watchdog
+        # a refusal near the present means "not available yet": the next pass asks less, no retry storm
+        downloader.should_retry = lambda request, failure: not (
+            getattr(failure, "refused", False) and request.request_end >= self.now() - EDGE_US)
+        report = downloader.download_wanted(self.exchange, self._wanted(start, limit, end, use_published))
+        if self.horizon.probe_due(self.now()):
+            self.measure_history_delay()  # a refusal near the edge: history fell behind; find out how far
+        if report.requests:
+            log.info("%s history: %d request(s), %d new rows, %d lines in %.1fs%s", self.exchange, report.requests,
+                     report.rows_inserted, report.lines, report.seconds,
+                     "; %d incomplete" % len(report.failed) if report.failed else "")
+        self._save_horizon()
+        if self.monitor is not None:
+            self.monitor.downloaded(report, self.exchange)
+        self.last_download = report
+        return report
+
+    def _sources_of(self, use_published=True):
+        def sources_of(symbol, data_type, a, b):
+            if use_published:
+                sources = published_sources(self.storage, self.exchange, symbol, data_type, a, b)
+                if sources is not None:
+                    return sources
+            with Reader(self.storage, [(self.exchange, symbol, data_type)]) as reader:
+                return minute_sources(reader, self.exchange, symbol, data_type, a, b)
+        return sources_of
+
+    def _wanted(self, start, limit, end, use_published=False):
+        """What history to fetch this pass, per stream (see :mod:`gapless.healing`)."""
+        now_us = self.now()
+        return self.planner.wanted(self._sources_of(use_published), self.exchange, self.symbols, self.data_types,
+                                   start, limit, now_us, self._held_of(now_us, limit), end=end)
+
+    def _held_of(self, now_us, limit):
+        """``held_of(symbol, data_type)``: what the replay ledger holds back now (see :mod:`gapless.ledger`)."""
+        anchors = Anchors(self.storage, self.exchange)
+
+        def held_of(symbol, data_type):
+            entries = ledger.entries(self.storage, self.exchange, symbol, data_type)
+            return ledger.held_back(entries, now_us, anchors, limit)[0]
+
+        return held_of
+
+    def next_pass_due(self, window):
+        """When (our clock, µs) a pass will reach the next gap that has ended (None: no such gap).
+
+        ``claim_limit(t) = floor(t - delay) - 1 min`` reaches the gap's end ``e`` at ``t = e + 1 min + delay``.
+        """
+        now_us = self.now()
+        start, end = window
+        limit = self.horizon.claim_limit(now_us)
+        reach = self.planner.next_reach(self._sources_of(), self.symbols, self.data_types, start, limit, end,
+                                        self._held_of(now_us, limit))
+        return None if reach is None else reach + MINUTE_US + self.horizon.state()["delay"] + US
+
+    # -- the history delay ----------------------------------------------------------------------
+    def measure_history_delay(self):
+        """Measure how far history reaches now (a handful of one-minute probes) and use it as the delay."""
+        from .probe import EdgeProbe
+        from .replay import ReplayClient
+        probe = EdgeProbe(ReplayClient(self.tardis_url, timeout=(5.0, 30.0)), self.exchange, self.symbols,
+                          api_key=self.api_key, live_trades_in=self._live_trades_in)
+        try:
+            state = self.horizon.state()
+            result = probe.measure(self.now(), known_edge=state["edge"])
+        except GaplessError as exc:
+            log.warning("%s: measuring the history delay failed (%s); keeping %s", self.exchange, exc,
+                        self.horizon.state()["delay"])
+            return None
+        self.horizon.measured(self.now(), result.edge, result.tight)
+        self.probe_requests += result.probes
+        self._save_horizon()
+        return result
+
+    def _live_trades_in(self, minute):
+        """True when the live recording stored trades of our symbols inside ``minute`` (history must have them)."""
+        for symbol in self.symbols:
+            if self.storage.last_row_before("trade", self.exchange, symbol, "trade", "live", minute + MINUTE_US,
+                                            minute, columns=["timestamp"]):
+                return True
+            for name in self.data_types:
+                if name.startswith("trade_bar") and self.storage.last_row_before(
+                        "trade_bar", self.exchange, symbol, name, "live", minute + MINUTE_US + 1, minute + 1,
+                        columns=["timestamp"]):
+                    return True
+        return False
+
+    def _learn_horizon(self, request, failure):
+        now_us = self.now()
+        if failure is not None and getattr(failure, "refused", False) and request.request_end >= now_us - EDGE_US:
+            # refused near the present: history does not reach that far (any more): grow, and measure again
+            self.horizon.refused(now_us, getattr(failure, "delivered_until", None))
+
+    def _horizon_keys(self):
+        return ("history_delay_us:%s" % self.exchange, "history_measured_at:%s" % self.exchange,
+                "history_edge:%s" % self.exchange)
+
+    def _restore_horizon(self):
+        """Start from the delay the last run used (measured or grown); it is measured again at once, without
+        asking again for the minutes the last measurement proved available (its edge)."""
+        meta = self.storage.models["meta"]
+        keys = self._horizon_keys()
+        values = {row.key: row.value for row in meta.select().where(meta.key.in_([keys[0], keys[2]]))}
+        try:
+            if keys[0] in values:
+                self.horizon.delay = max(0, min(self.horizon.max_delay, int(values[keys[0]])))
+            if keys[2] in values:
+                self.horizon.edge = int(values[keys[2]])
+        except ValueError:
+            pass
+
+    def _save_horizon(self):
+        meta = self.storage.models["meta"]
+        state = self.horizon.state()
+        for key, value in zip(self._horizon_keys(), (state["delay"], state["measured_at"], state["edge"])):
+            if value is not None:
+                meta.insert(key=key, value=str(value)).on_conflict(conflict_target=[meta.key],
+                                                                    preserve=[meta.value]).execute()
+
+    # -- monitoring ----------------------------------------------------------------------------
+    def telemetry(self):
+        """This exchange's part of the monitoring counters (see :meth:`gapless.service.Gapless.telemetry`)."""
+        health = self.recorder.health()
+        return {"live_lag_seconds": health["lag_seconds"], "history_delay_seconds": self.horizon.state()["delay"] / 1e6,
+                "reconnects": health["reconnects"], "malformed": health["malformed"]}

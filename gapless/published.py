@@ -1,0 +1,70 @@
+"""Reading the published series (``minute_series``), and exporting it to CSV or Parquet.
+
+What :mod:`gapless.publish` wrote by its last pass: every stream of one pass, or of the one before.
+"""
+import os
+import tempfile
+
+import pandas as pd
+
+from .series import to_long
+from .timeutil import MINUTE_US
+
+
+def read_published(storage, exchange, symbol, data_type):
+    """The published series of one stream (as written by the last pass), minute-indexed (None if never)."""
+    if not storage.has_table("minute_series"):
+        return None
+    model = storage.models["minute_series"]
+    query = model.select().where((model.exchange == exchange) & (model.symbol == symbol)
+                                 & (model.data_type == data_type)).order_by(model.minute)
+    frame = pd.DataFrame(list(query.dicts()))
+    if frame.empty:
+        return frame
+    frame.index = pd.DatetimeIndex(pd.to_datetime(frame.pop("minute"), unit="us", utc=True), name="minute")
+    return frame
+
+
+def published_sources(storage, exchange, symbol, data_type, start, end):
+    """Per minute of ``[start, end)``: the published source (numpy array), or None if not all published."""
+    import numpy as np
+    model = storage.models["minute_series"]
+    rows = (model.select(model.minute, model.source)
+            .where((model.exchange == exchange) & (model.symbol == symbol) & (model.data_type == data_type)
+                   & (model.minute >= start) & (model.minute < end)).order_by(model.minute).tuples())
+    rows = list(rows)
+    if len(rows) != (end - start) // MINUTE_US:
+        return None
+    return np.array([source for _, source in rows], dtype=object)
+
+
+def published_frames(storage, streams):
+    """``{(exchange, symbol, data_type): frame}`` of the published series, with each type's value columns."""
+    from .minutes import value_columns
+    frames = {}
+    for exchange, symbol, name in streams:
+        frame = read_published(storage, exchange, symbol, name)
+        if frame is None or frame.empty:
+            continue
+        frames[(exchange, symbol, name)] = frame[list(value_columns(name)) + ["source", "missing"]]
+    return frames
+
+
+def export_frames(frames, exchange, path):
+    """Write the long form of the frames to CSV or Parquet atomically (temp file + rename)."""
+    long = to_long(frames, exchange)
+    directory = os.path.dirname(os.path.abspath(path)) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), dir=directory)
+    os.close(fd)
+    try:
+        if path.lower().endswith(".parquet"):
+            long.to_parquet(tmp, index=False)
+        else:
+            out = long.copy()
+            out["minute"] = out["minute"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+            out.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
