@@ -53,14 +53,23 @@ class HistoryHorizon:
         with self._lock:
             return self._probe_due or self.measured_at is None or now_us - self.measured_at >= self.probe_interval
 
-    def measured(self, now_us, edge_us):
-        """A measurement saw history up to ``edge_us`` (None: it could not tell; keep the delay in use)."""
+    def measured(self, now_us, edge_us, tight=True):
+        """A measurement saw history up to ``edge_us`` (None: it could not tell; keep the delay in use).
+
+        ``tight`` False: history may reach further (the minutes after the edge sent nothing, and nothing says
+        they should have: a quiet market, or not available yet where the server answers with empty minutes).
+        The delay it implies may then grow the delay in use only up to the configured bound
+        (``GAPLESS_HISTORY_DELAY``); beyond it, growth needs evidence (a refusal, or live trades history lacks).
+        """
         with self._lock:
             self._probe_due = False
             self.measured_at = now_us
             if edge_us is None:
                 return
             delay = min(self.max_delay, max(0, now_us - edge_us) + SAFETY_US)
+            if not tight:
+                delay = min(delay, max(self.delay, self.configured))
+                edge_us = max(edge_us, self.edge or edge_us)
             if abs(delay - self.delay) >= US:
                 log.info("history delay %s -> %s (measured: history reaches %s)", _text(self.delay), _text(delay),
                          iso(edge_us))

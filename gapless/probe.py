@@ -7,9 +7,15 @@ proves nothing by itself; it counts as *not available* when the live recording s
 minute (history would have them), and as unknown (treated as not available) otherwise. An error line
 (the minute is refused) means not available.
 
-The search: from ``now - upper bound`` (the configured history delay) step back exponentially until a
-minute is available, then forward exponentially until one is not, then bisect: about ten one-minute
-requests find the newest available minute, and its latest line is the measured edge.
+The search comes down from the present: the present minute, then 1, 2, 4, 8 ... minutes before it until a
+minute is available, then bisects between it and the newest minute that was not: about ten one-minute
+requests (2 log2 of the delay in minutes) find the newest available minute; its latest line is the edge.
+
+The edge is *tight* when the minute after it was shown not to be available (refused, or empty where live
+has trades). When it is only followed by unknown minutes (a quiet market: empty, and live saw no trades
+either) history may reach further: the edge is a lower bound, and the delay it implies an upper bound
+that must not make the delay in use grow. A minute already proven available (at or before the edge of an
+earlier measurement) is never asked again.
 """
 import logging
 from dataclasses import dataclass, field
@@ -30,6 +36,7 @@ class ProbeResult:
     """What a measurement found: the edge (µs, local time of the newest line history delivered) or None."""
 
     edge: int = None
+    tight: bool = False  # the minute after the edge was shown not to be available (else: a lower bound)
     probes: int = 0
     answers: list = field(default_factory=list)  # [(minute, "yes" | "no" | "unknown", latest line)]
 
@@ -44,40 +51,53 @@ class EdgeProbe:
         self.api_key = api_key
         self.live_trades_in = live_trades_in or (lambda minute: False)
         self.max_probes = max_probes
+        self._known_edge = None
 
-    def measure(self, now_us, upper_us):
-        """Measure the edge at ``now_us``, starting from ``now - upper_us``. Returns a :class:`ProbeResult`."""
+    def measure(self, now_us, known_edge=None):
+        """Measure the edge at ``now_us``. Returns a :class:`ProbeResult`.
+
+        The search comes down from the present minute (steps back doubling each time until a minute with
+        lines, then bisection between it and the newest minute without), so neither a hole in history nor a
+        quiet stretch below the edge, nor a delay in use that is far too large, can hide it. ``known_edge``:
+        an earlier measurement's edge (history reaches at least there): minutes up to it count as available
+        without a request.
+        """
         result = ProbeResult()
+        self._known_edge = known_edge
         present = floor_minute(now_us)
-        lo = floor_minute(now_us - upper_us) - MINUTE_US
-        step = MINUTE_US
-        while self._ask(lo, result) != "yes":
-            lo -= step
-            step *= 2
-            if now_us - lo > MAX_LOOK_BACK_US or result.probes >= self.max_probes:
+        lo, hi = None, present + MINUTE_US  # the newest minute shown available; the oldest asked above it
+        for minute in _descending(present):
+            if now_us - minute > MAX_LOOK_BACK_US or result.probes >= self.max_probes:
                 log.warning("%s: no history with trades found in the last %d min; history delay not measured",
-                            self.exchange, (now_us - lo) // MINUTE_US)
+                            self.exchange, (now_us - minute) // MINUTE_US)
                 return result
-        hi, step = present + MINUTE_US, MINUTE_US  # the present minute may be partly available already
-        while lo + step < hi and result.probes < self.max_probes:
-            if self._ask(lo + step, result) == "yes":
-                lo, step = lo + step, step * 2
-            else:
-                hi = lo + step
+            if self._ask(minute, result) == "yes":
+                lo = minute
                 break
+            hi = minute
         while hi - lo > MINUTE_US and result.probes < self.max_probes:
             mid = floor_minute(lo + (hi - lo) // 2)
             if self._ask(mid, result) == "yes":
                 lo = mid
             else:
                 hi = mid
+        answers = {minute: answer for minute, answer, _ in result.answers}
         result.edge = max(latest for _, answer, latest in result.answers if answer == "yes")
-        log.info("%s: history reaches %s (now %s): delay %.0fs, measured with %d probe(s)", self.exchange,
-                 iso(result.edge), iso(now_us), (now_us - result.edge) / 1e6, result.probes)
+        result.tight = hi - lo <= MINUTE_US and answers.get(hi) == "no"
+        log.info("%s: history reaches %s%s (now %s): delay %.0fs, measured with %d probe(s)", self.exchange,
+                 "" if result.tight else "at least ", iso(result.edge), iso(now_us), (now_us - result.edge) / 1e6,
+                 result.probes)
         return result
 
     def _ask(self, minute, result):
         """One probe: 'yes' (lines came), 'no' (refused, or empty where live has trades) or 'unknown'."""
+        for asked, answer, _ in result.answers:
+            if asked == minute:  # a search may come back to a minute: one request per minute and measurement
+                return answer
+        known = self._known_edge
+        if known is not None and minute + MINUTE_US <= known:
+            result.answers.append((minute, "yes", known))  # proven by an earlier measurement: not asked again
+            return "yes"
         result.probes += 1
         options = replay_options(self.exchange, self.symbols, ["trade"], minute, minute + MINUTE_US, self.api_key)
         lines, latest, refused = 0, 0, False
@@ -105,3 +125,12 @@ class EdgeProbe:
             answer = "unknown"
         result.answers.append((minute, answer, latest))
         return answer
+
+
+def _descending(present):
+    """Minutes to ask, newest first: the present, then 1, 2, 4, 8 ... minutes before it."""
+    yield present
+    step = MINUTE_US
+    while True:
+        yield present - step
+        step *= 2
