@@ -23,7 +23,7 @@ recording), a steady state one an hour and one when the day is over. What the re
 import logging
 
 from .datatypes import parse_data_type
-from .intervals import subtract
+from .intervals import mask_runs, subtract
 from .timeutil import DAY_US, MINUTE_US, floor_day, iso
 
 log = logging.getLogger(__name__)
@@ -34,17 +34,7 @@ FRONTIER_REFRESH_US = 15 * MINUTE_US
 
 def _runs(sources, start, keep):
     """Maximal runs of minutes whose source is in ``keep``: ``[(start, end)]``."""
-    runs, i, n = [], 0, len(sources)
-    while i < n:
-        if sources[i] in keep:
-            j = i
-            while j < n and sources[j] in keep:
-                j += 1
-            runs.append((start + i * MINUTE_US, start + j * MINUTE_US))
-            i = j
-        else:
-            i += 1
-    return runs
+    return mask_runs([source in keep for source in sources], start, MINUTE_US)
 
 
 class HealingPlanner:

@@ -65,3 +65,18 @@ def split(intervals, step, origin=0):
             result.append((cursor, min(end, boundary)))
             cursor = min(end, boundary)
     return result
+
+
+def mask_runs(mask, start, step):
+    """Maximal runs of True in ``mask`` (one entry per ``step`` from ``start``) as intervals."""
+    runs, i, n = [], 0, len(mask)
+    while i < n:
+        if mask[i]:
+            j = i
+            while j < n and mask[j]:
+                j += 1
+            runs.append((start + i * step, start + j * step))
+            i = j
+        else:
+            i += 1
+    return runs

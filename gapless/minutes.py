@@ -13,236 +13,23 @@ Every storage write records the time ranges it changed in ``dirty_rows`` (same t
 publisher, and consumes the dirty marks. Readers that must not write (``status``, ``series`` on the
 command line) refresh *in memory* instead: the result is an overlay that wins over the stored aggregates.
 
-Labels: a row belongs to the minute that contains its timestamp; a sampled row (``quote_1m``,
-``trade_bar_10s`` ...) is stamped at its interval's END, so a stamp of exactly 13:31:00 belongs to 13:30.
+The aggregates themselves are computed by :mod:`gapless.aggregate`.
 """
 import logging
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
-import orjson
 import pandas as pd
 
+from .aggregate import AGG_META, aggregate, load_range, source_columns
 from .datatypes import parse_data_type
+from .intervals import merge, subtract
 from .exceptions import GaplessError
-from .schema import QUOTE_VALUES, TICKER_VALUES, TRADE_VALUES
 from .timeutil import MINUTE_US, ceil_minute, floor_minute
 
 log = logging.getLogger(__name__)
 
 CHUNK_US = 6 * 60 * MINUTE_US
-AGG_META = ("n", "first_ts", "last_ts")
-_TRAILING_DIGITS = re.compile(r"(\d+)$")
-
-
-def value_columns(data_type):
-    """The value columns of a data type's minute series (deeper book levels after the top of book)."""
-    data_type = _as_type(data_type)
-    if data_type.family == "book_snapshot":
-        return QUOTE_VALUES + deeper_level_columns(data_type.depth)
-    if data_type.family in ("trade", "trade_bar"):
-        return TRADE_VALUES
-    if data_type.family == "derivative_ticker":
-        return TICKER_VALUES
-    raise ValueError("no minute series for %s" % (data_type.name,))
-
-
-def deeper_level_columns(depth):
-    """``bids_1_price`` ... ``asks_<depth-1>_amount``: the book levels below the top."""
-    extra = []
-    for side in ("bids", "asks"):
-        for i in range(1, depth):
-            extra += ["%s_%d_price" % (side, i), "%s_%d_amount" % (side, i)]
-    return tuple(extra)
-
-
-def _as_type(data_type):
-    return parse_data_type(data_type) if isinstance(data_type, str) else data_type
-
-
-def labels(timestamps, sampled):
-    """Minute (µs) each timestamp belongs to: its own, or for interval-end stamps the minute it closes."""
-    ts = np.asarray(timestamps, dtype=np.int64)
-    if sampled:
-        return -(-ts // MINUTE_US) * MINUTE_US - MINUTE_US
-    return ts - ts % MINUTE_US
-
-
-def load_range(data_type, lo, hi):
-    """The row timestamps ``[from, to)`` whose labels are the minutes ``[lo, hi)``."""
-    if _as_type(data_type).interval:
-        return lo + 1, hi + 1
-    return lo, hi
-
-
-def source_columns(data_type):
-    """The stored columns the aggregation of a data type reads."""
-    data_type = _as_type(data_type)
-    if data_type.family == "book_snapshot":
-        levels = ["bids_0_price", "bids_0_amount", "asks_0_price", "asks_0_amount"]
-        return ["timestamp", "local_timestamp", "seq"] + levels + list(deeper_level_columns(data_type.depth))
-    if data_type.family == "trade":
-        return ["timestamp", "local_timestamp", "trade_id", "price", "amount", "side"]
-    if data_type.family == "trade_bar":
-        return ["timestamp", "open_timestamp", "open", "high", "low", "close", "volume", "buy_volume",
-                "sell_volume", "trades", "vwap"]
-    return ["timestamp", "local_timestamp", "seq"] + list(TICKER_VALUES)
-
-
-# -- aggregation (pure) --------------------------------------------------------------------------------
-def aggregate(data_type, rows):
-    """Per-minute aggregates of one stream's rows (a DataFrame with :func:`source_columns`).
-
-    Returns a DataFrame indexed by minute (int µs) with ``n``, ``first_ts``, ``last_ts``, the value columns
-    that the family has, and ``levels`` (a JSON list of the deeper book levels, or None).
-    """
-    data_type = _as_type(data_type)
-    if rows is None or not len(rows):
-        return _empty()
-    family = data_type.family
-    if family == "book_snapshot":
-        return _book(data_type, rows)
-    if family == "trade":
-        return _trades(rows)
-    if family == "trade_bar":
-        return _bars(rows)
-    return _tickers(rows)
-
-
-def _empty():
-    return pd.DataFrame(columns=list(AGG_META) + ["levels"], index=pd.Index([], dtype=np.int64, name="minute"))
-
-
-def _groups(label_array):
-    """First and last positions of each run of equal labels (labels are sorted)."""
-    if not len(label_array):
-        return np.array([], dtype=np.int64), np.array([], dtype=np.int64)
-    change = np.flatnonzero(np.diff(label_array)) + 1
-    first = np.concatenate(([0], change))
-    last = np.concatenate((change - 1, [len(label_array) - 1]))
-    return first, last
-
-
-def _frame(label_array, first, last, ts, columns):
-    out = pd.DataFrame(columns, index=pd.Index(label_array[first], name="minute"))
-    out.insert(0, "last_ts", ts[last])
-    out.insert(0, "first_ts", ts[first])
-    out.insert(0, "n", last - first + 1)
-    return out
-
-
-def _book(data_type, rows):
-    rows = rows.sort_values(["timestamp", "local_timestamp", "seq"], kind="stable")
-    ts = rows["timestamp"].to_numpy(dtype=np.int64)
-    minute = labels(ts, data_type.interval > 0)
-    first, last = _groups(minute)
-    bid = rows["bids_0_price"].to_numpy(dtype=float)
-    ask = rows["asks_0_price"].to_numpy(dtype=float)
-    mid = (bid + ask) / 2.0
-    with np.errstate(invalid="ignore"):
-        columns = {
-            "bid_price": bid[last], "bid_amount": rows["bids_0_amount"].to_numpy(dtype=float)[last],
-            "ask_price": ask[last], "ask_amount": rows["asks_0_amount"].to_numpy(dtype=float)[last],
-            "mid_open": _first_valid(mid, first, last), "mid_high": np.fmax.reduceat(mid, first),
-            "mid_low": np.fmin.reduceat(mid, first), "mid_close": mid[last],
-        }
-    out = _frame(minute, first, last, ts, columns)
-    deeper = list(deeper_level_columns(data_type.depth))
-    if deeper:
-        values = rows[deeper].to_numpy(dtype=float)[last]
-        out["levels"] = [orjson.dumps([None if v != v else v for v in row]).decode() for row in values.tolist()]
-    else:
-        out["levels"] = None
-    return out
-
-
-def _first_valid(values, first, last):
-    """The first non-NaN value of each group (NaN when a group has none)."""
-    valid = ~np.isnan(values)
-    out = np.full(len(first), np.nan)
-    positions = np.flatnonzero(valid)
-    if len(positions):
-        k = np.searchsorted(positions, first)
-        ok = k < len(positions)
-        k = np.minimum(k, len(positions) - 1)
-        ok &= positions[k] <= last
-        out[ok] = values[positions[k[ok]]]
-    return out
-
-
-def _trade_order(ids):
-    """A sort key for trade ids that orders ``ETH-99`` before ``ETH-100`` (the exchange's order)."""
-    numbers = [int(m.group(1)) if m else -1 for m in map(_TRAILING_DIGITS.search, map(str, ids))]
-    return np.asarray(numbers, dtype=np.int64)
-
-
-def _trades(rows):
-    rows = rows.assign(_order=_trade_order(rows["trade_id"]))
-    rows = rows.sort_values(["timestamp", "local_timestamp", "_order", "trade_id"], kind="stable")
-    ts = rows["timestamp"].to_numpy(dtype=np.int64)
-    minute = labels(ts, False)
-    first, last = _groups(minute)
-    price = rows["price"].to_numpy(dtype=float)
-    amount = rows["amount"].to_numpy(dtype=float)
-    side = rows["side"].to_numpy()
-    volume = np.add.reduceat(amount, first)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        vwap = np.add.reduceat(price * amount, first) / volume
-    columns = {
-        "open": price[first], "high": np.maximum.reduceat(price, first), "low": np.minimum.reduceat(price, first),
-        "close": price[last], "volume": volume,
-        "buy_volume": np.add.reduceat(np.where(side == "buy", amount, 0.0), first),
-        "sell_volume": np.add.reduceat(np.where(side == "sell", amount, 0.0), first),
-        "trades": (last - first + 1).astype(float), "vwap": vwap,
-    }
-    out = _frame(minute, first, last, ts, columns)
-    out["levels"] = None
-    return out
-
-
-def _bars(rows):
-    # a bar cut short (a range start, a reconnect, a second recorder that joined mid-interval) shares its
-    # stamp with the whole bar, which has at least as many trades: keep the fullest, whatever came first
-    rows = rows.sort_values(["timestamp", "trades", "volume", "open_timestamp"], ascending=[True, True, True, False],
-                            kind="stable").drop_duplicates("timestamp", keep="last")
-    ts = rows["timestamp"].to_numpy(dtype=np.int64)
-    minute = labels(ts, True)
-    first, last = _groups(minute)
-    volume = rows["volume"].to_numpy(dtype=float)
-    vwap = rows["vwap"].to_numpy(dtype=float)
-    weighted = np.where(volume > 0, np.nan_to_num(vwap) * volume, 0.0)
-    total = np.add.reduceat(volume, first)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        minute_vwap = np.where(total > 0, np.add.reduceat(weighted, first) / total, np.nan)
-    single = last == first  # one bar a minute (trade_bar_1m): its own vwap, bit for bit
-    minute_vwap = np.where(single, vwap[first], minute_vwap)
-    columns = {
-        "open": rows["open"].to_numpy(dtype=float)[first],
-        "high": np.maximum.reduceat(rows["high"].to_numpy(dtype=float), first),
-        "low": np.minimum.reduceat(rows["low"].to_numpy(dtype=float), first),
-        "close": rows["close"].to_numpy(dtype=float)[last], "volume": total,
-        "buy_volume": np.add.reduceat(rows["buy_volume"].to_numpy(dtype=float), first),
-        "sell_volume": np.add.reduceat(rows["sell_volume"].to_numpy(dtype=float), first),
-        "trades": np.add.reduceat(rows["trades"].to_numpy(dtype=float), first), "vwap": minute_vwap,
-    }
-    out = _frame(minute, first, last, ts, columns)
-    out["levels"] = None
-    return out
-
-
-def _tickers(rows):
-    rows = rows.sort_values(["timestamp", "local_timestamp", "seq"], kind="stable")
-    ts = rows["timestamp"].to_numpy(dtype=np.int64)
-    minute = labels(ts, False)
-    first, last = _groups(minute)
-    # each field's last known value in the minute (a ticker message carries only what changed)
-    values = rows[list(TICKER_VALUES)].astype(float).groupby(minute, sort=True).last()
-    out = _frame(minute, first, last, ts, {c: values[c].to_numpy() for c in TICKER_VALUES})
-    out["levels"] = None
-    return out
-
-
 # -- the store -----------------------------------------------------------------------------------------
 @dataclass
 class RefreshResult:
@@ -289,7 +76,7 @@ class MinuteStore:
             ranges, ids = spans.setdefault((exchange, symbol, data_type, source), ([], []))
             ranges.append((floor_minute(lo), ceil_minute(hi)))
             ids.append(ident)
-        return {key: (_merge(ranges), ids) for key, (ranges, ids) in spans.items()}
+        return {key: (merge(ranges), ids) for key, (ranges, ids) in spans.items()}
 
     def refresh(self, streams=None, persist=True):
         """Recompute the aggregates of the dirty ranges of ``streams`` (all when None).
@@ -381,7 +168,7 @@ class MinuteStore:
                 part = frame[(frame.index >= max(a, lo)) & (frame.index < min(b, hi))]
                 parts.append(part.reindex(columns=wanted))
                 covered.append((max(a, lo), min(b, hi)))
-        for a, b in _complement(_merge(covered), lo, hi):
+        for a, b in subtract([(lo, hi)], covered):
             parts.append(self._select(key, a, b, wanted, order="ASC"))
         parts = [p for p in parts if len(p)]
         if not parts:
@@ -398,7 +185,7 @@ class MinuteStore:
                 candidates.append(part.reindex(columns=wanted).iloc[[-1]])
         # the table, outside the overlay's ranges (they replace it there)
         spans = [(a, b) for a, b, _ in (overlay or {}).get(key, ())]
-        for a, b in reversed(_complement(_merge(spans), not_before, before)):
+        for a, b in reversed(subtract([(not_before, before)], spans)):
             found = self._select(key, a, b, wanted, order="DESC", limit=1)
             if len(found):
                 candidates.append(found)
@@ -427,24 +214,3 @@ class MinuteStore:
         frame = pd.DataFrame.from_records(rows, columns=["minute"] + wanted)
         frame.index = pd.Index(frame.pop("minute").to_numpy(dtype=np.int64), name="minute")
         return frame
-
-
-def _merge(ranges):
-    out = []
-    for a, b in sorted(r for r in ranges if r[1] > r[0]):
-        if out and a <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], b))
-        else:
-            out.append((a, b))
-    return out
-
-
-def _complement(ranges, lo, hi):
-    out, cursor = [], lo
-    for a, b in ranges:
-        if a > cursor:
-            out.append((cursor, min(a, hi)))
-        cursor = max(cursor, b)
-    if cursor < hi:
-        out.append((cursor, hi))
-    return [(a, b) for a, b in out if b > a]

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from .datatypes import parse_data_type
+from .intervals import merge
 from .minutes import CHUNK_US
 from .schema import SERIES_VALUES
 from .published import export_frames, published_frames
@@ -177,7 +178,7 @@ def _publish_stream(storage, reader, key, start, end, now_us, full):
         if end > previous[1]:
             ranges.append((previous[1], end))
         ranges = [_carry_extent(reader, key, data_type, lo, hi, end) for lo, hi in ranges]
-    ranges = _merge([(max(lo, start), min(hi, end)) for lo, hi in ranges])
+    ranges = merge([(max(lo, start), min(hi, end)) for lo, hi in ranges])
     whole = ranges == [(start, end)]
     counts = dict.fromkeys(("replay", "live", "missing"), 0)
     compared = [0, 0]
@@ -254,16 +255,6 @@ def _carry_extent(reader, key, data_type, lo, hi, end):
             reader.store.first_at_or_after((key[0], key[1], key[2], source), hi, block_end)
         reach = max(reach, following + MINUTE_US if following is not None else block_end)
     return lo, min(reach, end)
-
-
-def _merge(ranges):
-    out = []
-    for a, b in sorted(r for r in ranges if r[1] > r[0]):
-        if out and a <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], b))
-        else:
-            out.append((a, b))
-    return out
 
 
 def _series_rows(exchange, symbol, name, frame):

@@ -40,7 +40,7 @@ def published_sources(storage, exchange, symbol, data_type, start, end):
 
 def published_frames(storage, streams):
     """``{(exchange, symbol, data_type): frame}`` of the published series, with each type's value columns."""
-    from .minutes import value_columns
+    from .aggregate import value_columns
     frames = {}
     for exchange, symbol, name in streams:
         frame = read_published(storage, exchange, symbol, name)

@@ -19,7 +19,8 @@ stretch's start), never from before the stretch (a hole could hide a change).
 import numpy as np
 import pandas as pd
 
-from .minutes import CHUNK_US, MinuteStore, value_columns
+from .aggregate import value_columns
+from .minutes import CHUNK_US, MinuteStore
 from .schema import QUOTE_VALUES, TICKER_VALUES, TRADE_VALUES
 from .timeutil import MINUTE_US, ceil_minute, floor_minute
 

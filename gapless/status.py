@@ -42,6 +42,7 @@ pointless now.
 """
 import numpy as np
 
+from .intervals import mask_runs
 from .series import Reader, covered_minutes
 from .stitch import stitch_stream
 from .timeutil import MINUTE_US, US, ceil_minute, floor_minute, iso
@@ -67,19 +68,7 @@ def minute_sources(reader, exchange, symbol, data_type, start, end):
 
 def gap_runs(sources, start):
     """Maximal runs of 'missing' as ``[(start_us, end_us), ...]``."""
-    missing = np.asarray(sources) == "missing"
-    runs = []
-    i, n = 0, len(missing)
-    while i < n:
-        if missing[i]:
-            j = i
-            while j < n and missing[j]:
-                j += 1
-            runs.append((start + i * MINUTE_US, start + j * MINUTE_US))
-            i = j
-        else:
-            i += 1
-    return runs
+    return mask_runs(np.asarray(sources) == "missing", start, MINUTE_US)
 
 
 def gap_reason(rows, ledger, gap_start, gap_end, claim_limit, now_us, covered_somewhere):
