@@ -98,6 +98,7 @@ class Downloader:
         self.proven_until = None  # up to where history is proven available (beyond it, runs claim only lines)
         self.on_run_finished = None  # callback(request, failure) for the history-horizon logic
         self.should_retry = None  # callback(request, failure) -> bool; default: retry every transient failure
+        self.admit = None  # callback(request) -> bool: may a planned request be made now (default: all)
         self.on_batch = None  # callback(report) after each written batch (benchmarks, progress displays)
 
     def download(self, exchange, symbols, data_types, start, end):
@@ -111,8 +112,9 @@ class Downloader:
         for symbol, data_type in wanted:
             ledger.forget_covered(self.storage, exchange, symbol, data_type.name,
                                   self.storage.covered(exchange, symbol, data_type.name, "replay"))
-        return self.run(plan_wanted(self.storage, exchange, wanted, now_us=self.now(), limit=self.limit,
-                                    proven_until=self.proven_until))
+        requests = plan_wanted(self.storage, exchange, wanted, now_us=self.now(), limit=self.limit,
+                               proven_until=self.proven_until)
+        return self.run([r for r in requests if self.admit is None or self.admit(r)])
 
     def run(self, requests):
         """Execute planned requests (with retries) and return a :class:`DownloadReport`."""

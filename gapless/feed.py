@@ -45,6 +45,7 @@ class Feed:
         self.stop_event = stop_event
         self.monitor = monitor
         self.horizon = HistoryHorizon(history_delay_us)
+        self.asked = ledger.RequestMemory()  # the very same request is never made again before its backoff
         self._restore_horizon()
         self.recorder = Recorder(storage, tardis_ws_url, self.exchange, self.symbols, self.data_types,
                                  clock=lambda: now() / 1e6, **(recorder_options or {}))
@@ -76,6 +77,7 @@ class Feed:
         downloader.limit = limit
         downloader.proven_until = self.horizon.proven_until(now_us)
         downloader.on_run_finished = self._learn_horizon
+        downloader.admit = lambda request: self.asked.admit(request, self.now())
         if self.monitor is not None:
             downloader.on_batch = self.monitor.progress  # the first download runs in the main thread: the watchdog
         # a refusal near the present means "not available yet": the next pass asks less, no retry storm

@@ -14,8 +14,13 @@ its entry is due, so no range is downloaded over and over without new evidence:
   the last one ended (the next pass), else with backoff, each time reaching further past its end;
 * ``no_data``: the stream sent nothing at all (an unknown symbol or a silent market); backoff.
 
-Backoff doubles from :data:`BACKOFF_BASE_US` up to :data:`BACKOFF_CAP_US`. An entry is dropped once
-replay covers its range.
+Backoff doubles from :data:`BACKOFF_BASE_US` up to :data:`BACKOFF_CAP_US`. An entry counts the attempts
+of the entries of the same stream and reason it overlaps or touches (a window that slides on would
+otherwise start every range afresh and ask a silent stream's whole lookback every few minutes). An entry is
+dropped once replay covers its range.
+
+:class:`RequestMemory` is the last guard: the service never sends the very same replay request again sooner
+than the backoff allows, whatever the reason it was planned.
 """
 import logging
 
@@ -70,17 +75,21 @@ def record(storage, exchange, unclaimed, now_us, asked_end, anchored=False):
 
     ``asked_end`` is the end the run could have claimed (its claim end).
 
-    An entry for the same stream and start counts one more attempt.
+    An entry counts one more attempt than the entries of the same stream and reason it overlaps or touches.
     """
     if not unclaimed:
         return
     model = storage.models["replay_ledger"]
     with storage.write_transaction():
         for symbol, data_type, start, end, reason in unclaimed:
-            key = (model.exchange == exchange) & (model.symbol == symbol) & (model.data_type == data_type) & (
-                model.start == start)
+            stream = (model.exchange == exchange) & (model.symbol == symbol) & (model.data_type == data_type)
+            key = stream & (model.start == start)
             old = model.get_or_none(key)
-            attempts = old.attempts + 1 if old is not None else 1
+            # a history outage is its own hole (asked again once after its day); the backoff reasons count the
+            # attempts of what they overlap
+            near = (model.start == start) if reason == "history_outage" else (model.start <= end) & (model.end >= start)
+            before = [e.attempts for e in model.select(model.attempts).where(stream & (model.reason == reason) & near)]
+            attempts = max(before) + 1 if before else (old.attempts + 1 if old is not None else 1)
             values = dict(end=end, reason=reason, attempts=attempts, asked_at=now_us, asked_end=asked_end,
                           retry_at=next_ask(reason, attempts, start, now_us), anchored=bool(anchored))
             if old is None:
@@ -123,3 +132,30 @@ def held_back(stream_entries, now_us, anchored_at, reach):
             tails.append((e["start"], e["end"], e["attempts"]))
     # a minute that a held range touches cannot be covered whole by asking again either
     return merge((floor_minute(a), ceil_minute(b)) for a, b in held), tails
+
+
+class RequestMemory:
+    """Replay requests the service made, so that the very same one is not made again sooner than the backoff.
+
+    ``admit(request, now_us)`` is False when the same request (exchange, streams, from, to) was made
+    ``k`` times already and the last time less than ``backoff(k)`` ago. Entries older than the backoff cap
+    are forgotten.
+    """
+
+    def __init__(self):
+        self._asked = {}  # key -> (times asked, last asked)
+
+    def admit(self, request, now_us):
+        """True (and remembered) when the request may be made now."""
+        for key, (_, last) in list(self._asked.items()):
+            if now_us - last > BACKOFF_CAP_US:
+                del self._asked[key]
+        key = (request.exchange, tuple(request.symbols), tuple(request.data_types), request.start,
+               request.request_end)
+        times, last = self._asked.get(key, (0, None))
+        if last is not None and now_us - last < backoff(times):
+            log.info("not asking again for %s: the same request was made %d time(s), last at %s (next after %s)",
+                     request.describe(), times, iso(last), iso(last + backoff(times)))
+            return False
+        self._asked[key] = (times + 1, now_us)
+        return True

@@ -8,7 +8,11 @@
 * tests/test_incremental.py: a ticker minute at the start of a recomputed range took every field from the
   last minute with data only (a ticker message carries only what changed), so an incremental pass and a
   full recompute disagreed;
-* a publishing pass that failed for every stream was logged as "gapless".
+* a publishing pass that failed for every stream was logged as "gapless";
+* harness seed 1011: a silent symbol's whole lookback was asked again every few minutes (the window slides
+  on, so each range started afresh at attempt 1 and the backoff never grew);
+* harness seeds 1005 and 1011: the very same request for a quiet tail was made again a minute later (the
+  tail looked reachable while the horizon had moved back).
 """
 from datetime import datetime, timedelta, timezone
 
@@ -127,3 +131,42 @@ def test_a_pass_that_publishes_nothing_is_not_logged_or_reported_as_gapless(tmp_
     assert result.minutes["missing"] == 10 and report.missing == 10  # nothing may be claimed from a stale series
     logged = [m for m in caplog.messages if m.startswith("rebuilt")]
     assert logged and "1 stream(s) could not be published" in logged[-1] and "gapless" not in logged[-1]
+
+
+def test_a_silent_symbol_is_not_asked_for_its_whole_lookback_every_few_minutes(tmp_path):
+    from gapless.service import Gapless
+    start = DAY + timedelta(hours=6)
+    clock = ManualClock(start)
+    market = MarketConfig(book_rate=0.3, trade_rate=0.3, quiet=(("SOL-PERPETUAL", 0, 2 ** 62 // 1000),))
+    with FakeTardisMachine(clock=clock, market=market, availability_delay=timedelta(seconds=60),
+                           default_symbols=["BTC-PERPETUAL", "SOL-PERPETUAL"]) as tm:
+        gapless = Gapless("deribit", ["BTC-PERPETUAL", "SOL-PERPETUAL"], ["trade"], lookback="3h",
+                          database_url="sqlite:///%s" % (tmp_path / "g.db"), tardis_url=tm.http_url,
+                          tardis_ws_url=tm.ws_url, now=tm.clock.now_us, history_delay="5m")
+        try:
+            for _ in range(40):  # 40 passes, a minute apart: the window slides 40 minutes
+                gapless.heal()
+                clock.advance(60)
+        finally:
+            gapless.stop()
+    # SOL never traded: a request that reaches back over its lookback (more than 30 minutes) is made a
+    # handful of times with a growing wait, not on every pass
+    long_asks = [r for r in tm.requests if "SOL-PERPETUAL" in r.options[0]["symbols"]
+                 and (r.to - r.from_) > timedelta(minutes=30)]
+    assert 1 <= len(long_asks) <= 6, [(r.received_at, r.from_, r.to) for r in long_asks]
+    waits = [(b.received_at - a.received_at).total_seconds() for a, b in zip(long_asks, long_asks[1:])]
+    assert waits == sorted(waits), waits
+
+
+def test_the_very_same_request_is_not_made_again_before_its_backoff():
+    from gapless.ingest import ReplayRequest
+    from gapless.ledger import RequestMemory
+    memory = RequestMemory()
+    request = ReplayRequest("deribit", ("BTC-PERPETUAL",), ("trade_bar_10s",), 0, 3 * MINUTE_US)
+    other = ReplayRequest("deribit", ("BTC-PERPETUAL",), ("trade_bar_10s",), 0, 4 * MINUTE_US)
+    assert memory.admit(request, 0)
+    assert not memory.admit(request, 60 * US)  # a minute later: no new evidence, no backoff yet
+    assert memory.admit(other, 60 * US)  # reaching further is another request
+    assert memory.admit(request, 2 * MINUTE_US)  # after 2 min: the second ask
+    assert not memory.admit(request, 5 * MINUTE_US)  # the third needs 4 more minutes
+    assert memory.admit(request, 6 * MINUTE_US)

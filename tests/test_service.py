@@ -67,7 +67,9 @@ def test_a_fresh_start_reports_gaps_then_becomes_gapless_with_replay_then_live(f
         first = gapless.status()
         assert not all(s["gapless"] for s in first["streams"])
         reasons = {g["reason"] for s in first["streams"] for g in s["gaps"]}
-        assert reasons == {"not_yet_available"}
+        # before the first download: history cannot deliver the newest minutes yet, or the download is due
+        # (which one depends on when the status is read against the measured delay)
+        assert reasons and reasons <= {"not_yet_available", "not_downloaded"}, reasons
         wait_until(lambda: gapless.is_gapless(), timeout=30, message="gapless")
         frames = gapless.series()
         status = gapless.status()
