@@ -350,15 +350,24 @@ class _BodyWriter:
         self.pending_lines += lines
         if self.delay:
             self.server.stopping.wait(self.delay)
+            self._cut_if_stopping()
             self._flush()
         if self.pacer is not None and lines:
             # hold the buffered lines until the last of them is due, then send them
             due = self.rec.lines_sent + self.pending_lines
             if self.pacer.delay(due) > 0:
                 self.pacer.wait(due)
+                self._cut_if_stopping()
                 self._flush()
         if len(self.out) >= _SEND_BATCH:
             self._flush()
+
+    def _cut_if_stopping(self) -> None:
+        # a paced or slowed body woken by stop() is cut where it stands, like a killed server's; without
+        # this it would race the closing of connections and send the rest of its lines at full speed
+        if self.server.stopping.is_set():
+            self.sock.close()
+            raise _Abort
 
     def _flush(self, last: bool = False) -> None:
         if not self.out:
