@@ -5,7 +5,7 @@ rows inside an open segment's latency margin, holes, quiet stretches that carry 
 dirty range) and of windows that move. After every step the incrementally published series must equal,
 frame for frame, the series a fresh database computes from scratch out of the same raw rows.
 
-``GAPLESS_INCREMENTAL_EXAMPLES`` sets how many random schedules run (default 8).
+``GAPLESS_INCREMENTAL_EXAMPLES`` sets how many random schedules run (default 6).
 """
 import os
 import random
@@ -19,7 +19,7 @@ from gapless.publish import rebuild
 from gapless.storage import Claim, Storage
 from gapless.timeutil import MINUTE_US, US, iso
 
-EXAMPLES = int(os.environ.get("GAPLESS_INCREMENTAL_EXAMPLES", "8"))
+EXAMPLES = int(os.environ.get("GAPLESS_INCREMENTAL_EXAMPLES", "6"))
 T0 = 1795564800 * US  # 2026-11-25T00:00:00Z
 SYMBOLS = ("BTC-PERPETUAL", "ETH-PERPETUAL")
 TYPES = ("trade", "quote", "quote_1m", "derivative_ticker")

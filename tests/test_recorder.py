@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from datetime import datetime, timezone
 
 import orjson
 import pytest
@@ -15,7 +16,7 @@ from gapless.ingest import LATENCY_MARGIN_US
 from gapless.recorder import Recorder
 from gapless.storage import Storage
 from gapless.timeutil import parse_timestamp_us
-from tests.fake_tardis import FakeTardisMachine, MarketConfig
+from tests.fake_tardis import FakeClock, FakeTardisMachine, MarketConfig
 from tests.support import live_rows_by_table, sent_rows_by_table, wait_until
 
 SYMBOLS = ["BTC-PERPETUAL", "ETH-PERPETUAL"]
@@ -26,6 +27,14 @@ TYPES = ["quote", "book_snapshot_5_100ms", "trade", "trade_bar_1s", "derivative_
 def busy_tardis(clock):
     """A fake tardis-machine with a busy market: hundreds of live messages per second."""
     with FakeTardisMachine(clock=clock, market=MarketConfig(book_rate=150.0, trade_rate=60.0)) as machine:
+        yield machine
+
+
+@pytest.fixture
+def fast_busy_tardis(clock):
+    """A busy market on a clock five times faster than real time (margins of seconds pass quickly)."""
+    fast = FakeClock(start=datetime.fromtimestamp(clock.now_us() / 1e6, timezone.utc), speed=5.0)
+    with FakeTardisMachine(clock=fast, market=MarketConfig(book_rate=30.0, trade_rate=12.0)) as machine:
         yield machine
 
 
@@ -71,7 +80,8 @@ def test_every_received_frame_is_stored_across_types(busy_tardis, store):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["close", "reset"])
-def test_a_dropped_connection_is_reconnected_and_the_gap_matches_the_outage(busy_tardis, store, mode):
+def test_a_dropped_connection_is_reconnected_and_the_gap_matches_the_outage(fast_busy_tardis, store, mode):
+    busy_tardis = fast_busy_tardis
     recorder = make_recorder(store, busy_tardis, types=["quote", "trade"])
     with recorder:
         wait_until(lambda: recorder.health()["rows_stored"] > 300, message="first rows")
@@ -113,7 +123,8 @@ def test_a_dropped_connection_is_reconnected_and_the_gap_matches_the_outage(busy
 
 
 @pytest.mark.slow
-def test_a_disconnect_message_closes_the_segment_at_its_timestamp(busy_tardis, store):
+def test_a_disconnect_message_closes_the_segment_at_its_timestamp(fast_busy_tardis, store):
+    busy_tardis = fast_busy_tardis
     recorder = make_recorder(store, busy_tardis, types=["quote", "trade_bar_1s"])
     with recorder:
         # raw types are claimed up to the last message minus the latency margin, bars from the first whole

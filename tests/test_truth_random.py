@@ -20,7 +20,7 @@ import pytest
 from tests.truth_checks import check
 from tests.truth_harness import draw, run
 
-EXAMPLES = int(os.environ.get("GAPLESS_TRUTH_EXAMPLES", "6"))
+EXAMPLES = int(os.environ.get("GAPLESS_TRUTH_EXAMPLES", "5"))
 FIRST_SEED = int(os.environ.get("GAPLESS_TRUTH_SEED", "0"))
 
 

@@ -1,0 +1,66 @@
+"""Run many examples of the truth harness and log one line per example (issue 11's batches).
+
+Run by hand (not collected by pytest; an example is about 20 s):
+
+    .venv/bin/python tests/bench/truth_batch.py --first 5000 --count 1000 --out truth-5000.log
+
+Each line: ``ok|FAIL seed=N secs=S false=F types=... outages=O drops=D second=Y restarts=R`` and, for a
+failure, the checks' message on the following indented lines. ``false`` counts the minutes labelled
+replay or live whose values differ from the market model's truth, over all checkpoints and the final
+state. The log is appended to, so a batch can be stopped and continued with a later ``--first``. A
+failing seed becomes an explicit test (tests/test_found_regressions.py).
+"""
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from tests.truth_checks import check, false_minutes  # noqa: E402
+from tests.truth_harness import draw, run  # noqa: E402
+
+
+def one(seed):
+    """Play and check one example: (ok, false minutes, message, schedule)."""
+    schedule = draw(seed)
+    with tempfile.TemporaryDirectory(prefix="truth-%d-" % seed) as folder:
+        result = run(schedule, Path(folder))
+        states = list(result.checkpoints) + [result.final]
+        wrong = sum(len(false_minutes(result.machine, frames)) for _, _, frames in states)
+        try:
+            check(result)
+            return True, wrong, "", schedule
+        except AssertionError as exc:
+            return False, wrong, str(exc), schedule
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--first", type=int, default=0, help="first seed")
+    parser.add_argument("--count", type=int, default=100, help="number of examples")
+    parser.add_argument("--out", default="truth-batch.log", help="log file (appended to)")
+    args = parser.parse_args()
+    passed = failed = false_total = 0
+    with open(args.out, "a", buffering=1) as log:
+        for seed in range(args.first, args.first + args.count):
+            started = time.monotonic()
+            try:
+                ok, wrong, message, s = one(seed)
+            except Exception as exc:  # a crash of the harness or the service is a failure too
+                ok, wrong, message, s = False, 0, "%s: %s" % (type(exc).__name__, exc), draw(seed)
+            passed += ok
+            failed += not ok
+            false_total += wrong
+            log.write("%s seed=%d secs=%.1f false=%d types=%s outages=%d drops=%d second=%d restarts=%d\n" % (
+                "ok" if ok else "FAIL", seed, time.monotonic() - started, wrong, ",".join(s.data_types),
+                len(s.history_outages), len(s.live_events), len(s.second_recorder), len(s.restarts)))
+            if message:
+                log.write("".join("    %s\n" % line for line in message.splitlines()[:12]))
+    print("%d passed, %d failed, %d false minutes" % (passed, failed, false_total))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
