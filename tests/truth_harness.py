@@ -233,7 +233,7 @@ def _settle(machine, recorders, timeout=10.0):
         if same >= 3:
             return
         last = state
-        time.sleep(0.01)
+        time.sleep(0.004)
 
 
 def _idle(recorder):
