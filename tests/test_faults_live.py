@@ -164,6 +164,7 @@ class _Reader:
             self.connection.close()
 
 
+@pytest.mark.slow
 def test_a_long_read_transaction_never_makes_the_recorder_fail_or_fall_behind(database_url, caplog):
     clock = FakeClock(start=datetime(2026, 11, 25, 0, 20, tzinfo=timezone.utc), speed=10.0)
     with FakeTardisMachine(clock=clock, market=MarketConfig(book_rate=20.0, trade_rate=5.0),

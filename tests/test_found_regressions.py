@@ -127,6 +127,7 @@ def test_a_pass_that_publishes_nothing_is_not_logged_or_reported_as_gapless(tmp_
     assert logged and "1 stream(s) could not be published" in logged[-1] and "gapless" not in logged[-1]
 
 
+@pytest.mark.slow
 def test_a_silent_symbol_is_not_asked_for_its_whole_lookback_every_few_minutes(tmp_path):
     from gapless.service import Gapless
     start = DAY + timedelta(hours=6)

@@ -197,7 +197,7 @@ def assert_same(got, want, context):
             assert same, "%s: %s differs:\n incremental %r\n full        %r" % (context, part, x, y)
 
 
-@pytest.mark.parametrize("seed", range(EXAMPLES))
+@pytest.mark.parametrize("seed", [pytest.param(s, marks=() if s == 0 else pytest.mark.slow) for s in range(EXAMPLES)])
 def test_incremental_publishing_equals_a_full_recompute_on_random_histories(tmp_path, seed):
     store = Storage("sqlite:///%s" % (tmp_path / "incremental.db"))
     store.ensure_tables({"book_snapshot_1"})
@@ -222,6 +222,7 @@ def test_incremental_publishing_equals_a_full_recompute_on_random_histories(tmp_
     assert checked > 10
 
 
+@pytest.mark.slow
 def test_a_reader_never_sees_half_a_publishing_pass(database_url, tmp_path):
     """Every stream's status row of one pass carries the same pass time, and the series rows of every stream
     match its status counts; a reader checking that in one snapshot, while passes run, never sees otherwise."""

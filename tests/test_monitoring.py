@@ -256,6 +256,7 @@ def test_the_service_process_notifies_systemd_and_serves_metrics(tardis, tmp_pat
     assert all(0.4 < b - a < 3.0 for a, b in zip(times, times[1:])), times
 
 
+@pytest.mark.slow
 def test_watchdog_stops_when_the_recorder_thread_dies(tardis, tmp_path, monkeypatch):
     address = "@gapless-test-%s" % uuid.uuid4().hex  # an abstract socket name, as systemd may pass
     notify = NotifySocket("\0" + address[1:])

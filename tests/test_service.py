@@ -130,6 +130,7 @@ def test_a_live_outage_is_healed_by_replay(fast_clock, database_url):
         assert sources_by_minute(frame)["00:21"] == "replay", key
 
 
+@pytest.mark.slow
 def test_an_outage_in_history_is_filled_from_live_data(fast_clock, database_url):
     outage = Outage(at("00:21:10"), at("00:21:40"))
     with FakeTardisMachine(clock=fast_clock, replay_outages=[outage], availability_delay=timedelta(seconds=5)) as tm:

@@ -134,6 +134,7 @@ def test_the_history_delay_is_measured_with_a_few_probes_and_follows_the_server(
         assert "(measured 2026-11-25T" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_get_data_without_gap_with_a_week_and_a_fifteen_minute_warmup_returns_gapless_early(tmp_path,
                                                                                               monkeypatch):
     monkeypatch.chdir(tmp_path)
