@@ -50,6 +50,16 @@ LIVE_MINUTES = 30
 
 
 # -- the child: one measured step ----------------------------------------------------------------------
+def peak_rss_mb():
+    """This process's own peak RSS. Linux keeps ``ru_maxrss`` across fork and exec (a child started by a
+    large parent reports the parent's peak), so the high-water mark of this process's own memory map
+    (VmHWM) is read instead where /proc has it."""
+    try:
+        return _hwm_mb(os.getpid())
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def child(args):
     """Run one step on the database and print ``{"seconds", "rss_mb", "missing", ...}`` as JSON."""
     from gapless.minutes import MinuteStore
@@ -74,13 +84,13 @@ def child(args):
         print(json.dumps({}))
         return
     store.count_rows("coverage")  # the database is open and read: what follows is the step's own memory
-    rss_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_start = peak_rss_mb()
     began = time.perf_counter()
     report = rebuild(store, streams, plan["start"], plan["end"], full=plan["step"] == "full")
     seconds = time.perf_counter() - began
     pending = MinuteStore(store).pending(streams)
     store.close()
-    print(json.dumps({"seconds": seconds, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    print(json.dumps({"seconds": seconds, "rss_mb": peak_rss_mb(),
                       "rss_start_mb": rss_start,
                       "by_stream": {" ".join(k): r.published for k, r in report.streams.items()},
                       "missing": report.missing, "published": sum(r.published for r in report.streams.values()),
