@@ -8,10 +8,13 @@ exchange and publishes all their streams together.
 """
 import logging
 
+import orjson
+
 from . import ledger
 from .download import Downloader
 from .exceptions import GaplessError
 from .horizon import HistoryHorizon
+from .ingest import ReplayRequest
 from .plan import Anchors
 from .published import published_sources
 from .recorder import Recorder
@@ -47,6 +50,7 @@ class Feed:
         self.horizon = HistoryHorizon(history_delay_us)
         self.asked = ledger.RequestMemory()  # the very same request is never made again before its backoff
         self._restore_horizon()
+        self._restore_asked()
         self.recorder = Recorder(storage, tardis_ws_url, self.exchange, self.symbols, self.data_types,
                                  clock=lambda: now() / 1e6, **(recorder_options or {}))
         self._downloader_options = dict(downloader_options or {})
@@ -140,7 +144,7 @@ class Feed:
         from .probe import EdgeProbe
         from .replay import ReplayClient
         probe = EdgeProbe(ReplayClient(self.tardis_url, timeout=(5.0, 30.0)), self.exchange, self.symbols,
-                          api_key=self.api_key, live_trades_in=self._live_trades_in)
+                          api_key=self.api_key, live_trades_in=self._live_trades_in, admit=self._admit_probe)
         try:
             state = self.horizon.state()
             result = probe.measure(self.now(), known_edge=state["edge"])
@@ -152,6 +156,11 @@ class Feed:
         self.probe_requests += result.probes
         self._save_horizon()
         return result
+
+    def _admit_probe(self, minute):
+        """A probe of ``minute`` goes through the request memory like any replay request."""
+        request = ReplayRequest(self.exchange, tuple(self.symbols), ("trade",), minute, minute)
+        return self.asked.admit(request, self.now())
 
     def _live_trades_in(self, minute):
         """True when the live recording stored trades of our symbols inside ``minute`` (history must have them)."""
@@ -190,6 +199,15 @@ class Feed:
         except ValueError:
             pass
 
+    def _restore_asked(self):
+        """The requests the last run made: a restart must not make them again before their backoff."""
+        row = self.storage.models["meta"].get_or_none(key="replay_asked:%s" % self.exchange)
+        if row is not None:
+            try:
+                self.asked.load(orjson.loads(row.value))
+            except orjson.JSONDecodeError:
+                log.warning("%s: the remembered replay requests are unreadable; starting without them", self.exchange)
+
     def _save_horizon(self):
         meta = self.storage.models["meta"]
         state = self.horizon.state()
@@ -197,6 +215,8 @@ class Feed:
             if value is not None:
                 meta.insert(key=key, value=str(value)).on_conflict(conflict_target=[meta.key],
                                                                     preserve=[meta.value]).execute()
+        meta.insert(key="replay_asked:%s" % self.exchange, value=orjson.dumps(self.asked.dump()).decode()).on_conflict(
+            conflict_target=[meta.key], preserve=[meta.value]).execute()
 
     # -- monitoring ----------------------------------------------------------------------------
     def telemetry(self):

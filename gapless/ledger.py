@@ -145,6 +145,19 @@ class RequestMemory:
     def __init__(self):
         self._asked = {}  # key -> (times asked, last asked)
 
+    def dump(self):
+        """The memory as JSON-able rows, to be kept across restarts (a restart is no new evidence)."""
+        return [[e, list(s), list(d), a, b, times, last] for (e, s, d, a, b), (times, last) in self._asked.items()]
+
+    def load(self, rows):
+        """Take back what :meth:`dump` gave (malformed rows are ignored)."""
+        for row in rows if isinstance(rows, list) else ():
+            try:
+                e, s, d, a, b, times, last = row
+                self._asked[(str(e), tuple(s), tuple(d), int(a), int(b))] = (int(times), int(last))
+            except (TypeError, ValueError):
+                continue
+
     def admit(self, request, now_us):
         """True (and remembered) when the request may be made now."""
         for key, (_, last) in list(self._asked.items()):

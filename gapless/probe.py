@@ -15,7 +15,8 @@ The edge is *tight* when the minute after it was shown not to be available (refu
 has trades). When it is only followed by unknown minutes (a quiet market: empty, and live saw no trades
 either) history may reach further: the edge is a lower bound, and the delay it implies an upper bound
 that must not make the delay in use grow. A minute already proven available (at or before the edge of an
-earlier measurement) is never asked again.
+earlier measurement) is never asked again, and one that came back without lines is not asked again
+before its backoff (the service's request memory, kept across restarts).
 """
 import logging
 from dataclasses import dataclass, field
@@ -44,8 +45,11 @@ class ProbeResult:
 class EdgeProbe:
     """Finds the newest minute history can deliver (see the module docstring)."""
 
-    def __init__(self, client, exchange, symbols, api_key=None, live_trades_in=None, max_probes=24):
+    def __init__(self, client, exchange, symbols, api_key=None, live_trades_in=None, max_probes=24, admit=None):
         self.client = client
+        # admit(minute) -> bool: may this minute be asked now (False: asked lately in vain, no new evidence;
+        # it counts as not available, which can only make the delay in use larger, never claim too much)
+        self.admit = admit
         self.exchange = exchange
         self.symbols = list(symbols)
         self.api_key = api_key
@@ -98,6 +102,9 @@ class EdgeProbe:
         if known is not None and minute + MINUTE_US <= known:
             result.answers.append((minute, "yes", known))  # proven by an earlier measurement: not asked again
             return "yes"
+        if self.admit is not None and not self.admit(minute):
+            result.answers.append((minute, "unknown", 0))
+            return "unknown"
         result.probes += 1
         options = replay_options(self.exchange, self.symbols, ["trade"], minute, minute + MINUTE_US, self.api_key)
         lines, latest, refused = 0, 0, False

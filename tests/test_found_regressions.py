@@ -14,7 +14,9 @@
 * harness seed 1011: a silent symbol's whole lookback was asked again every few minutes (the window slides
   on, so each range started afresh at attempt 1 and the backoff never grew);
 * harness seeds 1005 and 1011: the very same request for a quiet tail was made again a minute later (the
-  tail looked reachable while the horizon had moved back).
+  tail looked reachable while the horizon had moved back);
+* harness seeds 1055, 1060, 3028, 3029: after a restart the same quiet range, and the probe the same empty
+  minutes, were asked again at once (the request memory lived only in the process).
 """
 from datetime import datetime, timedelta, timezone
 
@@ -165,3 +167,28 @@ def test_the_very_same_request_is_not_made_again_before_its_backoff():
     assert memory.admit(request, 2 * MINUTE_US)  # after 2 min: the second ask
     assert not memory.admit(request, 5 * MINUTE_US)  # the third needs 4 more minutes
     assert memory.admit(request, 6 * MINUTE_US)
+
+
+def test_a_restart_makes_no_request_again_before_its_backoff(tmp_path):
+    """Harness seeds 1055, 1060, 3028 and 3029: the request memory lived only in the process, so a service
+    restarted a minute or two after a pass asked the same quiet range, and the probe the same empty minutes,
+    once more (a restart is no new evidence)."""
+    from gapless.service import Gapless
+    from tests.truth_checks import repeated_requests
+    start = DAY + timedelta(hours=6)
+    clock = ManualClock(start)
+    quiet = (("*", int((start - timedelta(minutes=40)).timestamp() * 1000), 2 ** 62 // 1000),)
+    market = MarketConfig(book_rate=0.3, trade_rate=0.3, quiet=quiet)  # nothing trades any more
+    with FakeTardisMachine(clock=clock, market=market, availability_delay=timedelta(seconds=60),
+                           availability_mode="empty", default_symbols=SYMBOLS) as tm:
+        for _ in range(4):  # a pass, then a restart a minute later, four times
+            gapless = Gapless("deribit", SYMBOLS, ["trade"], lookback="2h",
+                              database_url="sqlite:///%s" % (tmp_path / "g.db"), tardis_url=tm.http_url,
+                              tardis_ws_url=tm.ws_url, now=tm.clock.now_us, history_delay="5m")
+            try:
+                gapless.heal()
+            finally:
+                gapless.stop()
+            clock.advance(60)
+        assert len(tm.requests) > 4  # probes and downloads were made
+        assert repeated_requests(tm) == []
