@@ -8,8 +8,6 @@ exchange and publishes all their streams together.
 """
 import logging
 
-import orjson
-
 from . import ledger
 from .download import Downloader
 from .exceptions import GaplessError
@@ -48,9 +46,9 @@ class Feed:
         self.stop_event = stop_event
         self.monitor = monitor
         self.horizon = HistoryHorizon(history_delay_us)
-        self.asked = ledger.RequestMemory()  # the very same request is never made again before its backoff
+        # the very same request is never made again before its backoff, across restarts too
+        self.asked = ledger.RequestMemory.restored(storage, self.exchange)
         self._restore_horizon()
-        self._restore_asked()
         self.recorder = Recorder(storage, tardis_ws_url, self.exchange, self.symbols, self.data_types,
                                  clock=lambda: now() / 1e6, **(recorder_options or {}))
         self._downloader_options = dict(downloader_options or {})
@@ -95,6 +93,7 @@ class Feed:
                      report.rows_inserted, report.lines, report.seconds,
                      "; %d incomplete" % len(report.failed) if report.failed else "")
         self._save_horizon()
+        self.asked.save(self.storage, self.exchange)
         if self.monitor is not None:
             self.monitor.downloaded(report, self.exchange)
         self.last_download = report
@@ -155,6 +154,7 @@ class Feed:
         self.horizon.measured(self.now(), result.edge, result.tight)
         self.probe_requests += result.probes
         self._save_horizon()
+        self.asked.save(self.storage, self.exchange)
         return result
 
     def _admit_probe(self, minute):
@@ -199,15 +199,6 @@ class Feed:
         except ValueError:
             pass
 
-    def _restore_asked(self):
-        """The requests the last run made: a restart must not make them again before their backoff."""
-        row = self.storage.models["meta"].get_or_none(key="replay_asked:%s" % self.exchange)
-        if row is not None:
-            try:
-                self.asked.load(orjson.loads(row.value))
-            except orjson.JSONDecodeError:
-                log.warning("%s: the remembered replay requests are unreadable; starting without them", self.exchange)
-
     def _save_horizon(self):
         meta = self.storage.models["meta"]
         state = self.horizon.state()
@@ -215,8 +206,6 @@ class Feed:
             if value is not None:
                 meta.insert(key=key, value=str(value)).on_conflict(conflict_target=[meta.key],
                                                                     preserve=[meta.value]).execute()
-        meta.insert(key="replay_asked:%s" % self.exchange, value=orjson.dumps(self.asked.dump()).decode()).on_conflict(
-            conflict_target=[meta.key], preserve=[meta.value]).execute()
 
     # -- monitoring ----------------------------------------------------------------------------
     def telemetry(self):

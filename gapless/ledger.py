@@ -24,6 +24,8 @@ than the backoff allows, whatever the reason it was planned.
 """
 import logging
 
+import orjson
+
 from .intervals import merge, subtract
 from .timeutil import DAY_US, MINUTE_US, ceil_minute, floor_day, floor_minute, iso
 
@@ -145,18 +147,34 @@ class RequestMemory:
     def __init__(self):
         self._asked = {}  # key -> (times asked, last asked)
 
-    def dump(self):
-        """The memory as JSON-able rows, to be kept across restarts (a restart is no new evidence)."""
-        return [[e, list(s), list(d), a, b, times, last] for (e, s, d, a, b), (times, last) in self._asked.items()]
-
-    def load(self, rows):
-        """Take back what :meth:`dump` gave (malformed rows are ignored)."""
+    @classmethod
+    def restored(cls, storage, exchange):
+        """The memory the last run of ``exchange`` kept in ``storage`` (a restart is no new evidence)."""
+        memory = cls()
+        row = storage.models["meta"].get_or_none(key=cls._meta_key(exchange))
+        try:
+            rows = orjson.loads(row.value) if row is not None else []
+        except orjson.JSONDecodeError:
+            log.warning("%s: the remembered replay requests are unreadable; starting without them", exchange)
+            rows = []
         for row in rows if isinstance(rows, list) else ():
             try:
                 e, s, d, a, b, times, last = row
-                self._asked[(str(e), tuple(s), tuple(d), int(a), int(b))] = (int(times), int(last))
+                memory._asked[(str(e), tuple(s), tuple(d), int(a), int(b))] = (int(times), int(last))
             except (TypeError, ValueError):
-                continue
+                continue  # a malformed row is forgotten, never fatal
+        return memory
+
+    def save(self, storage, exchange):
+        """Keep the memory in ``storage`` for the next run (see :meth:`restored`)."""
+        rows = [[e, list(s), list(d), a, b, times, last] for (e, s, d, a, b), (times, last) in self._asked.items()]
+        meta = storage.models["meta"]
+        meta.insert(key=self._meta_key(exchange), value=orjson.dumps(rows).decode()).on_conflict(
+            conflict_target=[meta.key], preserve=[meta.value]).execute()
+
+    @staticmethod
+    def _meta_key(exchange):
+        return "replay_asked:%s" % exchange
 
     def admit(self, request, now_us):
         """True (and remembered) when the request may be made now."""
