@@ -10,8 +10,9 @@ every minute; every gap has a reason and heals when history can prove it; no req
 without backing off. See tests/truth_harness.py and tests/truth_checks.py.
 
 CI runs a fixed set of seeds. By hand: ``GAPLESS_TRUTH_EXAMPLES=1000 GAPLESS_TRUTH_SEED=5000 pytest -q
-tests/test_truth_random.py`` (an example is about 20 s). A seed that fails becomes an explicit test in
-tests/test_truth_regressions.py.
+tests/test_truth_random.py`` (an example takes 10 to 20 s), or ``tests/bench/truth_batch.py`` for a
+one-line-per-example log. A seed that fails becomes an explicit test in tests/test_found_regressions.py
+(the eight defects of issue 11 are pinned in tests/test_truth_regressions.py).
 """
 import os
 
