@@ -200,12 +200,10 @@ class Feed:
             pass
 
     def _save_horizon(self):
-        meta = self.storage.models["meta"]
         state = self.horizon.state()
         for key, value in zip(self._horizon_keys(), (state["delay"], state["measured_at"], state["edge"])):
             if value is not None:
-                meta.insert(key=key, value=str(value)).on_conflict(conflict_target=[meta.key],
-                                                                    preserve=[meta.value]).execute()
+                self.storage.put_meta(key, str(value))
 
     # -- monitoring ----------------------------------------------------------------------------
     def telemetry(self):

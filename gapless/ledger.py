@@ -151,9 +151,9 @@ class RequestMemory:
     def restored(cls, storage, exchange):
         """The memory the last run of ``exchange`` kept in ``storage`` (a restart is no new evidence)."""
         memory = cls()
-        row = storage.models["meta"].get_or_none(key=cls._meta_key(exchange))
+        text = storage.meta_value(cls._meta_key(exchange))
         try:
-            rows = orjson.loads(row.value) if row is not None else []
+            rows = orjson.loads(text) if text is not None else []
         except orjson.JSONDecodeError:
             log.warning("%s: the remembered replay requests are unreadable; starting without them", exchange)
             rows = []
@@ -168,9 +168,7 @@ class RequestMemory:
     def save(self, storage, exchange):
         """Keep the memory in ``storage`` for the next run (see :meth:`restored`)."""
         rows = [[e, list(s), list(d), a, b, times, last] for (e, s, d, a, b), (times, last) in self._asked.items()]
-        meta = storage.models["meta"]
-        meta.insert(key=self._meta_key(exchange), value=orjson.dumps(rows).decode()).on_conflict(
-            conflict_target=[meta.key], preserve=[meta.value]).execute()
+        storage.put_meta(self._meta_key(exchange), orjson.dumps(rows).decode())
 
     @staticmethod
     def _meta_key(exchange):

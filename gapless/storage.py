@@ -136,7 +136,7 @@ class Storage(WritePath):
             raise DatabaseUrlError("database %s is not a gapless database (it has tables %s but no gapless_meta)"
                                    % (self.redacted_url, ", ".join(sorted(existing)[:5])))
         if meta._meta.table_name in existing:
-            version = self._meta_value("schema_version")
+            version = self.meta_value("schema_version")
             if version is None or int(version) > SCHEMA_VERSION:
                 raise DatabaseUrlError("database %s has gapless schema version %s; this gapless supports %d"
                                        % (self.redacted_url, version, SCHEMA_VERSION))
@@ -171,13 +171,12 @@ class Storage(WritePath):
             with self.write_transaction():
                 existing = set(self.db.get_tables())
                 meta = self.models["meta"]
-                version = int(self._meta_value("schema_version") or SCHEMA_VERSION) if "gapless_meta" in existing \
+                version = int(self.meta_value("schema_version") or SCHEMA_VERSION) if "gapless_meta" in existing \
                     else SCHEMA_VERSION
                 self.db.create_tables([self.models[name] for name in names], safe=True)
                 if version < SCHEMA_VERSION:
                     self._upgrade(version, existing)
-                meta.insert(key="schema_version", value=str(SCHEMA_VERSION)).on_conflict(
-                    conflict_target=[meta.key], preserve=[meta.value]).execute()
+                self.put_meta("schema_version", str(SCHEMA_VERSION))
                 meta.insert(key="created_at", value=str(int(time.time()))).on_conflict_ignore().execute()
 
     def _upgrade(self, version, existing):
@@ -263,10 +262,16 @@ class Storage(WritePath):
         from .pgstore import advisory_lock
         return advisory_lock(self.db)
 
-    def _meta_value(self, key):
+    def meta_value(self, key):
+        """The text kept under ``key`` in the bookkeeping table, or None."""
         meta = self.models["meta"]
         row = meta.get_or_none(meta.key == key)
         return row.value if row else None
+
+    def put_meta(self, key, value):
+        """Keep ``value`` (text) under ``key`` in the bookkeeping table, replacing what was there."""
+        meta = self.models["meta"]
+        meta.insert(key=key, value=value).on_conflict(conflict_target=[meta.key], preserve=[meta.value]).execute()
 
     def snapshot_model(self, depth):
         """The model of the ``book_snapshot_<depth>`` table."""
