@@ -12,6 +12,7 @@ from .cache import ResponseCache
 from .clock import FakeClock, ManualClock
 from .market import Market, MarketConfig
 from .options import parse_options, parse_time_us
+from .slices import MINUTE_US, SliceCache
 from .replay_server import FAULT_KINDS, ReplayFault, ReplayServer, RequestRecord
 from .stream_server import ConnectionRecord, StreamServer
 from .streams import Outage, merged_replay_lines
@@ -72,6 +73,7 @@ class FakeTardisMachine:
         self.connections: list[ConnectionRecord] = []
         self.replay_faults: list[ReplayFault] = []
         self.cache = ResponseCache(cache_max_bytes)
+        self.slices = SliceCache()  # minutes cached empty per filter set (empty mode; see slices.py)
         self._firehose_seconds = firehose_seconds if firehose else 0.0
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -157,10 +159,21 @@ class FakeTardisMachine:
             if to is not None:
                 o["to"] = to.isoformat() if isinstance(to, datetime) else to
         specs = parse_options(items, replay=True, default_symbols=self.default_symbols)
-        until = 1 << 62 if ignore_availability else self.clock.now_us() - self.availability_delay_us
+        until = 1 << 62 if ignore_availability else self.served_until(self.clock.now_us())
         lines = merged_replay_lines(self.market, specs, until_us=until, outages=self.replay_outages,
-                                    perturb=self._perturbations("replay"))
+                                    perturb=self._perturbations("replay"),
+                                    blanks=[self.slices.blanks(s) for s in specs])
         return [orjson.loads(line) for line in lines]
+
+    def served_until(self, now_us: int) -> int:
+        """Replay sends history up to here (local µs): the availability limit; in "empty" mode whole minutes
+        only (upstream slices are minutes: one not available yet comes back empty as a whole)."""
+        available = now_us - self.availability_delay_us
+        return available - available % MINUTE_US if self.availability_mode == "empty" else available
+
+    def clear_slice_cache(self) -> None:
+        """Forget the minutes cached empty (tardis-machine restarted with ``--clear-cache``)."""
+        self.slices.clear()
 
     # -- replay switches -----------------------------------------------------------------
     def add_replay_fault(self, kind: str, match: Callable[[list[dict]], bool] | None = None,
@@ -327,7 +340,8 @@ class FakeTardisMachine:
     def _cache_key(self, specs) -> str:
         parts = [(s.exchange, s.symbols, s.data_types, s.with_disconnect, s.from_us, s.to_us) for s in specs]
         outages = [(o.start_us, o.end_us) for o in self.replay_outages]
-        return ResponseCache.key(self.market.config, parts, outages, sorted(self._perturb["replay"].items()))
+        blanks = [self.slices.blanks(s) for s in specs]
+        return ResponseCache.key(self.market.config, parts, outages, sorted(self._perturb["replay"].items()), blanks)
 
     def __repr__(self) -> str:
         return f"FakeTardisMachine(http_url={self.http_url!r}, ws_url={self.ws_url!r}, clock={self.clock!r})"

@@ -23,10 +23,10 @@ import numpy as np
 
 from .generator import Carry, SegmentBuilder
 from .render import price_str
-from .segment import (DAY_MS, SEGMENT_MS, SEGMENTS_PER_DAY, KIND_BOOK, KIND_TICKER, KIND_TRADE, KNOWN_EXCHANGES, SYMBOL_RE,
+from .segment import (listed, DAY_MS, SEGMENT_MS, SEGMENTS_PER_DAY, KIND_BOOK, KIND_TICKER, KIND_TRADE, KNOWN_EXCHANGES, SYMBOL_RE,
                       MarketConfig, Segment, SymbolParams, symbol_params)
 
-__all__ = ["MarketConfig", "Market", "SymbolParams", "symbol_params", "Segment", "KNOWN_EXCHANGES", "SYMBOL_RE",
+__all__ = ["MarketConfig", "Market", "listed", "SymbolParams", "symbol_params", "Segment", "KNOWN_EXCHANGES", "SYMBOL_RE",
            "SEGMENT_MS", "SEGMENTS_PER_DAY", "DAY_MS", "KIND_BOOK", "KIND_TRADE", "KIND_TICKER"]
 
 _CACHE_BYTES = 1 << 30  # bound of the shared day cache (arrays of generated segments)

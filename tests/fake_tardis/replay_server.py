@@ -7,7 +7,8 @@ Keep-alive connections (idle timeout 5 s). Faults (``ReplayFault``) are taken FI
 the next matching request. Fault-free, fully available responses are cached on disk and
 then served with ``sendfile`` (or chunk by chunk when ``line_rate`` paces responses).
 A response whose range reaches past the availability limit is cut there (then an error
-line, or nothing in "empty" mode) and is never cached.
+line, or nothing in "empty" mode) and is never cached. In "empty" mode the minutes it asked past
+the limit are cached EMPTY for its filter set, for good (``slices.py``: the real server does that).
 """
 from __future__ import annotations
 
@@ -217,8 +218,8 @@ class ReplayServer:
         if kind == "hang" and int(p.get("after_lines", 0)) == 0:
             self._hang(sock, float(p.get("seconds", 30)))
         # the switches are read once, here: a change while this response runs affects the next
-        available = m.clock.now_us() - m.availability_delay_us
         mode, rate = m.availability_mode, m.line_rate
+        available = m.served_until(m.clock.now_us())
         rec.line_rate = rate
         cut = any(s.to_us > available for s in specs)
         error_line = None
@@ -228,6 +229,11 @@ class ReplayServer:
                 error_line = _json({"message": f"Response code 400 (Bad Request) - historical data is available "
                                                f"up to {fmt_us(available)}; requested "
                                                f"{max(fmt_us(s.to_us) for s in specs)}"})
+            else:
+                # upstream answered the minutes not available yet empty: the slice cache keeps them so
+                for s in specs:
+                    m.slices.fetched_unavailable(s, available)
+        blanks = [m.slices.blanks(s) for s in specs]
         pacer = Pacer(rate, self.stopping) if rate else None
         key = None
         if fault is None and not cut:  # only whole, fault-free bodies are cached or served from it
@@ -238,7 +244,7 @@ class ReplayServer:
         rec.status = 200
         sock.sendall(self._keepalive_head(200, "application/x-json-stream", None))
         lines = merged_replay_lines(m.market, specs, until_us=available, outages=m.replay_outages,
-                                    perturb=m._perturbations("replay"))
+                                    perturb=m._perturbations("replay"), blanks=blanks)
         _BodyWriter(self, sock, rec, lines, fault, error_line, m.cache.writer(key) if key else None, pacer).run()
 
     def _send_cached(self, sock, rec: RequestRecord, body, pacer: Pacer | None) -> bool:

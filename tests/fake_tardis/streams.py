@@ -21,7 +21,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .market import SEGMENT_MS, KIND_BOOK, KIND_TICKER, KIND_TRADE, Market, symbol_params
+from .market import SEGMENT_MS, KIND_BOOK, KIND_TICKER, KIND_TRADE, Market, listed, symbol_params
 from .normalize import Normalizer, SegmentView
 from .options import StreamSpec
 
@@ -30,6 +30,7 @@ __all__ = ["Outage", "RawFeed", "replay_lines", "merged_replay_lines", "KIND_DIS
 KIND_DISCONNECT, KIND_SNAPSHOT, KIND_ERROR = 3, 4, 5
 SEGMENT_US = SEGMENT_MS * 1000
 _NO_END = 1 << 62
+_MINUTE_US = 60_000_000
 
 
 def _dt_us(dt: datetime) -> int:
@@ -89,8 +90,11 @@ class RawFeed:
     """
 
     def __init__(self, market: Market, spec: StreamSpec, *, live: bool, start_us: int,
-                 end_us: int | None = None, outages=(), subscribe_ms: int | None = None):
+                 end_us: int | None = None, outages=(), subscribe_ms: int | None = None, blanks=()):
         self.market, self.spec, self.live = market, spec, live
+        # minutes (local) the slice cache holds empty for this filter set: nothing of them is sent
+        self._blanks = np.asarray(sorted(blanks), dtype=np.int64)
+        self._listed = tuple(s for s in spec.symbols if listed(s))
         self.start_us, self.end_us = start_us, end_us if end_us is not None else _NO_END
         self._need = np.array([spec.needs_book, spec.needs_trades, spec.ticker])
         self._skew = market.config.skew_ms
@@ -112,7 +116,7 @@ class RawFeed:
 
     def _push_snapshots(self, ex_ms: int) -> None:
         last = 0
-        for s in self.spec.symbols:
+        for s in self._listed:
             loc = snapshot_local_us(self.market, self.spec.exchange, s, ex_ms, self.live)
             if self.start_us <= loc < self.end_us:
                 self._push(loc, 0, KIND_SNAPSHOT, s, None, ex_ms)
@@ -155,7 +159,7 @@ class RawFeed:
         cols: list[list] = [[], [], [], [], []]
         views = []
         skew_us = self._skew * 1000
-        for sym in spec.symbols:
+        for sym in self._listed:
             # a segment's arrivals stay within it, shifted by the skew
             for index in range((lo - skew_us) // SEGMENT_US, (hi - 1 - skew_us) // SEGMENT_US + 1):
                 seg = market.segment(spec.exchange, sym, index)
@@ -169,6 +173,8 @@ class RawFeed:
                     mask &= ex >= self._min_ex
                 for s, e in self._drops:
                     mask &= ~((ex >= s) & (ex < e))
+                if len(self._blanks):
+                    mask &= ~self._blank(arr[a:b])
                 sel = np.nonzero(mask)[0] + a
                 if not len(sel):
                     continue
@@ -183,7 +189,22 @@ class RawFeed:
         order = np.argsort(merged[0], kind="stable")
         return views, [c[order].tolist() for c in merged]
 
+    def _blank(self, locs) -> np.ndarray:
+        """Which local times fall in a minute the slice cache holds empty."""
+        minutes = np.asarray(locs, dtype=np.int64)
+        return np.isin(minutes - minutes % _MINUTE_US, self._blanks)
+
     def __iter__(self) -> Iterator[tuple]:
+        if not len(self._blanks):
+            yield from self._events()
+            return
+        for ev in self._events():
+            # a connection event (disconnect, snapshot, error) came in its minute's raw slice too
+            if ev[0] in (KIND_DISCONNECT, KIND_SNAPSHOT, KIND_ERROR) and self._blank([ev[4]])[0]:
+                continue
+            yield ev
+
+    def _events(self) -> Iterator[tuple]:
         # connection events go before (prio 0: snapshots) or after (prio 2) market events
         # arriving at the same microsecond
         pseudo, holds = self._pseudo, self._holds
@@ -238,13 +259,17 @@ def run_event(norm: Normalizer, feed: RawFeed, ev: tuple, disconnect_loc: int) -
 
 
 def replay_lines(market: Market, spec: StreamSpec, *, until_us: int, outages=(),
-                 perturb: dict | None = None) -> Iterator[tuple[int, str]]:
-    """``(local_us, line)`` of one options object, for local times [from, min(to, until))."""
+                 perturb: dict | None = None, blanks=()) -> Iterator[tuple[int, str]]:
+    """``(local_us, line)`` of one options object, for local times [from, min(to, until)).
+
+    ``blanks``: minutes (local) its filter set has cached empty (see ``slices.py``): their raw slices are
+    empty, so nothing of them is sent and a book rebuilt across one lacks its changes.
+    """
     end = min(spec.to_us, until_us)
     if spec.from_us >= end:
         return
     norm = Normalizer(spec, symbol_params, live=False, perturb=perturb)
-    feed = RawFeed(market, spec, live=False, start_us=spec.from_us, end_us=end, outages=outages)
+    feed = RawFeed(market, spec, live=False, start_us=spec.from_us, end_us=end, outages=outages, blanks=blanks)
     out = norm.out
     book, trades, ticker = norm.book, norm.trades, norm.ticker
     last_loc = spec.from_us  # a disconnect carries the last line's localTimestamp (or `from`)
@@ -267,9 +292,11 @@ def replay_lines(market: Market, spec: StreamSpec, *, until_us: int, outages=(),
 
 
 def merged_replay_lines(market: Market, specs: list[StreamSpec], *, until_us: int, outages=(),
-                        perturb: dict | None = None) -> Iterator[str]:
-    """Lines of a whole request: options objects merged by localTimestamp."""
-    gens = [replay_lines(market, s, until_us=until_us, outages=outages, perturb=perturb) for s in specs]
+                        perturb: dict | None = None, blanks=None) -> Iterator[str]:
+    """Lines of a whole request: options objects merged by localTimestamp (``blanks``: one per spec)."""
+    blanks = blanks or [()] * len(specs)
+    gens = [replay_lines(market, s, until_us=until_us, outages=outages, perturb=perturb, blanks=b)
+            for s, b in zip(specs, blanks)]
     if len(gens) == 1:
         return (line for _, line in gens[0])
     return (line for _, line in heapq.merge(*gens, key=lambda x: x[0]))
