@@ -66,6 +66,8 @@ class Feed:
             self.measure_history_delay()
             now_us = self.now()
         start, end = window
+        self._advance_edge(now_us, start)
+        now_us = self.now()
         limit = self.horizon.claim_limit(now_us)
         if limit <= start:
             return None
@@ -138,12 +140,30 @@ class Feed:
         return None if reach is None else reach + MINUTE_US + self.horizon.state()["delay"] + US
 
     # -- the history delay ----------------------------------------------------------------------
-    def measure_history_delay(self):
-        """Measure how far history reaches now (a handful of one-minute probes) and use it as the delay."""
+    def _probe(self):
         from .probe import EdgeProbe
         from .replay import ReplayClient
-        probe = EdgeProbe(ReplayClient(self.tardis_url, timeout=(5.0, 30.0)), self.exchange, self.symbols,
-                          api_key=self.api_key, live_trades_in=self._live_trades_in, admit=self._admit_probe)
+        return EdgeProbe(ReplayClient(self.tardis_url, timeout=(5.0, 30.0)), self.exchange, self.symbols,
+                         api_key=self.api_key, live_trades_in=self._live_trades_in, admit=self._admit_probe)
+
+    def _advance_edge(self, now_us, start):
+        """Where requests stop at the proven edge ("empty" or unknown mode), prove the newest minute the delay
+        would allow with one probe (its own filter set), so history follows now between measurements."""
+        watermark, wanted = self.horizon.watermark(now_us), self.horizon.delay_watermark(now_us)
+        if wanted <= watermark or wanted - MINUTE_US < start:
+            return
+        try:
+            latest, mode = self._probe().advance(wanted - MINUTE_US)
+        except GaplessError as exc:
+            log.info("%s: probing the history edge failed (%s)", self.exchange, exc)
+            return
+        self.probe_requests += 1
+        self.horizon.saw_mode(mode)
+        self.horizon.advanced(latest)
+
+    def measure_history_delay(self):
+        """Measure how far history reaches now (a handful of one-minute probes) and use it as the delay."""
+        probe = self._probe()
         try:
             state = self.horizon.state()
             result = probe.measure(self.now(), known_edge=state["edge"])
@@ -151,6 +171,7 @@ class Feed:
             log.warning("%s: measuring the history delay failed (%s); keeping %s", self.exchange, exc,
                         self.horizon.state()["delay"])
             return None
+        self.horizon.saw_mode(result.mode)
         self.horizon.measured(self.now(), result.edge, result.tight)
         self.probe_requests += result.probes
         self._save_horizon()
@@ -179,18 +200,20 @@ class Feed:
         now_us = self.now()
         if failure is not None and getattr(failure, "refused", False) and request.request_end >= now_us - EDGE_US:
             # refused near the present: history does not reach that far (any more): grow, and measure again
+            self.horizon.saw_mode("error")
             self.horizon.refused(now_us, getattr(failure, "delivered_until", None))
 
     def _horizon_keys(self):
         return ("history_delay_us:%s" % self.exchange, "history_measured_at:%s" % self.exchange,
-                "history_edge:%s" % self.exchange)
+                "history_edge:%s" % self.exchange, "history_mode:%s" % self.exchange)
 
     def _restore_horizon(self):
         """Start from the delay the last run used (measured or grown); it is measured again at once, without
         asking again for the minutes the last measurement proved available (its edge)."""
         meta = self.storage.models["meta"]
         keys = self._horizon_keys()
-        values = {row.key: row.value for row in meta.select().where(meta.key.in_([keys[0], keys[2]]))}
+        values = {row.key: row.value for row in meta.select().where(meta.key.in_([keys[0], keys[2], keys[3]]))}
+        self.horizon.saw_mode(values.get(keys[3]))
         try:
             if keys[0] in values:
                 self.horizon.delay = max(0, min(self.horizon.max_delay, int(values[keys[0]])))
@@ -201,7 +224,8 @@ class Feed:
 
     def _save_horizon(self):
         state = self.horizon.state()
-        for key, value in zip(self._horizon_keys(), (state["delay"], state["measured_at"], state["edge"])):
+        mode = state["mode"] if state["mode"] != "unknown" else None
+        for key, value in zip(self._horizon_keys(), (state["delay"], state["measured_at"], state["edge"], mode)):
             if value is not None:
                 self.storage.put_meta(key, str(value))
 

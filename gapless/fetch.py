@@ -21,6 +21,7 @@ from .exceptions import GaplessError, ServerError
 from .ingest import RunParser
 from .redaction import install_secret_filter
 from .replay import ReplayClient, replay_options
+from .silence import SilenceCheck
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,9 @@ def fetch_run(request, client, api_key, batch_rows, emit, should_stop=lambda: Fa
     """
     parser = RunParser(request, batch_rows=batch_rows)
     options = replay_options(request.exchange, request.symbols, request.data_types, request.start,
-                             request.request_end, api_key)
+                             request.request_end, api_key, fresh="fresh" if request.fresh else None)
+    # silent minutes are claimed only once a fresh filter set confirms them (see gapless.silence)
+    emit = _vetted(SilenceCheck(request, client, api_key), emit)
     complete = False
     failure = None
     try:
@@ -58,6 +61,12 @@ def fetch_run(request, client, api_key, batch_rows, emit, should_stop=lambda: Fa
         # how far this run got (after the last flush): the history horizon learns from refusals
         failure.delivered_until = parser.last_arrival if parser.has_data else None
     return failure
+
+
+def _vetted(check, emit):
+    def vetted(batch):
+        emit(check.vet(batch))
+    return vetted
 
 
 def _fetch_loop(tasks, results, abort, config, client):

@@ -9,6 +9,10 @@ grow at once (a wrong guess costs requests), until the next measurement says bet
 
 The last measurement also says up to where availability is *proven* (the edge it saw): a replay run
 that reaches past it claims only what its own lines prove (see :class:`gapless.claims.ClaimTracker`).
+Where the server answers a minute not available yet with EMPTY lines (or nothing says it refuses them),
+no request reaches past the proven edge at all: tardis-machine would cache that empty answer for the
+stream's filter set for good. The edge then moves on with one one-minute probe a pass (see
+:meth:`gapless.feed.Feed.download_history`).
 """
 import logging
 import threading
@@ -31,21 +35,52 @@ class HistoryHorizon:
         self.probe_interval = probe_interval_us
         self.measured_at = None
         self.edge = None  # the newest line the last measurement saw (local time)
+        # how the server answers a minute not available yet (see MODES); until evidence says "error", requests
+        # stay below the proven edge: an EMPTY answer would be cached for the stream's filter set for good
+        self.mode = "unknown"
         self._probe_due = True
         self._lock = threading.Lock()
 
     def watermark(self, now_us):
-        """History is requested only before this minute boundary: ``floor(now - delay)``."""
+        """History is requested only before this minute boundary: ``floor(now - delay)``, and, unless the server
+        is known to refuse minutes not available yet ("error" mode), not past the proven edge's minute."""
+        with self._lock:
+            mark = floor_minute(now_us - self.delay)
+            if self.mode != "error" and self.edge is not None:
+                # a line of minute m proves the whole minute: upstream serves history in one-minute slices
+                mark = min(mark, floor_minute(self.edge) + MINUTE_US)
+            return mark
+
+    def delay_watermark(self, now_us):
+        """``floor(now - delay)``: where the watermark would be if the edge were proven that far."""
         with self._lock:
             return floor_minute(now_us - self.delay)
+
+    def saw_mode(self, mode):
+        """Evidence of how minutes not available yet come back: "error" (refused) or "empty" (no lines where live
+        has trades). "empty" is final (a stream's cache is at stake); "error" only replaces "unknown"."""
+        with self._lock:
+            if mode in ("error", "empty") and mode != self.mode and (mode == "empty" or self.mode == "unknown"):
+                log.info("history not available yet comes back as %s", "an error" if mode == "error" else
+                         "EMPTY minutes: requests stay below the proven edge")
+                self.mode = mode
+
+    def advanced(self, edge_us):
+        """A probe proved history up to ``edge_us`` (local time) since the last measurement."""
+        with self._lock:
+            if edge_us is not None and (self.edge is None or edge_us > self.edge):
+                self.edge = edge_us
 
     def claim_limit(self, now_us):
         """Latest claim end a replay request may have (its ``to`` is one minute later)."""
         return self.watermark(now_us) - MINUTE_US
 
     def proven_until(self, now_us):
-        """Up to where availability is proven (local time): the last edge measured, else the configured bound."""
+        """Up to where availability is proven (local time): the last edge measured, else the configured bound;
+        None where the server refuses minutes not available yet (a complete run then proves itself)."""
         with self._lock:
+            if self.mode == "error":
+                return None
             return self.edge if self.edge is not None else now_us - self.configured
 
     def probe_due(self, now_us):
@@ -95,7 +130,7 @@ class HistoryHorizon:
         """Delay in use, its bounds, and the last measurement (µs; ``measured_at`` None before one)."""
         with self._lock:
             return {"delay": self.delay, "configured": self.configured, "max": self.max_delay,
-                    "measured_at": self.measured_at, "edge": self.edge}
+                    "measured_at": self.measured_at, "edge": self.edge, "mode": self.mode}
 
 
 def _text(us):

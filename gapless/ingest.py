@@ -50,6 +50,7 @@ class ReplayRequest:
     anchored: bool = False  # history is known continuous through ``claim_start`` (see gapless.claims)
     known: tuple = ()  # ((symbol, data_type), ...) whose own replay coverage reaches ``claim_start``
     proven_until: int = None  # history is proven available up to here (local time); None: all of the run
+    fresh: bool = False  # asked with a filter set of its own: tardis-machine's cache cannot answer it
 
     @property
     def claim_from(self):
@@ -86,6 +87,9 @@ class Batch:
     disconnects: int = 0
     samples: list = field(default_factory=list)
     unclaimed: list = field(default_factory=list)  # complete runs: (symbol, data_type, start, end, reason)
+    # replay: local minutes before ``progress_us`` in which no line at all arrived (new in this batch): the
+    # cached EMPTY answer of a minute asked too early looks exactly like that (see gapless.silence)
+    silent: list = field(default_factory=list)
 
 
 class RunParser:
@@ -113,6 +117,8 @@ class RunParser:
         self._lines = self._malformed = self._errors = 0
         self._samples = []
         self.out_of_order = 0
+        self._line_minutes = set()  # local minutes in which a line arrived (replay)
+        self._silent_from = request.start - request.start % MINUTE_US  # silence is known before this minute
 
     # -- feeding -----------------------------------------------------------------------------
     def feed(self, lines):
@@ -154,6 +160,7 @@ class RunParser:
             self._pending.extend(messages[start:cut])
             try:
                 progress = parse_timestamp_us(texts[cut])
+                self._line_minutes.add(progress - progress % MINUTE_US)
             except ValueError:
                 progress = None  # a malformed message follows: fall back to what arrived
             batches.append(self._flush(progress_us=progress))
@@ -194,10 +201,12 @@ class RunParser:
                     continue
                 if len(pending) >= self.batch_rows and lts > self._arrival:
                     # a new arrival time: the batch may end here without splitting a packet
+                    self._line_minutes.add(lts - lts % MINUTE_US)
                     batches.append(self._flush(progress_us=lts))
                     pending = self._pending
                 self._last_lts_text = lts_text
                 self._arrival = max(self._arrival, lts)
+            self._line_minutes.add(self._arrival - self._arrival % MINUTE_US)  # any line shows its slice non-empty
             if kind == "disconnect":
                 batches.append(self._disconnect(message))
                 pending = self._pending
@@ -300,10 +309,18 @@ class RunParser:
                                     is_open=self.live and not closing and end_reason is None, sealed=sealed)
         batch = Batch(rows=rows, claims=claims, lines=self._lines, messages=len(messages) - len(malformed),
                       malformed=self._malformed, errors=self._errors, progress_us=progress_us,
-                      samples=self._samples)
+                      samples=self._samples, silent=[] if self.live else self._silent_until(progress_us))
         self._lines = self._malformed = self._errors = 0
         self._samples = []
         return batch
+
+    def _silent_until(self, progress):
+        """The local minutes before ``progress`` without any line, not reported before."""
+        silent = [m for m in range(self._silent_from, progress, MINUTE_US) if m not in self._line_minutes]
+        self._silent_from = max(self._silent_from, progress - progress % MINUTE_US)
+        if progress % MINUTE_US and silent and silent[-1] == self._silent_from:
+            self._silent_from += MINUTE_US  # the run ends inside a minute it never saw a line of
+        return silent
 
     def _track(self, rows, evidence_bound):
         """Record which streams delivered data and the source-event evidence; drop unwanted rows."""
@@ -330,6 +347,8 @@ class RunParser:
                     continue
             ts = block.array(5)
             arrivals = block.array(6)
+            if not self.live:
+                self._line_minutes.update(np.unique(arrivals - arrivals % MINUTE_US).tolist())
             self.claims.observe(table, block, streams, ts, arrivals, evidence_bound)
             self.out_of_order += int(np.count_nonzero(arrivals[1:] < arrivals[:-1]))
             latest_arrival = int(arrivals.max())

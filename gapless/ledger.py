@@ -12,7 +12,11 @@ its entry is due, so no range is downloaded over and over without new evidence:
 * ``quiet_tail``: a sampled stream's last interval(s) could not be proven complete (the sample comes with
   the next event); at the frontier of history, asked again as soon as a request can reach past where
   the last one ended (the next pass), else with backoff, each time reaching further past its end;
-* ``no_data``: the stream sent nothing at all (an unknown symbol or a silent market); backoff.
+* ``no_data``: the stream sent nothing at all (an unknown symbol or a silent market); backoff;
+* ``history_cached_empty``: the run sent nothing in a minute that a fresh filter set has data for
+  (tardis-machine's cache holds the minute empty for the stream's filter set, see :mod:`gapless.silence`):
+  asked again at once with a filter set of its own (``ReplayRequest.fresh``), then with backoff;
+* ``unverified_quiet``: a silent minute that could not be checked; backoff.
 
 Backoff doubles from :data:`BACKOFF_BASE_US` up to :data:`BACKOFF_CAP_US`. An entry counts the attempts
 of the entries of the same stream and reason it overlaps or touches (a window that slides on would
@@ -36,7 +40,7 @@ BACKOFF_CAP_US = 6 * 60 * MINUTE_US
 OUTAGE_GRACE_US = 60 * MINUTE_US  # after the day is over, before asking for a history outage once more
 OUTAGE_GIVE_UP_US = 30 * DAY_US
 TAIL_REACH_US = 15 * MINUTE_US  # the first retry of a quiet tail reaches this far past it, then doubles
-REASONS = ("history_outage", "unproven_start", "quiet_tail", "no_data")
+REASONS = ("history_outage", "unproven_start", "quiet_tail", "no_data", "history_cached_empty", "unverified_quiet")
 
 
 def backoff(attempts):
@@ -51,6 +55,9 @@ def next_ask(reason, attempts, start, now_us):
         if attempts <= 1 and now_us < day_over:
             return day_over
         return now_us + OUTAGE_GIVE_UP_US
+    if reason == "history_cached_empty":
+        # the stream's filter set holds it empty for good: asked again at once, with a fresh one
+        return now_us if attempts <= 1 else now_us + backoff(attempts - 1)
     return now_us + backoff(attempts)
 
 
@@ -89,7 +96,8 @@ def record(storage, exchange, unclaimed, now_us, asked_end, anchored=False):
             old = model.get_or_none(key)
             # a history outage is its own hole (asked again once after its day); the backoff reasons count the
             # attempts of what they overlap
-            near = (model.start == start) if reason == "history_outage" else (model.start <= end) & (model.end >= start)
+            near = (model.start == start) if reason in ("history_outage", "history_cached_empty") else \
+                (model.start <= end) & (model.end >= start)
             before = [e.attempts for e in model.select(model.attempts).where(stream & (model.reason == reason) & near)]
             attempts = max(before) + 1 if before else (old.attempts + 1 if old is not None else 1)
             values = dict(end=end, reason=reason, attempts=attempts, asked_at=now_us, asked_end=asked_end,
@@ -179,7 +187,8 @@ class RequestMemory:
         for key, (_, last) in list(self._asked.items()):
             if now_us - last > BACKOFF_CAP_US:
                 del self._asked[key]
-        key = (request.exchange, tuple(request.symbols), tuple(request.data_types), request.start,
+        fresh = ("fresh",) if getattr(request, "fresh", False) else ()
+        key = (request.exchange, tuple(request.symbols), tuple(request.data_types) + fresh, request.start,
                request.request_end)
         times, last = self._asked.get(key, (0, None))
         if last is not None and now_us - last < backoff(times):

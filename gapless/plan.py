@@ -9,7 +9,8 @@
   requests start at 00:00 UTC of the day; rows already stored are skipped before insertion.
 * Requests never cross a UTC day (except a quiet tail asked past its end); streams needing the same
   range share one request.
-* What the replay ledger holds back is not asked for (see :mod:`gapless.ledger`).
+* What the replay ledger holds back is not asked for (see :mod:`gapless.ledger`); what it says
+  tardis-machine's cache holds empty (``history_cached_empty``) is asked with a fresh filter set.
 """
 import time
 
@@ -54,8 +55,10 @@ def plan_wanted(storage, exchange, wanted, now_us=None, limit=None, proven_until
         covered = storage.covered(exchange, symbol, data_type.name, "replay")
         ranges = [(floor_minute(a), ceil_minute(b)) for a, b in ranges]
         reach = max((b for _, b in ranges), default=0)
-        held, tails = ledger.held_back(ledger.entries(storage, exchange, symbol, data_type.name), now_us, anchors,
-                                       reach)
+        stream_entries = ledger.entries(storage, exchange, symbol, data_type.name)
+        held, tails = ledger.held_back(stream_entries, now_us, anchors, reach)
+        # what tardis-machine's cache holds empty for the stream's filter set is asked with a fresh one
+        cached_empty = [(e["start"], e["end"]) for e in stream_entries if e["reason"] == "history_cached_empty"]
         need = merge((floor_minute(a), ceil_minute(b)) for a, b in subtract(subtract(ranges, covered), held))
         if not need:
             continue
@@ -75,7 +78,8 @@ def plan_wanted(storage, exchange, wanted, now_us=None, limit=None, proven_until
                 day = floor_day(a)
                 ends[day] = max(ends.get(day, 0), further(a, b))
             for day, b in ends.items():
-                groups.setdefault((day, day, b, False), set()).add((symbol, data_type.name))
+                fresh = _touches(cached_empty, day, b)
+                groups.setdefault((day, day, b, False, fresh), set()).add((symbol, data_type.name))
                 prefix = _covered_prefix(covered, day)
                 if prefix > day:
                     skips[(day, symbol, data_type.name)] = prefix
@@ -87,18 +91,24 @@ def plan_wanted(storage, exchange, wanted, now_us=None, limit=None, proven_until
                 # anchored: a minute back is enough for tardis' local-time ``from`` not to cut the wanted range;
                 # unanchored: the full look-behind, for a line (or a disconnect) to show up before the start
                 behind = MINUTE_US if anchored else LOOK_BEHIND_US
-                groups.setdefault((a - behind, a, b, anchored), set()).add((symbol, data_type.name))
+                fresh = _touches(cached_empty, a - behind, b)
+                groups.setdefault((a - behind, a, b, anchored, fresh), set()).add((symbol, data_type.name))
                 if known:
                     knowns.add((a, symbol, data_type.name))
     requests = []
-    for (start, claim_start, end, anchored), streams in sorted(groups.items()):
+    for (start, claim_start, end, anchored, fresh), streams in sorted(groups.items()):
         for symbols_, types_ in _product_groups(streams):
             skip = tuple((s, d, skips[(start, s, d)]) for s in symbols_ for d in types_ if (start, s, d) in skips)
             known = tuple((s, d) for s in symbols_ for d in types_ if (claim_start, s, d) in knowns)
             requests.append(ReplayRequest(exchange, symbols_, types_, start, end, skip_before=skip,
                                           claim_start=claim_start, anchored=anchored, known=known,
-                                          proven_until=proven_until))
+                                          proven_until=proven_until, fresh=fresh))
     return requests
+
+
+def _touches(ranges, start, end):
+    """True when one of ``ranges`` overlaps ``[start, end)``."""
+    return any(a < end and b > start for a, b in ranges)
 
 
 def _covered_prefix(covered, at):

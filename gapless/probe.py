@@ -1,6 +1,9 @@
 """Measuring how far history reaches, with a handful of small probe requests.
 
-A probe asks one minute of ``trade`` for the exchange's symbols. A minute counts as available only on
+A probe asks one minute of ``trade`` for the exchange's symbols, plus one symbol no exchange lists, new for
+every request (:func:`gapless.replay.fresh_symbol`): tardis-machine caches what it fetched per filter set,
+an empty answer for a minute not available yet included, for good; a probe must neither fill a stream's
+cache with such a minute nor be answered from one. A minute counts as available only on
 positive evidence: the probe returned lines (their latest localTimestamp proves history reaches at least
 there). tardis.dev may serve a minute that is not available yet as an EMPTY minute, so an empty answer
 proves nothing by itself; it counts as *not available* when the live recording stored trades for that
@@ -40,6 +43,9 @@ class ProbeResult:
     tight: bool = False  # the minute after the edge was shown not to be available (else: a lower bound)
     probes: int = 0
     answers: list = field(default_factory=list)  # [(minute, "yes" | "no" | "unknown", latest line)]
+    # how the server answers a minute not available yet: "error" (refused), "empty" (no lines where live has
+    # trades) or None (no evidence in this measurement)
+    mode: str = None
 
 
 class EdgeProbe:
@@ -106,7 +112,29 @@ class EdgeProbe:
             result.answers.append((minute, "unknown", 0))
             return "unknown"
         result.probes += 1
-        options = replay_options(self.exchange, self.symbols, ["trade"], minute, minute + MINUTE_US, self.api_key)
+        answer, latest, mode = self._request(minute)
+        if mode == "empty" or (mode == "error" and result.mode is None):
+            result.mode = mode
+        result.answers.append((minute, answer, latest))
+        return answer
+
+    def advance(self, minute):
+        """Ask one more minute (the next one a download would need): the latest line it delivered, or None.
+
+        Returns ``(latest or None, mode evidence or None)``; a minute the request memory holds back is not
+        asked (``(None, None)``).
+        """
+        if self.admit is not None and not self.admit(minute):
+            return None, None
+        answer, latest, mode = self._request(minute)
+        return (latest if answer == "yes" else None), mode
+
+    def _request(self, minute):
+        """One one-minute request, in a filter set of its own (a probe must never fill a stream's cache with an
+        empty minute, nor be answered by one): ``(answer, latest line, mode evidence)``."""
+        symbols = set(self.symbols)
+        options = replay_options(self.exchange, self.symbols, ["trade"], minute, minute + MINUTE_US, self.api_key,
+                                 fresh="probe")
         lines, latest, refused = 0, 0, False
         try:
             for chunk in self.client.stream_lines(options):
@@ -116,7 +144,7 @@ class EdgeProbe:
                         stamp = parse_timestamp_us(message["localTimestamp"])
                     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                         continue
-                    if message.get("type") == "trade":
+                    if message.get("type") == "trade" and message.get("symbol") in symbols:
                         lines += 1
                         latest = max(latest, stamp)
         except IncompleteStreamError as exc:
@@ -125,13 +153,12 @@ class EdgeProbe:
             log.warning("%s: history probe of %s failed: %s", self.exchange, iso(minute), exc)
             refused = True
         if lines:
-            answer = "yes"
-        elif refused or self.live_trades_in(minute):
-            answer = "no"
-        else:
-            answer = "unknown"
-        result.answers.append((minute, answer, latest))
-        return answer
+            return "yes", latest, None
+        if refused:
+            return "no", latest, "error"
+        if self.live_trades_in(minute):
+            return "no", latest, "empty"
+        return "unknown", latest, None
 
 
 def _descending(present):

@@ -8,6 +8,7 @@ A cut connection looks like a stream that ends early; both raise :class:`Incompl
 """
 import logging
 import re
+import uuid
 from urllib.parse import quote
 
 import orjson
@@ -26,11 +27,26 @@ _PERMANENT = re.compile(r"not supported|invalid|unknown|not allowed|unauthori[sz
                         re.IGNORECASE)
 
 
-def replay_options(exchange, symbols, data_types, start_us, end_us, api_key=None):
-    """The ``options`` object of one replay request (``from``/``to`` as ISO-8601 UTC)."""
+def fresh_symbol(purpose):
+    """A symbol no exchange lists, new each time: a request naming it has a filter set of its own.
+
+    tardis-machine caches every data-feed slice it fetched per filter set (channels and symbols), including
+    the EMPTY answer some upstreams give for a minute that is not available yet, for good. A request with
+    one more symbol than any other request ever made cannot be answered from that cache: it is fetched
+    fresh from upstream (the server accepts a symbol it has no data for and sends nothing for it).
+    """
+    return "GAPLESS-%s-%s" % (purpose.upper(), uuid.uuid4().hex[:16].upper())
+
+
+def replay_options(exchange, symbols, data_types, start_us, end_us, api_key=None, fresh=None):
+    """The ``options`` object of one replay request (``from``/``to`` as ISO-8601 UTC).
+
+    ``fresh``: a purpose (``"probe"``, ``"check"`` ...): the request gets a filter set of its own (see
+    :func:`fresh_symbol`), so nothing in tardis-machine's cache answers it and it fills no stream's cache.
+    """
     options = {
         "exchange": exchange,
-        "symbols": list(symbols),
+        "symbols": list(symbols) + ([fresh_symbol(fresh)] if fresh else []),
         "from": iso(start_us),
         "to": iso(end_us),
         "dataTypes": list(data_types),

@@ -31,6 +31,9 @@ Gap reasons, first that applies:
 * ``downtime``: the live recorder was not connected (stopped, crashed, dropped);
 * ``unknown_state``: a source covers the minutes but never saw the state (no book snapshot yet);
 * ``not_yet_available``: history cannot deliver it yet (past the history horizon) and nothing recorded it;
+* ``history_cached_empty``: history sent nothing in these minutes, but a request with a filter set of its
+  own has data: tardis-machine's cache holds them empty for the stream's filter set (asked too early, by
+  anyone); they are asked again with a fresh filter set;
 * ``no_data``: history was asked and sent nothing for this stream (an unknown symbol or a silent market);
   asked again after ``retry_at``;
 * ``awaiting_evidence``: history was asked but cannot prove the minutes complete yet (a quiet stretch at a
@@ -51,7 +54,8 @@ REASON_WINDOW_US = 2 * MINUTE_US
 # a minute is settled (complete in live data) a few seconds after it ends: see ingest.LATENCY_MARGIN_US
 SETTLE_US = 10 * US
 LEDGER_REASONS = {"history_outage": "history_outage", "no_data": "no_data", "unproven_start": "awaiting_evidence",
-                  "quiet_tail": "awaiting_evidence"}
+                  "quiet_tail": "awaiting_evidence", "history_cached_empty": "history_cached_empty",
+                  "unverified_quiet": "awaiting_evidence"}
 
 
 def window(lookback_us, now_us):
@@ -77,6 +81,10 @@ def gap_reason(rows, ledger, gap_start, gap_end, claim_limit, now_us, covered_so
     if any(e["reason"] == "history_outage" for e in overlapping):
         entry = next(e for e in overlapping if e["reason"] == "history_outage")
         return "history_outage", False, entry["retry_at"]
+    cached = [e for e in overlapping if e["reason"] == "history_cached_empty"]
+    if cached:
+        # tardis-machine's cache holds these minutes empty for the stream's filter set: asked fresh
+        return "history_cached_empty", gap_end <= claim_limit, min(e["retry_at"] for e in cached)
     before = [r for r in rows if gap_start - REASON_WINDOW_US <= r["end"] <= gap_start + MINUTE_US]
     if any(r["source"] == "replay" and r["end_reason"] == "disconnect" for r in before) and \
             not any(r["source"] == "live" for r in before):

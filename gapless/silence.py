@@ -1,0 +1,189 @@
+"""Silent minutes of a replay run: a quiet market, or tardis-machine's cached EMPTY answer?
+
+tardis-machine caches every one-minute data-feed slice it fetched, per filter set (the channels and symbols
+of one request), for good, and serves every client from that cache. Where upstream answers a minute that is
+not available yet with an EMPTY slice, that empty slice is cached too: any client that asked the minute too
+early (an older gapless, another tool) leaves it empty for that filter set forever. A run through that
+filter set then has lines before and after the minute and nothing inside: exactly a quiet market. For a
+book-derived type it is worse: the server rebuilds the book across the minute without its changes, so every
+later book of the run is wrong.
+
+So a replay minute is claimed as quiet only when its silence is confirmed by a source that cannot be a
+cached empty answer. Only the silent minutes (no line of the run at all, any stream: a slice holds every
+stream of its filter set) that a claim would cover are checked, one contiguous stretch at a time, so a busy
+stream costs nothing. The check asks the raw channel behind each of the run's data types (``trade``,
+``book_change``, ``derivative_ticker``: every raw message gives a line), first through the run's own filter
+set (the same channels and symbols: the very slices the run was answered from, from the cache): raw lines in
+the minute mean its slice is not empty, and the run's types simply had nothing to say there. For the
+minutes still without lines, the same request with a filter set nothing can have cached (the run's symbols
+plus one no exchange lists, new each time: :func:`gapless.replay.fresh_symbol`): no lines there either is a
+quiet market.
+
+A minute the fresh request has lines for was cached empty (``history_cached_empty``); one it could not ask
+(a failure) is ``unverified_quiet``. Either way no claim covers the exchange times whose events could have
+arrived in it (:data:`CUT_BEFORE_US` before it to :data:`CUT_AFTER_US` after it, from the latency margin and
+the skew bound); for book-derived types no claim and no row of the run from that minute on. The replay
+ledger gets the range with its reason: a cached-empty range is asked again at once with a fresh filter set.
+"""
+import dataclasses
+import logging
+
+import numpy as np
+import orjson
+
+from .claims import LATENCY_MARGIN_US, SKEW_BOUND_US
+from .datatypes import parse_data_type
+from .exceptions import GaplessError
+from .intervals import subtract
+from .replay import replay_options
+from .timeutil import MINUTE_US, iso, parse_timestamp_us
+
+log = logging.getLogger(__name__)
+
+# an event arriving (local time) in a minute has an exchange time from latency + skew before it to skew after it
+CUT_BEFORE_US = LATENCY_MARGIN_US + SKEW_BOUND_US
+CUT_AFTER_US = SKEW_BOUND_US
+QUIET, CACHED_EMPTY, UNVERIFIED = "quiet", "history_cached_empty", "unverified_quiet"
+_AFTER_EVERYTHING = 2 ** 62
+_RAW = {"book_snapshot": "book_change", "book_change": "book_change", "trade": "trade", "trade_bar": "trade",
+        "derivative_ticker": "derivative_ticker"}
+
+
+class SilenceCheck:
+    """Vets the batches of one replay run (see the module docstring); ``vet`` returns the batch to write."""
+
+    def __init__(self, request, client, api_key=None):
+        self.request = request
+        self.client = client
+        self.api_key = api_key
+        self.types = {name: parse_data_type(name) for name in request.data_types}
+        self.verdicts = {}  # local minute -> QUIET | CACHED_EMPTY | UNVERIFIED
+        self.requests = 0
+        self._pending = set()  # silent minutes no claim reached yet
+        self._book_cut = None  # (local minute, reason): book-derived rows and claims from here on are dropped
+
+    def vet(self, batch):
+        """Verify the silent minutes the batch's claims would cover; cut what is not proven quiet."""
+        if getattr(self.request, "fresh", False):
+            return batch  # a filter set of its own: nothing cached can have answered it
+        self._pending.update(batch.silent)
+        due = sorted(m for m in self._pending if _reaches(batch.claims, m))
+        if due:
+            self._pending.difference_update(due)
+            self._verify(due)
+            batch.unclaimed = list(batch.unclaimed) + self._report([m for m in due if self.verdicts[m] != QUIET])
+        bad = sorted(m for m, verdict in self.verdicts.items() if verdict != QUIET)
+        if bad:
+            batch.claims = [piece for claim in batch.claims for piece in self._cut(claim, bad)]
+            if self._book_cut is not None:
+                batch.rows = self._drop_book_rows(batch.rows)
+        return batch
+
+    # -- asking ----------------------------------------------------------------------------------
+    def _verify(self, minutes):
+        """A silent minute is quiet when its raw slice has messages in the run's own filter set (the run's types
+        just had nothing to say: a sample comes with the next interval's event, a book change may leave the top
+        unchanged) or has none in a fresh one (a quiet market); cached empty when only the fresh one has some."""
+        for first, last in _stretches(minutes):
+            stretch = range(first, last + MINUTE_US, MINUTE_US)
+            cached = self._ask(first, last + MINUTE_US, fresh=False)
+            rest = [m for m in stretch if cached is not None and m not in cached]
+            fresh = self._ask(rest[0], rest[-1] + MINUTE_US, fresh=True) if rest else set()
+            for m in stretch:
+                if cached is None or fresh is None:
+                    self.verdicts[m] = UNVERIFIED
+                else:
+                    self.verdicts[m] = CACHED_EMPTY if m in rest and m in fresh else QUIET
+                if self.verdicts[m] != QUIET:
+                    log.warning("%s: replay sent nothing in the minute %s, %s", self.request.describe(), iso(m),
+                                "which a fresh request has data for: tardis-machine's cache holds it EMPTY (it "
+                                "was asked before it was available); not claimed, asked again with a fresh "
+                                "filter set" if self.verdicts[m] == CACHED_EMPTY else
+                                "and it could not be verified; not claimed")
+
+    def _ask(self, start, end, fresh):
+        """Local minutes of ``[start, end)`` with raw lines of the run's symbols, through the run's own filter set
+        (the raw channels behind its data types, its symbols: the slices it was answered from) or a fresh one
+        (None: the request failed)."""
+        request = self.request
+        raw = sorted({_RAW[t.family] for t in self.types.values()})
+        options = replay_options(request.exchange, request.symbols, raw, start, end, self.api_key,
+                                 fresh="check" if fresh else None)
+        symbols = set(request.symbols)
+        seen = set()
+        self.requests += 1
+        try:
+            for chunk in self.client.stream_lines(options):
+                for line in chunk:
+                    try:
+                        message = orjson.loads(line)
+                        if message.get("symbol") in symbols or message.get("type") == "disconnect":
+                            stamp = parse_timestamp_us(message["localTimestamp"])
+                            seen.add(stamp - stamp % MINUTE_US)
+                    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+                        continue
+        except GaplessError as exc:
+            log.warning("%s: checking the silent minutes [%s, %s) failed: %s", request.describe(), iso(start),
+                        iso(end), exc)
+            return None
+        return seen
+
+    # -- cutting ---------------------------------------------------------------------------------
+    def _report(self, new_bad):
+        """Ledger entries for the minutes found not quiet just now (each reported once, a stretch per entry)."""
+        report = []
+        streams = self.request.streams
+        for reason in (CACHED_EMPTY, UNVERIFIED):
+            for first, last in _stretches([m for m in new_bad if self.verdicts[m] == reason]):
+                report += [(symbol, name, first - CUT_BEFORE_US, last + MINUTE_US + CUT_AFTER_US, reason)
+                           for symbol, name in streams if not self.types[name].book_derived]
+        books = [(symbol, name) for symbol, name in streams if self.types[name].book_derived]
+        if new_bad and books and self._book_cut is None:
+            # a book rebuilt across a missing minute is wrong for the rest of the run
+            first = min(new_bad)
+            self._book_cut = (first, self.verdicts[first])
+            report += [(symbol, name, first - CUT_BEFORE_US, self.request.claim_end, self.verdicts[first])
+                       for symbol, name in books]
+        return report
+
+    def _cut(self, claim, bad):
+        data_type = self.types.get(claim.data_type)
+        if data_type is not None and data_type.book_derived and self._book_cut is not None:
+            holes = [(self._book_cut[0] - CUT_BEFORE_US, _AFTER_EVERYTHING)]
+        else:
+            holes = [(m - CUT_BEFORE_US, m + MINUTE_US + CUT_AFTER_US) for m in bad]
+        pieces = subtract([(claim.start, claim.end)], holes)
+        if pieces == [(claim.start, claim.end)]:
+            return [claim]
+        return [dataclasses.replace(claim, start=a, end=b,
+                                    segment=claim.segment if a == claim.start else "%s/%d" % (claim.segment, a),
+                                    end_reason=claim.end_reason if b == claim.end else CACHED_EMPTY)
+                for a, b in pieces]
+
+    def _drop_book_rows(self, rows):
+        since = self._book_cut[0]
+        kept = {}
+        for table, block in rows.items():
+            if block and (table.startswith("book_snapshot") or table == "book_change"):
+                keep = np.asarray(block.array(6)) < since
+                if not keep.all():
+                    block = block.select(keep)
+            kept[table] = block
+        return kept
+
+
+def _reaches(claims, minute):
+    """True when a claim covers exchange times whose events could have arrived in the local ``minute``."""
+    lo, hi = minute - CUT_BEFORE_US, minute + MINUTE_US + CUT_AFTER_US
+    return any(c.start < hi and c.end > lo for c in claims)
+
+
+def _stretches(minutes):
+    """Contiguous runs of sorted minutes as ``[(first, last), ...]``."""
+    runs = []
+    for m in minutes:
+        if runs and m == runs[-1][1] + MINUTE_US:
+            runs[-1][1] = m
+        else:
+            runs.append([m, m])
+    return [tuple(r) for r in runs]

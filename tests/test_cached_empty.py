@@ -1,0 +1,105 @@
+"""Issue 21, item 5: tardis-machine keeps a minute asked before it was available EMPTY, for good, per filter set.
+
+The double caches slices like the real server (tests/fake_tardis/slices.py). Any client can poison a stream's
+filter set: here another client asks minutes too early, then a new service downloads them. Checked against
+the double's market model, never against gapless code.
+"""
+import json
+from datetime import datetime, timedelta, timezone
+
+import pandas as pd
+import requests
+
+from gapless.service import Gapless
+from tests.fake_tardis import FakeTardisMachine, ManualClock, MarketConfig
+from tests.truth import minute_truth
+from tests.truth_checks import false_minutes
+
+UTC = timezone.utc
+DAY = datetime(2026, 11, 25, tzinfo=UTC)
+SYMBOLS = ["BTC-PERPETUAL", "ETH-PERPETUAL"]
+S = 1_000_000
+MINUTE = 60 * S
+RECORDER = {"backoff_base": 0.01, "backoff_cap": 0.05, "flush_interval": 0.02, "recv_timeout": 0.01,
+            "data_silence": 3600.0, "dead_after": 3600.0}
+
+
+def at(hh_mm):
+    h, m = (int(p) for p in hh_mm.split(":"))
+    return int((DAY + timedelta(hours=h, minutes=m)).timestamp()) * S
+
+
+def ask_too_early(tm, minute_us, types):
+    """Another client of the server (an older gapless' probe, a notebook) asks a minute before it is available."""
+    start = datetime.fromtimestamp(minute_us / S, UTC)
+    options = {"exchange": "deribit", "symbols": SYMBOLS, "from": start.isoformat(),
+               "to": (start + timedelta(minutes=1)).isoformat(), "dataTypes": types}
+    body = requests.get(tm.http_url + "/replay-normalized", params={"options": json.dumps(options)}, timeout=10)
+    assert body.status_code == 200 and not body.content  # empty: not available yet
+
+
+def service(tm, tmp_path, types, lookback="30m"):
+    return Gapless("deribit", SYMBOLS, types, database_url="sqlite:///%s" % (tmp_path / "g.db"),
+                   tardis_url=tm.http_url, tardis_ws_url=tm.ws_url, rebuild_interval="3600s", lookback=lookback,
+                   history_delay="15m", now=tm.clock.now_us, recorder_options=RECORDER)
+
+
+def test_minutes_another_client_asked_too_early_are_never_served_as_quiet_replay_and_are_healed_fresh(tmp_path):
+    clock = ManualClock(DAY + timedelta(hours=10, minutes=0, seconds=20))
+    with FakeTardisMachine(clock=clock, availability_delay=timedelta(minutes=15), availability_mode="empty",
+                           market=MarketConfig(book_rate=1.0, trade_rate=1.0)) as tm:
+        poisoned = [at("09:47"), at("09:50"), at("09:51"), at("09:55")]
+        for minute in poisoned:  # the trades channel of both symbols: the filter set of trade and trade_bar_1m
+            ask_too_early(tm, minute, ["trade"])
+        assert tm.slices.poisoned("deribit", ["trades"], SYMBOLS) == poisoned
+        # later, history is 3 minutes behind; a new service with a 30-minute lookback starts
+        tm.availability_delay = timedelta(minutes=3)
+        clock.set(DAY + timedelta(hours=10, minutes=16, seconds=20))
+        gapless = service(tm, tmp_path, ["trade", "trade_bar_1m"])
+        try:
+            gapless.heal()
+            first = gapless.series()
+            status = gapless.status()
+            gapless.heal()  # the next pass asks the cached-empty minutes with a filter set of their own
+            healed = gapless.series()
+        finally:
+            gapless.stop()
+    for frames in (first, healed):
+        assert false_minutes(tm, frames) == []
+    for minute in poisoned:
+        label = pd.Timestamp(minute, unit="us", tz="UTC")
+        for key in (("BTC-PERPETUAL", "trade"), ("ETH-PERPETUAL", "trade_bar_1m")):
+            assert first[key].loc[label, "source"] == "missing", (key, label)
+            truth = minute_truth(tm.market, "deribit", key[0], key[1], minute, minute + MINUTE)
+            assert truth["trades"].iloc[0] > 0  # a busy minute: the cached answer had none of its trades
+            assert healed[key].loc[label, "source"] == "replay", (key, label)
+            assert healed[key].loc[label, "trades"] == truth["trades"].iloc[0]
+    gaps = [g for s in status["streams"] for g in s["gaps"] if s["symbol"] == "BTC-PERPETUAL"]
+    reasons = {g["reason"] for g in gaps if at("09:46") <= pd.Timestamp(g["start"]).value // 1000 <= at("09:56")}
+    assert reasons == {"history_cached_empty"}, gaps
+    # the fresh requests named a symbol no exchange lists; no stream request named one
+    fresh = [r for r in tm.requests if any(s.startswith("GAPLESS-FRESH-") for s in r.options[0]["symbols"])]
+    assert fresh and all(r.options[0]["dataTypes"] in (["trade"], ["trade_bar_1m"], ["trade", "trade_bar_1m"])
+                         for r in fresh)
+
+
+def test_gapless_itself_never_fills_a_streams_cache_with_a_minute_not_available_yet(tmp_path):
+    clock = ManualClock(DAY + timedelta(hours=10, seconds=20))
+    with FakeTardisMachine(clock=clock, availability_delay=timedelta(minutes=3), availability_mode="empty",
+                           market=MarketConfig(book_rate=1.0, trade_rate=1.0)) as tm:
+        gapless = service(tm, tmp_path, ["trade", "trade_bar_1m", "quote_1m"], lookback="40m")
+        gapless.recorder.start()
+        try:
+            for _ in range(12):  # passes a minute apart while history moves on and live records
+                from tests.truth_harness import advance
+                advance(clock, tm, clock.now_us() + MINUTE, [gapless.recorder])
+                gapless.heal()
+            frames = gapless.series()
+            mode = gapless.horizon.state().get("mode")
+        finally:
+            gapless.stop()
+        # the probes asked minutes not available yet through filter sets of their own; the streams never did
+        for channels in (["trades"], ["book"]):
+            assert tm.slices.poisoned("deribit", channels, SYMBOLS) == [], channels
+        assert mode == "empty"  # live had trades where history answered empty: detected
+    assert false_minutes(tm, frames) == []
