@@ -308,12 +308,13 @@ def cmd_plot(args, settings, now_us):
 
 
 def stored_horizon(storage, exchange, default_delay):
-    """``{"delay", "measured_at"}`` the service last used for an exchange (stored in the database)."""
+    """``{"delay", "measured_at", "mode"}`` the service last used for an exchange (stored in the database)."""
     meta = storage.models["meta"]
     values = {}
     for name, key in (("delay", "history_delay_us:%s"), ("measured_at", "history_measured_at:%s")):
         row = meta.get_or_none(meta.key == key % exchange)
         values[name] = int(row.value) if row is not None else None
+    values["mode"] = storage.meta_value("history_mode:%s" % exchange) or "unknown"
     if values["delay"] is None:
         values["delay"] = default_delay
     return values

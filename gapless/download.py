@@ -100,6 +100,7 @@ class Downloader:
         self.should_retry = None  # callback(request, failure) -> bool; default: retry every transient failure
         self.admit = None  # callback(request) -> bool: may a planned request be made now (default: all)
         self.on_batch = None  # callback(report) after each written batch (benchmarks, progress displays)
+        self.settled = None  # gapless.silence.SettledMinutes: silent minutes earlier runs found quiet
 
     def download(self, exchange, symbols, data_types, start, end):
         """Download what replay coverage lacks in ``[start, end)`` (µs). Returns a :class:`DownloadReport`."""
@@ -139,6 +140,8 @@ class Downloader:
     # -- shared --------------------------------------------------------------------------------
     def _write(self, batch, report, bar, progress_state, request):
         report.rows_inserted += self.storage.write(batch.rows, batch.claims)
+        if self.settled is not None:
+            self.settled.add(request, batch.settled)
         if batch.unclaimed:
             ledger.record(self.storage, request.exchange, batch.unclaimed, self.now(), request.claim_end,
                           anchored=request.anchored)
@@ -202,6 +205,8 @@ class Downloader:
 
         def submit(request):
             nonlocal next_id
+            if self.settled is not None:
+                request = dataclasses.replace(request, settled=self.settled.of(request))
             next_id += 1
             in_flight[next_id] = request
             report.attempts += 1

@@ -9,6 +9,7 @@ exchange and publishes all their streams together.
 import logging
 
 from . import ledger
+from .claims import LATENCY_MARGIN_US
 from .download import Downloader
 from .exceptions import GaplessError
 from .horizon import HistoryHorizon
@@ -17,6 +18,7 @@ from .plan import Anchors
 from .published import published_sources
 from .recorder import Recorder
 from .series import Reader
+from .silence import SettledMinutes
 from .status import minute_sources
 from .timeutil import MINUTE_US, US
 
@@ -48,6 +50,7 @@ class Feed:
         self.horizon = HistoryHorizon(history_delay_us)
         # the very same request is never made again before its backoff, across restarts too
         self.asked = ledger.RequestMemory.restored(storage, self.exchange)
+        self.settled = SettledMinutes.restored(storage, self.exchange)
         self._restore_horizon()
         self.recorder = Recorder(storage, tardis_ws_url, self.exchange, self.symbols, self.data_types,
                                  clock=lambda: now() / 1e6, **(recorder_options or {}))
@@ -80,6 +83,7 @@ class Feed:
                                 now=self.now, **options)
         downloader.limit = limit
         downloader.proven_until = self.horizon.proven_until(now_us)
+        downloader.settled = self.settled
         downloader.on_run_finished = self._learn_horizon
         downloader.admit = lambda request: self.asked.admit(request, self.now())
         if self.monitor is not None:
@@ -96,6 +100,7 @@ class Feed:
                      "; %d incomplete" % len(report.failed) if report.failed else "")
         self._save_horizon()
         self.asked.save(self.storage, self.exchange)
+        self.settled.save(self.storage, self.exchange)
         if self.monitor is not None:
             self.monitor.downloaded(report, self.exchange)
         self.last_download = report
@@ -131,13 +136,21 @@ class Feed:
         """When (our clock, µs) a pass will reach the next gap that has ended (None: no such gap).
 
         ``claim_limit(t) = floor(t - delay) - 1 min`` reaches the gap's end ``e`` at ``t = e + 1 min + delay``.
+        In "error" mode requests reach past the edge and lines prove what they reach: history proves ``e`` once
+        it delivers lines the latency margin past it, at ``t = e + delay + margin`` (always in the future).
         """
         now_us = self.now()
         start, end = window
-        limit = self.horizon.claim_limit(now_us)
+        state = self.horizon.state()
+        error_mode = state["mode"] == "error"
+        limit = now_us - state["delay"] - LATENCY_MARGIN_US if error_mode else self.horizon.claim_limit(now_us)
         reach = self.planner.next_reach(self._sources_of(), self.symbols, self.data_types, start, limit, end,
-                                        self._held_of(now_us, limit))
-        return None if reach is None else reach + MINUTE_US + self.horizon.state()["delay"] + US
+                                        self._held_of(now_us, self.horizon.claim_limit(now_us)))
+        if reach is None:
+            return None
+        if error_mode:
+            return reach + state["delay"] + LATENCY_MARGIN_US + US
+        return reach + MINUTE_US + state["delay"] + US
 
     # -- the history delay ----------------------------------------------------------------------
     def _probe(self):
@@ -199,8 +212,16 @@ class Feed:
     def _learn_horizon(self, request, failure):
         now_us = self.now()
         if failure is not None and getattr(failure, "refused", False) and request.request_end >= now_us - EDGE_US:
-            # refused near the present: history does not reach that far (any more): grow, and measure again
             self.horizon.saw_mode("error")
+            state = self.horizon.state()
+            delivered = getattr(failure, "delivered_until", None)
+            if request.request_end > now_us - state["delay"] and delivered is not None and \
+                    delivered >= now_us - state["delay"] - MINUTE_US:
+                # asked past the edge on purpose ("error" mode): refused where history ends, about where the delay
+                # says; the lines prove what they reach
+                self.horizon.advanced(delivered)
+                return
+            # refused before where the delay says history reaches: it fell behind: grow, and measure again
             self.horizon.refused(now_us, getattr(failure, "delivered_until", None))
 
     def _horizon_keys(self):

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 PROBE_INTERVAL_US = 30 * MINUTE_US
 SAFETY_US = 2 * US  # on top of a measured delay: the edge seen is the newest line, not the newest minute
+REACH_PAST_US = 2 * MINUTE_US  # "error" mode: how far past floor(now - delay) requests may reach
 
 
 class HistoryHorizon:
@@ -43,10 +44,15 @@ class HistoryHorizon:
 
     def watermark(self, now_us):
         """History is requested only before this minute boundary: ``floor(now - delay)``, and, unless the server
-        is known to refuse minutes not available yet ("error" mode), not past the proven edge's minute."""
+        is known to refuse minutes not available yet ("error" mode), not past the proven edge's minute; in
+        "error" mode up to :data:`REACH_PAST_US` further (lines prove what they reach)."""
         with self._lock:
             mark = floor_minute(now_us - self.delay)
-            if self.mode != "error" and self.edge is not None:
+            if self.mode == "error":
+                # a minute not available yet is refused, nothing is cached: a request may reach past the edge and
+                # claim what its lines prove (the refusal after them is expected, see Feed._learn_horizon)
+                return mark + REACH_PAST_US
+            if self.edge is not None:
                 # a line of minute m proves the whole minute: upstream serves history in one-minute slices
                 mark = min(mark, floor_minute(self.edge) + MINUTE_US)
             return mark

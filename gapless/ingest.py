@@ -51,6 +51,7 @@ class ReplayRequest:
     known: tuple = ()  # ((symbol, data_type), ...) whose own replay coverage reaches ``claim_start``
     proven_until: int = None  # history is proven available up to here (local time); None: all of the run
     fresh: bool = False  # asked with a filter set of its own: tardis-machine's cache cannot answer it
+    settled: tuple = ()  # local minutes of the range an earlier run of the same filter set found quiet
 
     @property
     def claim_from(self):
@@ -90,6 +91,7 @@ class Batch:
     # replay: local minutes before ``progress_us`` in which no line at all arrived (new in this batch): the
     # cached EMPTY answer of a minute asked too early looks exactly like that (see gapless.silence)
     silent: list = field(default_factory=list)
+    settled: list = field(default_factory=list)  # silent minutes found quiet (gapless.silence.SettledMinutes)
 
 
 class RunParser:

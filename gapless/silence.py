@@ -43,8 +43,11 @@ log = logging.getLogger(__name__)
 # an event arriving (local time) in a minute has an exchange time from latency + skew before it to skew after it
 CUT_BEFORE_US = LATENCY_MARGIN_US + SKEW_BOUND_US
 CUT_AFTER_US = SKEW_BOUND_US
+PAST_STRETCH_US = 2 * MINUTE_US
 QUIET, CACHED_EMPTY, UNVERIFIED = "quiet", "history_cached_empty", "unverified_quiet"
 _AFTER_EVERYTHING = 2 ** 62
+_CHANNEL = {"book_snapshot": "book", "book_change": "book", "trade": "trades", "trade_bar": "trades",
+            "derivative_ticker": "ticker"}
 _RAW = {"book_snapshot": "book_change", "book_change": "book_change", "trade": "trade", "trade_bar": "trade",
         "derivative_ticker": "derivative_ticker"}
 
@@ -57,7 +60,10 @@ class SilenceCheck:
         self.client = client
         self.api_key = api_key
         self.types = {name: parse_data_type(name) for name in request.data_types}
-        self.verdicts = {}  # local minute -> QUIET | CACHED_EMPTY | UNVERIFIED
+        self._raw_only = all(t.family in ("trade", "book_change") for t in self.types.values())
+        # local minute -> QUIET | CACHED_EMPTY | UNVERIFIED; minutes an earlier run settled for this filter set
+        # (slices never change once cached) are not asked again
+        self.verdicts = dict.fromkeys(getattr(request, "settled", ()), QUIET)
         self.requests = 0
         self._pending = set()  # silent minutes no claim reached yet
         self._book_cut = None  # (local minute, reason): book-derived rows and claims from here on are dropped
@@ -66,12 +72,13 @@ class SilenceCheck:
         """Verify the silent minutes the batch's claims would cover; cut what is not proven quiet."""
         if getattr(self.request, "fresh", False):
             return batch  # a filter set of its own: nothing cached can have answered it
-        self._pending.update(batch.silent)
+        self._pending.update(m for m in batch.silent if m not in self.verdicts)
         due = sorted(m for m in self._pending if _reaches(batch.claims, m))
         if due:
             self._pending.difference_update(due)
             self._verify(due)
             batch.unclaimed = list(batch.unclaimed) + self._report([m for m in due if self.verdicts[m] != QUIET])
+            batch.settled = [m for m in due if self.verdicts[m] == QUIET]
         bad = sorted(m for m, verdict in self.verdicts.items() if verdict != QUIET)
         if bad:
             batch.claims = [piece for claim in batch.claims for piece in self._cut(claim, bad)]
@@ -86,14 +93,21 @@ class SilenceCheck:
         unchanged) or has none in a fresh one (a quiet market); cached empty when only the fresh one has some."""
         for first, last in _stretches(minutes):
             stretch = range(first, last + MINUTE_US, MINUTE_US)
-            cached = self._ask(first, last + MINUTE_US, fresh=False)
+            # a run of raw types only (a line per raw message) already is its filter set's raw answer
+            cached = set() if self._raw_only else self._ask(first, last + MINUTE_US, fresh=False)
             rest = [m for m in stretch if cached is not None and m not in cached]
-            fresh = self._ask(rest[0], rest[-1] + MINUTE_US, fresh=True) if rest else set()
+            # asked a little past the stretch: an empty minute proves a quiet market only where a later line
+            # proves history available past it (upstream may answer a minute not available yet empty)
+            fresh = self._ask(rest[0], rest[-1] + MINUTE_US + PAST_STRETCH_US, fresh=True) if rest else set()
             for m in stretch:
                 if cached is None or fresh is None:
                     self.verdicts[m] = UNVERIFIED
+                elif m not in rest:
+                    self.verdicts[m] = QUIET
+                elif m in fresh:
+                    self.verdicts[m] = CACHED_EMPTY
                 else:
-                    self.verdicts[m] = CACHED_EMPTY if m in rest and m in fresh else QUIET
+                    self.verdicts[m] = QUIET if any(x > m for x in fresh) else UNVERIFIED
                 if self.verdicts[m] != QUIET:
                     log.warning("%s: replay sent nothing in the minute %s, %s", self.request.describe(), iso(m),
                                 "which a fresh request has data for: tardis-machine's cache holds it EMPTY (it "
@@ -170,6 +184,57 @@ class SilenceCheck:
                     block = block.select(keep)
             kept[table] = block
         return kept
+
+
+class SettledMinutes:
+    """Silent minutes found quiet, per filter set (channels and symbols), kept in the database: a later run of the
+    same filter set (the day's book re-read from 00:00 every so often) does not check them again."""
+
+    LIMIT = 20_000  # per exchange: the oldest are forgotten (a forgotten minute is only checked again)
+
+    def __init__(self):
+        self._minutes = {}  # (channels, symbols) -> {minute}
+
+    @staticmethod
+    def _key(request):
+        channels = sorted({_CHANNEL[parse_data_type(name).family] for name in request.data_types})
+        return ",".join(channels), ",".join(sorted(request.symbols))
+
+    @classmethod
+    def restored(cls, storage, exchange):
+        """The minutes kept for ``exchange`` (none when unreadable: they are only checked again)."""
+        memory = cls()
+        try:
+            rows = orjson.loads(storage.meta_value(cls._meta_key(exchange)) or "[]")
+            for channels, symbols, minutes in rows:
+                memory._minutes[(str(channels), str(symbols))] = {int(m) for m in minutes}
+        except (orjson.JSONDecodeError, TypeError, ValueError):
+            log.warning("%s: the settled silent minutes are unreadable; they will be checked again", exchange)
+        return memory
+
+    def save(self, storage, exchange):
+        """Keep the minutes in ``storage``."""
+        every = sorted((m, key) for key, minutes in self._minutes.items() for m in minutes)[-self.LIMIT:]
+        kept = {}
+        for m, key in every:
+            kept.setdefault(key, set()).add(m)
+        self._minutes = kept
+        rows = [[channels, symbols, sorted(minutes)] for (channels, symbols), minutes in kept.items()]
+        storage.put_meta(self._meta_key(exchange), orjson.dumps(rows).decode())
+
+    @staticmethod
+    def _meta_key(exchange):
+        return "settled_silence:%s" % exchange
+
+    def of(self, request):
+        """The settled minutes inside a request's range."""
+        minutes = self._minutes.get(self._key(request), ())
+        return tuple(sorted(m for m in minutes if request.start <= m < request.request_end))
+
+    def add(self, request, minutes):
+        """Minutes a run of ``request`` found quiet."""
+        if minutes:
+            self._minutes.setdefault(self._key(request), set()).update(minutes)
 
 
 def _reaches(claims, minute):

@@ -9,7 +9,8 @@ last pass. The JSON form (``status --json``) is stable:
 
     {"now": ISO, "window": {"start": ISO, "end": ISO},
      "exchanges": [{"exchange": str, "history_delay_seconds": int, "history_delay_minutes": int,
-                    "history_delay_measured_at": ISO or null, "history_watermark": ISO}],
+                    "history_delay_measured_at": ISO or null, "history_watermark": ISO,
+                    "history_not_yet_available": "error" | "empty" | "unknown"}],
      "history_delay_minutes": int, "history_watermark": ISO,      (the first exchange's, as before)
      "streams": [{"exchange", "symbol", "data_type",
                   "minutes": {"total", "replay", "live", "missing"},
@@ -184,11 +185,14 @@ def status_report(storage, groups, lookback_us, horizons, now_us, reader=None):
         state = horizons.get(exchange) or {}
         delay = int(state.get("delay", 0))
         watermark = floor_minute(now_us - delay)
+        if state.get("mode", "error") != "error" and state.get("edge") is not None:
+            watermark = min(watermark, floor_minute(state["edge"]) + MINUTE_US)  # see HistoryHorizon.watermark
         measured = state.get("measured_at")
         exchanges.append({"exchange": exchange, "history_delay_seconds": delay // US,
                           "history_delay_minutes": delay // MINUTE_US,
                           "history_delay_measured_at": iso(measured) if measured else None,
-                          "history_watermark": iso(watermark)})
+                          "history_watermark": iso(watermark),
+                          "history_not_yet_available": state.get("mode") or "unknown"})
         streams += [stream_status(reader, exchange, symbol, data_type, start, end, watermark - MINUTE_US, now_us,
                                   rebuilds)
                     for symbol in symbols for data_type in data_types]
@@ -211,14 +215,19 @@ def format_status(report, gaps_only=False):
         exchange = info["exchange"]
         if not gaps_only:
             measured = info.get("history_delay_measured_at")
-            lines.append("%s: history delay %s%s, history up to %s" % (
+            lines.append("%s: history delay %s%s, history up to %s; minutes not available yet come back %s" % (
                 exchange, _delay_text(info["history_delay_seconds"]),
-                " (measured %s)" % measured if measured else " (not measured yet)", info["history_watermark"]))
+                " (measured %s)" % measured if measured else " (not measured yet)", info["history_watermark"],
+                _MODE_TEXT.get(info.get("history_not_yet_available"), "(not seen yet)")))
         for stream in by_exchange.get(exchange, []):
             lines += _stream_lines(stream, gaps_only)
     if gaps_only and not any(s["gaps"] for s in report["streams"]):
         lines.append("no gaps")
     return "\n".join(lines)
+
+
+_MODE_TEXT = {"error": "as an error", "empty": "EMPTY (requests stay below the proven edge)",
+              "unknown": "(not seen yet: requests stay below the proven edge)"}
 
 
 def _delay_text(seconds):

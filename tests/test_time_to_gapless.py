@@ -59,7 +59,8 @@ def test_a_cold_start_gets_today_at_once_and_is_gapless_about_the_real_delay_plu
             advance(clock, tm, started, [gapless.recorder])
             gapless.heal()
             # after the first pass: every minute of the window up to the horizon is replay, today's too
-            limit = gapless.horizon.claim_limit(clock.now_us())
+            # (up to where the delay says history reaches: in error mode requests reach past it on purpose)
+            limit = gapless.horizon.delay_watermark(clock.now_us()) - 60 * S
             frames = gapless.series(end=limit)
             for key, frame in frames.items():
                 assert set(frame["source"]) == {"replay"}, (key, frame[frame["source"] != "replay"].index[:3])
@@ -86,6 +87,42 @@ def test_a_cold_start_gets_today_at_once_and_is_gapless_about_the_real_delay_plu
     counts = from_midnight(tm)
     # today: one from-00:00 request at once and one when history reached the recording; yesterday: one
     assert counts[("2026-11-25", ("quote_1m",))] <= 2 and counts[("2026-11-24", ("quote_1m",))] == 1, counts
+
+
+@pytest.mark.parametrize("second", [2, 31, 58])
+def test_where_unavailable_minutes_are_refused_a_cold_start_is_gapless_within_the_real_delay_plus_80s(second,
+                                                                                                    tmp_path):
+    # issue 21, item 6: the original design's example (quote_1m, history 180 s behind, cold start) at any second
+    # of the minute; requests reach past the proven edge (nothing is cached where minutes are refused)
+    real_delay = 180 * S
+    clock = ManualClock(at("10:40:%02d" % second))
+    with FakeTardisMachine(clock=clock, availability_delay=timedelta(microseconds=real_delay),
+                           market=MarketConfig(book_rate=1.0, trade_rate=1.0)) as tm:
+        gapless = gapless_on(tm, tmp_path, types=["quote_1m"], lookback="6h")
+        started = clock.now_us()
+        gapless.recorder.start()
+        gapless_at = None
+        try:
+            gapless.heal()
+            assert gapless.horizon.state()["mode"] == "error"
+            next_tick = started + 60 * S
+            while clock.now_us() < started + real_delay + 5 * 60 * S:
+                due = gapless.next_pass_due()
+                step = min(next_tick, due if due and due > clock.now_us() else next_tick)
+                advance(clock, tm, min(step, clock.now_us() + 10 * S), [gapless.recorder])
+                if clock.now_us() >= step:
+                    gapless.heal()
+                    if step == next_tick:
+                        next_tick += 60 * S
+                    if gapless.is_gapless():
+                        gapless_at = clock.now_us()
+                        break
+            frames = gapless.series()
+        finally:
+            gapless.stop()
+    assert gapless_at is not None, "never gapless"
+    assert gapless_at - started <= real_delay + 80 * S, (gapless_at - started) / S
+    assert false_minutes(tm, frames) == []
 
 
 @pytest.mark.parametrize("mode", ["error", "empty"])
