@@ -13,11 +13,15 @@ local-time filter must not have cut messages: exchange and local clocks may diff
   :data:`LOOK_BEHIND_US` earlier). Proven means the planner knew history continuous through it
   (``anchored``), or a line arrived in the look-behind (the history recorder was up before the wanted
   start, and an outage after it would have sent a ``disconnect``);
-* otherwise (an unproven replay start, every segment after a ``disconnect``, every live connection),
-  from the first evidence that data flows plus :data:`START_MARGIN_US`: the segment's first line
-  (replay: the history recorder is one connection per exchange) or the stream's own first row (live:
-  each channel subscribes on its own; for a trade bar its first trade, ``openTimestamp``). A sampled
-  claim then starts at the next interval boundary: the interval in progress may be partial.
+* replay otherwise (an unproven start, every segment after a ``disconnect``): from the segment's first
+  line plus :data:`REPLAY_START_MARGIN_US` (the skew bound). The history recorder is one connection
+  per exchange: it is up from the arrival of that line until its next ``disconnect``, and an event
+  stamped that much later cannot have arrived before it. A proven start is the same rule met by a line
+  in the look-behind;
+* live (every connection): from the stream's own first row plus :data:`START_MARGIN_US` (each channel
+  subscribes on its own; for a trade bar its first trade, ``openTimestamp``).
+
+A sampled claim then starts at the next interval boundary: the interval in progress may be partial.
 
 Where a claim ENDS:
 
@@ -42,7 +46,17 @@ from .timeutil import MINUTE_US, US
 
 LATENCY_MARGIN_US = 5 * US
 SKEW_BOUND_US = 2 * US
-START_MARGIN_US = 10 * US
+START_MARGIN_US = 10 * US  # live: a channel's first message to its claim (not loosened: see REPLAY_START_MARGIN_US)
+# A replay segment's first line arrived at local time L: the history recorder (one connection per exchange)
+# was up then and stays up until its next disconnect, which the replay would show. An event stamped E
+# (exchange time) arrives at local E + skew + latency >= E - SKEW_BOUND_US, latency being never negative; so
+# every event stamped from L + SKEW_BOUND_US on arrived after L and is in history, the reconnect snapshot
+# included. Latency only delays arrivals (an event stamped before the reconnect may arrive after it: kept,
+# never claimed), so it adds nothing here; it bounds the END of a claim (LATENCY_MARGIN_US), not its start.
+# Nothing earlier is provable: the reconnect itself is unknown, and events stamped between the drop and
+# L + SKEW_BOUND_US may have reached the recorder while it was down (the double loses everything stamped
+# before its reconnect snapshot, which comes at least 0.1 s after the recorder is back).
+REPLAY_START_MARGIN_US = SKEW_BOUND_US
 # a replay asks this much before the wanted start: a disconnect there is seen, and a line there proves the
 # history recorder up (a one-minute bar, the first line of a bars-only request, comes a minute after ``from``)
 LOOK_BEHIND_US = 2 * MINUTE_US
@@ -91,8 +105,9 @@ class ClaimTracker:
         """A data line arrived (local time): the first one opens the segment's evidence."""
         if self.first_arrival is None:
             self.first_arrival = arrival
-            if not self.live and self.segment_no == 0 and arrival <= self.request.claim_from - START_MARGIN_US:
-                self.proven = True  # the history recorder was up in the look-behind
+            if not self.live and self.segment_no == 0 and \
+                    arrival + REPLAY_START_MARGIN_US <= self.request.claim_from:
+                self.proven = True  # the history recorder was up in the look-behind: it proves the wanted start
 
     def observe(self, table, block, streams, ts, arrivals, bound):
         """Rows of one table arrived (after dropping unexpected streams): starts, evidence, triggers."""
@@ -185,11 +200,13 @@ class ClaimTracker:
         if self.proven and self.segment_no == 0:
             return self.request.claim_from
         # the history recorder is one connection per exchange: it is up since the segment's first line
-        return self._after(self.first_arrival, data_type) if self.first_arrival is not None else None
+        if self.first_arrival is None:
+            return None
+        return self._after(self.first_arrival, data_type, REPLAY_START_MARGIN_US)
 
     @staticmethod
-    def _after(evidence, data_type):
-        start = evidence + START_MARGIN_US
+    def _after(evidence, data_type, margin=START_MARGIN_US):
+        start = evidence + margin
         return ceil_to(start, data_type.interval_ms * 1000) if data_type.interval else start
 
     def confirm(self, bound):

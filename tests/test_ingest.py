@@ -1,5 +1,5 @@
 """RunParser on captured replay lines: coverage claims say exactly what was delivered."""
-from gapless.claims import START_MARGIN_US
+from gapless.claims import REPLAY_START_MARGIN_US
 from gapless.ingest import LATENCY_MARGIN_US
 from gapless.timeutil import MINUTE_US, iso
 from tests.support import ingest_fixture, sqlite_store, us
@@ -34,9 +34,9 @@ def test_a_replay_disconnect_ends_coverage_and_a_new_segment_starts_at_the_next_
         # is known from the snapshot's own (exchange) time
         ("BTC-PERPETUAL", "quote_1m", "2026-11-24T13:37:30.104000Z", "2026-11-24T13:44:00Z", "complete"),
         # raw trades: everything up to the disconnect, minus the latency margin (in-flight prints are lost);
-        # after it, from the first line plus the start margin (the recorder came back some time before)
+        # after it, from the first line plus the skew bound (the recorder was up when that line arrived)
         ("BTC-PERPETUAL", "trade", "2026-11-24T13:30:00Z", iso(disconnect_at - LATENCY_MARGIN_US), "disconnect"),
-        ("BTC-PERPETUAL", "trade", iso(back + START_MARGIN_US), "2026-11-24T13:44:00Z", "complete"),
+        ("BTC-PERPETUAL", "trade", iso(back + REPLAY_START_MARGIN_US), "2026-11-24T13:44:00Z", "complete"),
         # bars: up to the interval of the last trade before the outage (that bar in progress is discarded);
         # after it, from the first whole interval
         ("BTC-PERPETUAL", "trade_bar_1m", "2026-11-24T13:30:00Z", "2026-11-24T13:37:00Z", "disconnect"),

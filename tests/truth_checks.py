@@ -6,6 +6,7 @@
 * after the final healing, every minute history can prove is replay;
 * no replay request is repeated without new evidence.
 """
+import re
 from collections import Counter
 
 import numpy as np
@@ -121,32 +122,43 @@ def repeated_requests(machine, first_wait_us=2 * MINUTE_US, most=8):
     return found
 
 
-def unhealed(result, frames, margin=4 * MINUTE_US):
+def unhealed(result, frames, margin=4 * MINUTE_US, after_outage=30 * 1_000_000):
     """Minutes history can prove that are not replay after the final healing: ``[(stream, minute, source)]``.
 
-    Provable: an active symbol (not silent), not within ``margin`` of a history outage, of a quiet period,
-    of the window's start, or of the final horizon (history lags by the availability delay).
+    Provable: an active symbol (not silent), not within ``margin`` of a quiet period, of the window's start,
+    or of the final horizon (history lags by the availability delay), nor of a history outage's start, nor
+    within ``after_outage`` after its end (the first line after the outage, plus the 2 s skew bound, proves
+    the rest: a minute starting that long after the recorder came back is replay). A run of trade bars alone
+    sees its first line only when the first bar after the outage is sent (at the first trade after that bar's
+    interval) and then claims from the next whole interval: two intervals more.
     """
     schedule = result.schedule
     now = result.final[0]
     horizon = now - (schedule.availability_s + 60) * 1_000_000 - 3 * MINUTE_US
-    avoid = [(a - margin, b + margin) for a, b in schedule.history_outages]
-    for symbol, a, b in schedule.quiet:
-        if symbol != "SOL-PERPETUAL":
-            avoid.append((a * 1000 - margin, b * 1000 + margin))
+    avoid = [(a * 1000 - margin, b * 1000 + margin) for symbol, a, b in schedule.quiet if symbol != "SOL-PERPETUAL"]
     found = []
     for (symbol, data_type), frame in frames.items():
         if symbol == "SOL-PERPETUAL":
             continue
+        after = after_outage + 2 * _bar_interval_us(data_type)
+        holes = avoid + [(a - margin, b + after) for a, b in schedule.history_outages]
         first = int(frame.index[0].value // 1000)
         for t, source in frame["source"].items():
             m = int(t.value // 1000)
             if source == "replay" or m < first + margin or m + MINUTE_US > horizon:
                 continue
-            if any(a < m + MINUTE_US and m < b for a, b in avoid):
+            if any(a < m + MINUTE_US and m < b for a, b in holes):
                 continue
             found.append(((symbol, data_type), t, source))
     return found
+
+
+def _bar_interval_us(data_type):
+    """The interval of a time bar (``trade_bar_10s``, ``trade_bar_1m``) in µs; 0 for anything else."""
+    match = re.fullmatch(r"trade_bar_(\d+)(s|m)", data_type)
+    if not match:
+        return 0
+    return int(match.group(1)) * (MINUTE_US if match.group(2) == "m" else 1_000_000)
 
 
 def check(result):

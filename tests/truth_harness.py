@@ -1,6 +1,8 @@
 """Randomized fault schedules against the fake tardis-machine, on a manual clock (issue 11's harness).
 
-An example draws a :class:`Schedule` (a few hours around a midnight: history outages anywhere, live
+An example draws a :class:`Schedule` (a few hours around a midnight: history outages anywhere, ending at a
+whole second and a quarter of them on a minute boundary (the minute after one is replay once history
+provably holds it; see tests/test_history_outage_start.py), live
 drops/resets/exchange disconnects, a second recorder joining and leaving at random seconds, clock skew,
 quiet periods, a silent symbol, service restarts, random data types), then :func:`run` plays it: a real
 ``Gapless`` service (recorder thread, downloads, healing passes) against a real double whose clock the
@@ -68,11 +70,12 @@ def draw(seed):
         a = rng.randint(lookback_start, end) // 1000
         quiet.append((rng.choice(("*",) + SYMBOLS), a, a + rng.randint(2, 60) * 60_000))
     outages = []
+    ends = random.Random("outage-ends/%d" % seed)  # its own draws: every other draw of a seed stays as it was
     for _ in range(rng.randint(0, 3)):
         # anywhere, but often right around the places where requests start: the window start and midnight
         anchor = rng.choice([rng.randint(lookback_start, end), start - 120 * MINUTE, _midnight_after(start)])
         a = anchor + rng.randint(-3 * MINUTE, 3 * MINUTE)
-        outages.append((a, a + rng.randint(30_000_000, 40 * MINUTE)))
+        outages.append((a, _outage_end(a + rng.randint(30_000_000, 40 * MINUTE), ends)))
     outages = _disjoint(outages)  # one history recorder: its outages never overlap
     live = tuple(sorted((rng.randint(start + MINUTE, end), rng.choice(("close", "reset", "exchange")))
                         for _ in range(rng.randint(0, 4))))
@@ -88,6 +91,13 @@ def draw(seed):
     return Schedule(seed, start, end, symbols, types, rng.choice((0, 0, rng.randint(-2000, 2000))),
                     tuple(quiet), tuple(sorted(outages)), live, tuple(second), restarts, rng.randint(20, 120),
                     rng.choice(("error", "empty")), tuple(steps), refused)
+
+
+def _outage_end(us, rng):
+    """The history recorder comes back at a whole second of a minute, a quarter of the times on the minute."""
+    if rng.random() < 0.25:
+        return -(-us // MINUTE) * MINUTE
+    return us // 1_000_000 * 1_000_000
 
 
 def _disjoint(intervals):
