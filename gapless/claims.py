@@ -34,6 +34,20 @@ Where a claim ENDS:
   seen only its own interval is unknown ("pending"); later intervals up to the progress point are
   provably empty. The claim skips the pending interval (two claims, ``<segment>`` and ``<segment>:q``).
 
+The local clock (a live run's: tardis-machine's host) may step (NTP) by more than the skew bound. A step back
+shows as a localTimestamp going back and ends the segment (``clock_step``, see :mod:`gapless.ingest`); the
+next segment may run on a clock far behind the exchange's, and the last one may run far ahead of it. So no
+live claim rests on local time alone, and every rule above takes the more careful of local and exchange time:
+
+* an END is bounded by the newest exchange timestamp seen (everything stamped more than
+  :data:`LATENCY_MARGIN_US` before it has arrived), besides the local progress point: an arrival never
+  proves an exchange time later than the exchange has shown (a clock ahead would claim the future);
+* a START is at least the stream's first exchange timestamp, less the skew bound, plus the margin;
+* the exchange time of an event known only by its arrival (a sample's trigger) is bounded from below by
+  the newest exchange time seen by then, and from above by the arrival plus the skew bound only while no
+  row shows the local clock behind the exchange's beyond that bound (and after a step back); otherwise
+  only a raw row's own gap between its arrival and its timestamp bounds it, or nothing does.
+
 A stream that sent nothing in a whole run is not claimed (an unknown symbol and a silent market look
 the same), unless it is *known*: its own replay coverage reaches the anchored start (it exists, and it
 was quiet). What a complete run did not claim is reported (:meth:`ClaimTracker.unclaimed`) for the
@@ -62,6 +76,7 @@ REPLAY_START_MARGIN_US = SKEW_BOUND_US
 LOOK_BEHIND_US = 2 * MINUTE_US
 DAY_SNAPSHOT_SLACK_US = SKEW_BOUND_US + US  # the day snapshot, stamped in exchange time just after local 00:00
 _BOOK, _TRADE = "book", "trade"
+_NEVER = 2 ** 62
 
 
 def ceil_to(us, step):
@@ -99,12 +114,21 @@ class ClaimTracker:
         self._trigger = {}  # {symbol: (exact time or None, arrival, not before)} of the last trade
         self._own = {}  # {(symbol, sampled data type): evidence from the stream's own samples}
         self._own_trigger = {}  # {(symbol, bar data type): the last bar's trigger, as for _trigger}
+        self.exchange_seen = 0  # the newest exchange timestamp of the rows observed (the exchange's clock)
+        self._exchange_base = 0  # exchange_seen before the rows of the batch being observed
+        self._first_exchange = None  # exchange timestamp of the segment's first data line
+        # the local clock vs the exchange's: a row stamped more than the skew bound after its arrival shows the
+        # local clock behind (then an arrival no longer bounds an event's time from above); every raw row bounds
+        # how far behind: its event came at most the latency margin before it arrived
+        self._behind = False
+        self._behind_bound = None
 
     # -- observing rows --------------------------------------------------------------------------
-    def segment_line(self, arrival):
-        """A data line arrived (local time): the first one opens the segment's evidence."""
+    def segment_line(self, arrival, exchange=None):
+        """A data line arrived (local time; ``exchange``: its timestamp): the first one opens the segment's evidence."""
         if self.first_arrival is None:
             self.first_arrival = arrival
+            self._first_exchange = exchange
             if not self.live and self.segment_no == 0 and \
                     arrival + REPLAY_START_MARGIN_US <= self.request.claim_from:
                 self.proven = True  # the history recorder was up in the look-behind: it proves the wanted start
@@ -112,24 +136,32 @@ class ClaimTracker:
     def observe(self, table, block, streams, ts, arrivals, bound):
         """Rows of one table arrived (after dropping unexpected streams): starts, evidence, triggers."""
         self.seen |= streams
-        new = [s for s in streams if s not in self.starts]
-        if new:
-            self._set_starts(block, new, ts, arrivals)
-        kind = _TRADE if table in ("trade", "trade_bar") else (_BOOK if table.startswith("book_") else None)
-        if kind is None:
-            return
         names = block.distinct(3)
         if len(names) == 1:
             sampled = np.full(len(block), self.types[next(iter(names))].interval > 0)
         else:
             sampled = np.fromiter((self.types[n].interval > 0 for n in block.column(3)), dtype=bool,
                                   count=len(block))
+        self._watch_clock(ts, arrivals, sampled)
+        # the exchange's clock read at least this when each row arrived (rows of this block up to it, and of
+        # earlier batches: all arrived before it)
+        shown = np.maximum(np.maximum.accumulate(ts), self._exchange_base)
+        self.exchange_seen = max(self.exchange_seen, int(shown[-1]))
+        new = [s for s in streams if s not in self.starts]
+        if new:
+            self._set_starts(block, new, ts, arrivals)
+        kind = _TRADE if table in ("trade", "trade_bar") else (_BOOK if table.startswith("book_") else None)
+        if kind is None:
+            return
+        # an arrival proves an exchange time no later than the exchange has shown (live: the clock may be ahead;
+        # a clock seen behind proves less than the exchange's own stamps)
+        proven = (shown if self._behind else np.minimum(arrivals, shown)) if self.live else arrivals
         # a sample sent at L shows an event at exchange time >= L - margin, and none since its own stamp
-        evidence = np.where(sampled, np.maximum(ts, arrivals - LATENCY_MARGIN_US), ts)
+        evidence = np.where(sampled, np.maximum(ts, proven - LATENCY_MARGIN_US), ts)
         symbols = block.distinct(1)
         symbol_column = None if len(symbols) == 1 else np.asarray(list(block.column(1)), dtype=object)
         if sampled.any():
-            self._own_evidence(kind, block, names, symbol_column, symbols, sampled, evidence, ts, arrivals)
+            self._own_evidence(kind, block, names, symbol_column, symbols, sampled, evidence, ts, arrivals, proven)
         confirmed = arrivals < bound
         for symbol in symbols:
             mask = np.ones(len(block), dtype=bool) if symbol_column is None else symbol_column == symbol
@@ -141,8 +173,8 @@ class ClaimTracker:
                 last = int(rows[-1])
                 # the last trade: exactly (a raw trade), or as the bar it triggered: at or after the bar's own stamp
                 # (the first trade after an interval sends its bar) and near the bar's arrival
-                trigger = (None if sampled[last] else int(ts[last]), int(arrivals[last]), int(ts[last])) \
-                    if kind == _TRADE else None
+                trigger = (None if sampled[last] else int(ts[last]), int(arrivals[last]), int(ts[last]),
+                           int(proven[last])) if kind == _TRADE else None
                 if not held:
                     self._raise(kind, symbol, value, trigger)
                     continue
@@ -154,7 +186,7 @@ class ClaimTracker:
                     value, first, trigger = max(old[0], value), min(old[1], first), trigger or old[2]
                 self._provisional[(kind, symbol)] = (value, first, trigger)
 
-    def _own_evidence(self, kind, block, names, symbol_column, symbols, sampled, evidence, ts, arrivals):
+    def _own_evidence(self, kind, block, names, symbol_column, symbols, sampled, evidence, ts, arrivals, proven):
         """A stream's own samples prove its own intervals at once, packet complete or not: its sample is there.
 
         (Other streams' samples of the same packet may still be on their way: for them, only a later packet
@@ -177,7 +209,25 @@ class ClaimTracker:
                 self._own[key] = max(self._own.get(key, 0), int(evidence[rows].max()))
                 if kind == _TRADE:
                     last = int(rows[-1])
-                    self._own_trigger[key] = (None, int(arrivals[last]), int(ts[last]))
+                    self._own_trigger[key] = (None, int(arrivals[last]), int(ts[last]), int(proven[last]))
+
+    def _watch_clock(self, ts, arrivals, sampled):
+        """What rows tell about the local clock vs the exchange's (see ``_behind``)."""
+        if not self.live and not self._behind:
+            return  # replay: history's clock is trusted until it is seen stepping back
+        ahead = ts - arrivals  # how far the exchange's stamp is after the arrival
+        if int(ahead.max()) > SKEW_BOUND_US:
+            self._behind = True  # a stamp is never later than its arrival, skew aside: the local clock is behind
+        raw = ~sampled
+        if raw.any():
+            bound = int(ahead[raw].min()) + LATENCY_MARGIN_US  # the local clock is at most this behind
+            self._behind_bound = bound if self._behind_bound is None else min(self._behind_bound, bound)
+
+    def _upper(self, arrival):
+        """Latest exchange time an event that arrived at ``arrival`` (local) can have, or None if unknown."""
+        if not self._behind:
+            return arrival + SKEW_BOUND_US
+        return None if self._behind_bound is None else arrival + self._behind_bound
 
     def _set_starts(self, block, new, ts, arrivals):
         firsts = _first_rows(block, new)
@@ -191,7 +241,9 @@ class ClaimTracker:
                 self.starts[stream] = first
             elif self.live:
                 # each live channel is confirmed by its own first message (a bar: by its first trade)
-                evidence = int(block.array(7)[i]) if data_type.family == "trade_bar" else int(arrivals[i])
+                # (its exchange time, less the skew: the local clock may be behind)
+                evidence = int(block.array(7)[i]) if data_type.family == "trade_bar" else \
+                    max(int(arrivals[i]), int(ts[i]) - SKEW_BOUND_US)
                 self.starts[stream] = self._after(evidence, data_type)
             else:
                 self.starts[stream] = self._replay_start(data_type)
@@ -199,10 +251,13 @@ class ClaimTracker:
     def _replay_start(self, data_type):
         if self.proven and self.segment_no == 0:
             return self.request.claim_from
-        # the history recorder is one connection per exchange: it is up since the segment's first line
+        # the history recorder is one connection per exchange: it is up since the segment's first line (by the
+        # exchange's clock too: after a step back its own clock may be behind)
         if self.first_arrival is None:
             return None
-        return self._after(self.first_arrival, data_type, REPLAY_START_MARGIN_US)
+        first = self.first_arrival if self._first_exchange is None else \
+            max(self.first_arrival, self._first_exchange - SKEW_BOUND_US)
+        return self._after(first, data_type, REPLAY_START_MARGIN_US)
 
     @staticmethod
     def _after(evidence, data_type, margin=START_MARGIN_US):
@@ -210,7 +265,8 @@ class ClaimTracker:
         return ceil_to(start, data_type.interval_ms * 1000) if data_type.interval else start
 
     def confirm(self, bound):
-        """Provisional evidence whose packet has been followed by a later one counts now."""
+        """Provisional evidence whose packet has been followed by a later one counts now (a batch begins)."""
+        self._exchange_base = self.exchange_seen
         for key, (value, arrival, trigger) in list(self._provisional.items()):
             if arrival < bound:
                 del self._provisional[key]
@@ -228,6 +284,11 @@ class ClaimTracker:
     def claims(self, progress, end_reason=None, is_open=False, sealed=None):
         """The claims of the current segment with everything up to ``progress`` (local time) delivered."""
         request = self.request
+        if self.live:
+            # the local clock may run ahead of the exchange's: never past what the exchange has shown (and a clock
+            # seen behind it proves less than the exchange's own stamps: everything stamped more than the latency
+            # margin before the newest stamp has arrived)
+            progress = self.exchange_seen if self._behind else min(progress, self.exchange_seen)
         raw_end = min(request.claim_end, progress - LATENCY_MARGIN_US)
         claims = []
         for symbol, name in sorted(self.seen):
@@ -266,12 +327,13 @@ class ClaimTracker:
                 trigger = own
             if trigger is None:
                 return [("", start, raw_end)]  # no trade since the segment began: nothing is pending
-            exact, arrival, not_before = trigger
+            exact, arrival, not_before, proven = trigger
             if exact is not None:
                 pending = (floor_to(exact, interval), floor_to(exact, interval) + interval)
             else:
-                pending = (floor_to(max(not_before, arrival - LATENCY_MARGIN_US), interval),
-                           ceil_to(arrival + SKEW_BOUND_US + 1, interval))
+                latest = self._upper(arrival)
+                pending = (floor_to(max(not_before, proven - LATENCY_MARGIN_US), interval),
+                           _NEVER if latest is None else ceil_to(max(latest, not_before) + 1, interval))
             # before the pending interval every bar came already (the trigger's own bar came after them); after
             # it, trades would have sent the pending bar: empty up to what the progress point proves
             return [("", start, min(pending[0], self.request.claim_end)), (":q", max(start, pending[1]), raw_end)]
@@ -281,9 +343,23 @@ class ClaimTracker:
     # -- segments ------------------------------------------------------------------------------
     def disconnect(self, at, final_claims):
         """A ``disconnect`` at local time ``at``: remember the segment's claims, start the next one."""
-        self._remember(final_claims)
         self.disconnects.append(at)
+        self._next_segment(final_claims)
+
+    def clock_step(self, final_claims):
+        """The local clock stepped back: remember the segment's claims, start the next one on the new clock.
+
+        The new clock may be behind the exchange's by up to the step: until raw rows bound by how much, an arrival
+        no longer bounds an event's time from above.
+        """
+        self._next_segment(final_claims)
+        self._behind = True
+        self._behind_bound = None
+
+    def _next_segment(self, final_claims):
+        self._remember(final_claims)
         self.segment_no += 1
+        self._first_exchange = None
         self.first_arrival = None
         self.starts = {}
         self._evidence = {}

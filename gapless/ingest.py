@@ -7,8 +7,13 @@ in a worker process or inline. What a run may claim (exchange time, never more t
 decided by :class:`gapless.claims.ClaimTracker`, which this parser feeds.
 
 A line whose localTimestamp is more than :data:`LATENCY_MARGIN_US` older than one already seen breaks
-the order the claims rely on: it is counted as malformed and logged, never stored (smaller reorderings
-are stored and counted as out of order).
+the order the claims rely on (smaller reorderings are stored and counted as out of order). tardis-machine
+sends in arrival order, so such a line means the wall clock of the host that stamped it stepped back (an
+NTP step): the segment ends there with end reason ``clock_step`` (claimed up to what arrived before the
+line), the line is kept and opens the next segment, which starts afresh like one after a ``disconnect``,
+on the new clock. Only a raw message (a trade, a quote, a ticker...) whose exchange timestamp is also
+older than the margin before the newest one seen is a stale resend, not a clock step: it would land in
+time already claimed complete, so it is counted as malformed and logged, never stored.
 """
 import logging
 import uuid
@@ -86,6 +91,7 @@ class Batch:
     errors: int = 0
     progress_us: int = 0
     disconnects: int = 0
+    clock_steps: int = 0
     samples: list = field(default_factory=list)
     unclaimed: list = field(default_factory=list)  # complete runs: (symbol, data_type, start, end, reason)
     # replay: local minutes before ``progress_us`` in which no line at all arrived (new in this batch): the
@@ -141,7 +147,7 @@ class RunParser:
                     any(map(str.__gt__, texts[:-1], texts[1:])):
                 raise _LineByLine()
             if messages and self.claims.first_arrival is None:
-                self.claims.segment_line(parse_timestamp_us(texts[0]))
+                self.claims.segment_line(parse_timestamp_us(texts[0]), _exchange_time(messages[0]))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError, _LineByLine):
             return self._feed_line_by_line(lines)
         n = len(messages)
@@ -196,11 +202,15 @@ class RunParser:
                     self._bad(line, "bad localTimestamp")
                     continue
                 if lts < self._arrival - LATENCY_MARGIN_US:
-                    # older than what coverage may already claim complete: tardis-machine sends in
-                    # localTimestamp order, so this line is a server fault, not data (counted, logged)
-                    self._bad(line, "arrived out of localTimestamp order (%s after %s)"
-                              % (lts_text, iso(self._arrival)))
-                    continue
+                    if self._stale(message):
+                        # both clocks say it is old: a resend into time coverage may already claim complete,
+                        # a server fault, not data (counted, logged)
+                        self._bad(line, "arrived out of localTimestamp order (%s after %s)"
+                                  % (lts_text, iso(self._arrival)))
+                        continue
+                    # tardis-machine sends in arrival order: the stamping host's clock stepped back
+                    batches.append(self._clock_step(lts, lts_text))
+                    pending = self._pending
                 if len(pending) >= self.batch_rows and lts > self._arrival:
                     # a new arrival time: the batch may end here without splitting a packet
                     self._line_minutes.add(lts - lts % MINUTE_US)
@@ -217,7 +227,7 @@ class RunParser:
                 self._errors += 1
                 continue
             if self.claims.first_arrival is None:
-                self.claims.segment_line(self._arrival)
+                self.claims.segment_line(self._arrival, _exchange_time(message))
             pending.append(message)
         return batches
 
@@ -367,6 +377,38 @@ class RunParser:
                     block = block.select(keep)
             rows[table] = block
 
+    def _stale(self, message):
+        """Whether a line that went back in local time is a stale resend rather than a clock step.
+
+        A clock step moves local time only: the exchange's timestamps go on. A raw message (its timestamp is its
+        event's time) stamped more than the latency margin before the newest exchange time seen is stale. A sample
+        (a bar, an interval snapshot) is stamped at its interval's end, which may be long past: never stale here.
+        """
+        if message.get("type") == "trade_bar" or (message.get("type") == "book_snapshot"
+                                                  and message.get("interval")):
+            return False
+        ts = _exchange_time(message)
+        if ts is None:
+            return False  # no exchange time to judge by: the converter reports the line if it is bad
+        newest = self.claims.exchange_seen
+        for pending in self._pending:
+            if pending.get("type") != "disconnect":
+                newest = max(newest, _exchange_time(pending) or 0)
+        return ts < newest - LATENCY_MARGIN_US
+
+    def _clock_step(self, lts, lts_text):
+        """The stamping host's clock stepped back to ``lts``: end the segment, the next one starts on the new clock."""
+        at = self._arrival
+        # every line before this one arrived, the samples of its packet included (as before a disconnect)
+        batch = self._flush(progress_us=at, end_reason="clock_step", evidence_bound=at + 1, sealed=at)
+        batch.clock_steps = 1
+        log.warning("%s: %s localTimestamp stepped back %.3f s (%s after %s): the clock of the host that stamped it "
+                    "stepped; the segment ends here, the next one starts on the new clock", self.request.exchange,
+                    self.source, (at - lts) / 1e6, lts_text, iso(at))
+        self.claims.clock_step(batch.claims)
+        self._arrival = lts
+        return batch
+
     def _disconnect(self, message):
         """Close the current segment at the disconnect; the next one starts at the next message."""
         try:
@@ -380,3 +422,11 @@ class RunParser:
                  self.source, iso(at), "tardis-machine's" if self.live else "the history recorder's")
         self.claims.disconnect(at, batch.claims)
         return batch
+
+
+def _exchange_time(message):
+    """A message's exchange ``timestamp`` (µs), or None when it has none or it does not parse."""
+    try:
+        return parse_timestamp_us(message["timestamp"])
+    except (KeyError, ValueError, TypeError):
+        return None

@@ -29,6 +29,8 @@ Gap reasons, first that applies:
   live recording covered it; history cannot fill it (``healable`` false; asked again once, after the
   day is over);
 * ``disconnect``: an exchange disconnect ended the live recording before the gap;
+* ``clock_step``: the clock of tardis-machine's host stepped back (its localTimestamps went back by more
+  than the latency margin) and ended the live recording there; the next segment starts afresh after it;
 * ``downtime``: the live recorder was not connected (stopped, crashed, dropped);
 * ``unknown_state``: a source covers the minutes but never saw the state (no book snapshot yet);
 * ``not_yet_available``: history cannot deliver it yet (past the history horizon) and nothing recorded it;
@@ -92,6 +94,8 @@ def gap_reason(rows, ledger, gap_start, gap_end, claim_limit, now_us, covered_so
         return "history_outage", False, None  # the history recorder's own disconnect, nothing recorded it live
     if any(r["source"] == "live" and r["end_reason"] == "disconnect" for r in before):
         return "disconnect", gap_end <= claim_limit, None
+    if any(r["source"] == "live" and r["end_reason"] == "clock_step" for r in before):
+        return "clock_step", gap_end <= claim_limit, None
     if any(r["source"] == "live" for r in before):
         # the recorder was connected up to the gap and then was not (stopped, killed, dropped, stale)
         return "downtime", gap_end <= claim_limit, None

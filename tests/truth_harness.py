@@ -4,7 +4,8 @@ An example draws a :class:`Schedule` (a few hours around a midnight: history out
 whole second and a quarter of them on a minute boundary (the minute after one is replay once history
 provably holds it; see tests/test_history_outage_start.py), live
 drops/resets/exchange disconnects, a second recorder joining and leaving at random seconds, clock skew,
-quiet periods, a silent symbol, service restarts, random data types), then :func:`run` plays it: a real
+steps of tardis-machine's host clock while recording (issue 21), quiet periods, a silent symbol, service
+restarts, random data types), then :func:`run` plays it: a real
 ``Gapless`` service (recorder thread, downloads, healing passes) against a real double whose clock the
 harness moves step by step. The result holds what is needed to check it against the double's market
 model (see :mod:`tests.truth_checks`).
@@ -47,6 +48,7 @@ class Schedule:
     availability_mode: str
     steps: tuple  # the clock's stops
     refused: tuple = ()  # data types the service must refuse (book_change)
+    clock_steps: tuple = ()  # ((at, seconds), ...): tardis-machine's host clock steps (NTP) while recording
 
     def describe(self):
         """One line to reproduce the example by hand."""
@@ -88,9 +90,17 @@ def draw(seed):
     while t < end:
         t += rng.choice((30, 60, 120, 180, 300)) * 1_000_000
         steps.append(min(t, end))
-    return Schedule(seed, start, end, symbols, types, rng.choice((0, 0, rng.randint(-2000, 2000))),
-                    tuple(quiet), tuple(sorted(outages)), live, tuple(second), restarts, rng.randint(20, 120),
-                    rng.choice(("error", "empty")), tuple(steps), refused)
+    skew = rng.choice((0, 0, rng.randint(-2000, 2000)))
+    availability = rng.randint(20, 120)
+    mode = rng.choice(("error", "empty"))
+    # drawn last, so that every other part of a seed's schedule is what it was before clock steps existed
+    clock_steps = []
+    if rng.random() < 0.3:
+        for _ in range(rng.randint(1, 2)):
+            at = rng.randint(start + 30, end) // 1_000_000 * 1_000_000  # at any second while recording
+            clock_steps.append((at, rng.choice((-1, 1)) * rng.randint(5, 120)))
+    return Schedule(seed, start, end, symbols, types, skew, tuple(quiet), tuple(sorted(outages)), live,
+                    tuple(second), restarts, availability, mode, tuple(steps), refused, tuple(sorted(clock_steps)))
 
 
 def _outage_end(us, rng):
@@ -154,7 +164,8 @@ def run(schedule, tmp_path, checkpoint_every=4):
         events = sorted([(t, "live", k) for t, k in schedule.live_events] +
                         [(t, "restart", None) for t in schedule.restarts] +
                         [(a, "second_on", None) for a, _ in schedule.second_recorder] +
-                        [(b, "second_off", None) for _, b in schedule.second_recorder])
+                        [(b, "second_off", None) for _, b in schedule.second_recorder] +
+                        [(a, "clock_step", seconds) for a, seconds in schedule.clock_steps])
         try:
             for i, step in enumerate(schedule.steps):
                 while events and events[0][0] <= step:
@@ -169,6 +180,8 @@ def run(schedule, tmp_path, checkpoint_every=4):
                         service.stop()
                         service = _service(schedule, machine, database_url, lookback, schedule.data_types)
                         service.recorder.start()
+                    elif kind == "clock_step":
+                        machine.step_local_clock(detail)
                     elif kind == "second_on" and second is None:
                         second = _recorder(schedule, machine, database_url).start()
                     elif kind == "second_off" and second is not None:

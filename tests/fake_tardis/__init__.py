@@ -19,7 +19,10 @@ react at once when it moves. Other switches: ``availability_delay`` and
 ``availability_mode`` ("error" line or "empty" tail for history not yet available),
 ``line_rate`` (lines/s per replay request) and ``max_concurrent_requests`` on the machine;
 ``MarketConfig(skew_ms=...)`` (local clock vs exchange clock) and
-``MarketConfig(quiet=...)`` (quiet windows, silent symbols) on the market. The ground
+``MarketConfig(quiet=...)`` (quiet windows, silent symbols) on the market;
+``step_local_clock(seconds, at=None)`` on the machine steps the wall clock of
+tardis-machine's host (an NTP step): live localTimestamps from then on are off by the sum
+of the steps, exchange time and the sending schedule are not (see the method). The ground
 truth of a market as minute series is in ``tests/truth.py``.
 
 Run it as its own process with ``python -m tests.fake_tardis`` (see ``__main__``).

@@ -80,6 +80,7 @@ class FakeTardisMachine:
         self._refuse = 0
         self._stall_until = 0.0
         self._perturb: dict[str, dict] = {"replay": {}, "live": {}}
+        self._local_steps: tuple = ()  # ((from double time µs, offset µs), ...) of the host's wall clock
         self._http = ReplayServer(self, http_port)
         self._ws = StreamServer(self, ws_port)
 
@@ -206,6 +207,27 @@ class FakeTardisMachine:
 
     def _perturbations(self, source: str) -> dict:
         return self._perturb[source]
+
+    # -- the host's wall clock --------------------------------------------------------------
+    def step_local_clock(self, seconds: float, at=None) -> None:
+        """Step the wall clock of tardis-machine's host by ``seconds`` (+ forward, - back) at ``at``.
+
+        ``at``: a double-clock time (aware datetime or epoch µs; None = now). From then on the
+        localTimestamp tardis-machine stamps on live frames (market messages, samples,
+        ``disconnect`` and ``error`` messages) reads the host clock: the double's time plus the sum
+        of the steps made so far (whole milliseconds, like live stamps). Nothing else moves: the
+        exchange's time, what is sent and when (tardis-machine's timers run on a monotonic clock),
+        and replay (history was stamped by tardis' own recorder, another host).
+        """
+        step = round(seconds * 1000) * 1000
+        at_us = self.clock.now_us() if at is None else _to_us(at)
+        with self._lock:
+            self._local_steps = tuple(sorted(self._local_steps + ((at_us, step),)))
+        self._clock_moved()
+
+    def local_offset_us(self, at_us: int) -> int:
+        """How far the host's wall clock reads from the double's time at double time ``at_us`` (µs)."""
+        return sum(step for since, step in self._local_steps if since <= at_us)
 
     # -- live switches -------------------------------------------------------------------
     def drop_clients(self, mode: str = "close", timeout: float = 2.0) -> int:

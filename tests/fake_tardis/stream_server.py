@@ -197,8 +197,9 @@ class _Session:
         except OptionsError as exc:
             first = parsed[0] if isinstance(parsed, list) and parsed else parsed
             if isinstance(first, dict) and first.get("withErrorMessages"):
+                now = self.m.clock.now_us()
                 err = {"type": "error", "exchange": first.get("exchange"),
-                       "localTimestamp": fmt_ms(self.m.clock.now_us() // 1000), "details": str(exc),
+                       "localTimestamp": fmt_ms((now + self.m.local_offset_us(now)) // 1000), "details": str(exc),
                        "subSequentErrorsCount": 1}
                 self._queue_text(json.dumps(err, separators=(",", ":")))
             self.sock.setblocking(False)
@@ -310,10 +311,11 @@ class _Session:
                 self.drop_request = cmd[1]
 
     def _send_error(self, force: bool) -> None:
+        now = self.m.clock.now_us()
         for spec in self._specs:
             if spec.with_errors or force:
                 err = {"type": "error", "exchange": spec.exchange,
-                       "localTimestamp": fmt_ms(self.m.clock.now_us() // 1000),
+                       "localTimestamp": fmt_ms((now + self.m.local_offset_us(now)) // 1000),
                        "details": "Error: Unexpected server response: 503", "subSequentErrorsCount": 1}
                 self._queue_text(json.dumps(err, separators=(",", ":")))
 
@@ -344,7 +346,7 @@ class _Session:
         norms = [Normalizer(s, symbol_params, live=True, perturb=perturb) for s in specs]
         iters = [iter(f) for f in feeds]
         pending = [next(it) for it in iters]
-        last_loc = t_c_ms * 1000
+        last_loc = t_c_ms * 1000 + m.local_offset_us(t_c_ms * 1000)  # as the host's wall clock reads it
         beat = {"next_ping": time.monotonic() + m.ping_interval_s, "window": None}  # window: last ping sent
         processed = 0
         while True:
@@ -361,6 +363,10 @@ class _Session:
                     last_loc = self._exchange_drop(feeds, norms, iters, pending, last_loc, now)
                     continue
                 norm = norms[j]
+                shift = m.local_offset_us(ev[4]) if m._local_steps else 0
+                if shift:
+                    # the host's wall clock stamps the frame; the event is still sent at its (monotonic) time
+                    ev = ev[:4] + (ev[4] + shift,)
                 if ev[0] == KIND_DISCONNECT:
                     norm.disconnect(last_loc)  # live: stamped with the last message sent
                 else:
