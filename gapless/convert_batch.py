@@ -166,8 +166,11 @@ class BatchConverter(Converter):
         sides = [m.get("side") for m in group]
         if not set(sides) <= _SIDES:
             raise _FastPathMiss()
+        # trades without exchange ids take the per-message path (their keys are numbered in order); ``seq``
+        # is only kept for those
         return RowBlock("trade", [_column(exchanges), _column(symbols), Const("trade"), Const("trade"),
-                                  Const(self.source), ts.array, lts.array, ids, prices, amounts, sides], n)
+                                  Const(self.source), ts.array, lts.array, ids, prices, amounts, sides,
+                                  Const(None)], n)
 
     def _tickers_fast(self, group):
         exchanges, symbols, ts, lts = self._common(group)

@@ -13,6 +13,7 @@ import orjson
 from .datatypes import FAMILY_OF_TYPE, DataTypeError, parse_data_type
 from .rows import TICKER_FIELDS
 from .timeutil import parse_timestamp_us
+from .trade_keys import IdlessCounter, trade_key
 
 CONTROL_TYPES = ("disconnect", "error")
 # prices and sizes beyond this are not market data but garbage (and would overflow SQLite integers)
@@ -72,6 +73,7 @@ class Converter:
         self.source = source
         self._types = {}
         self._seq = {}
+        self._idless = IdlessCounter()
 
     def data_type(self, name):
         """Cached :class:`~gapless.datatypes.DataType` for a message name."""
@@ -145,17 +147,21 @@ class Converter:
         return "book_snapshot_%d" % depth, tuple(row)
 
     def _trade(self, m, exchange, symbol, ts, lts):
-        trade_id = m.get("id")
-        if trade_id is None or trade_id == "":
-            # no exchange id: fall back to what identifies the print within its stream
-            trade_id = "~%d:%d" % (lts, self._next_seq((exchange, symbol, "trade"), ts, lts))
-        elif trade_id.__class__ is not str:
-            trade_id = str(trade_id)
         side = m.get("side") or "unknown"
         if side not in ("buy", "sell", "unknown"):
             raise MalformedMessage("bad trade side %r" % (side,))
-        return "trade", (exchange, symbol, "trade", "trade", self.source, ts, lts, trade_id,
-                         _req_num(m["price"]), _req_num(m["amount"]), side)
+        price, amount = _req_num(m["price"]), _req_num(m["amount"])
+        trade_id = m.get("id")
+        seq = None
+        if trade_id is None or trade_id == "":
+            # no exchange id: a key made of what the exchange printed, the same whichever connection or
+            # request received it (see gapless.trade_keys)
+            n, seq = self._idless.number(exchange, symbol, ts, price, amount, side)
+            trade_id = trade_key(price, amount, side, n)
+        elif trade_id.__class__ is not str:
+            trade_id = str(trade_id)
+        return "trade", (exchange, symbol, "trade", "trade", self.source, ts, lts, trade_id, price, amount, side,
+                         seq)
 
     def _trade_bar(self, m, exchange, symbol, ts, lts):
         name = m["name"]

@@ -9,7 +9,8 @@ from itertools import repeat
 import numpy as np
 
 COMMON_COLUMNS = ("exchange", "symbol", "dtype", "name", "source", "timestamp", "local_timestamp")
-TRADE_COLUMNS = COMMON_COLUMNS + ("trade_id", "price", "amount", "side")
+# seq: the arrival order among the trades of one timestamp, kept for trades without an exchange id
+TRADE_COLUMNS = COMMON_COLUMNS + ("trade_id", "price", "amount", "side", "seq")
 TRADE_BAR_COLUMNS = COMMON_COLUMNS + (
     "open_timestamp", "close_timestamp", "interval", "kind", "open", "high", "low", "close",
     "volume", "buy_volume", "sell_volume", "trades", "vwap")
