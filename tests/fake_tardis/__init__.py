@@ -18,8 +18,11 @@ to inject faults::
 react at once when it moves. Other switches: ``availability_delay`` and
 ``availability_mode`` ("error" line or "empty" tail for history not yet available),
 ``line_rate`` (lines/s per replay request) and ``max_concurrent_requests`` on the machine;
-``MarketConfig(skew_ms=...)`` (local clock vs exchange clock) and
-``MarketConfig(quiet=...)`` (quiet windows, silent symbols) on the market. The ground
+``MarketConfig(skew_ms=...)`` (local clock vs exchange clock),
+``MarketConfig(quiet=...)`` (quiet windows, silent symbols),
+``MarketConfig(no_trade_ids=...)`` (exchanges whose trades carry no ``id`` and repeat
+identical trades; ``kraken`` by default) and ``MarketConfig(live_arrival_spread_ms=...)``
+(each live connection stamps its own localTimestamps) on the market. The ground
 truth of a market as minute series is in ``tests/truth.py``.
 
 Run it as its own process with ``python -m tests.fake_tardis`` (see ``__main__``).
