@@ -2,14 +2,15 @@
 
 An example draws a :class:`Schedule` (a few hours around a midnight: history outages anywhere, live
 drops/resets/exchange disconnects, a second recorder joining and leaving at random seconds, clock skew,
-quiet periods, a silent symbol, service restarts, random data types), then :func:`run` plays it: a real
+quiet periods, a silent symbol, service restarts, random data types; in a quarter of the examples an
+exchange whose trades carry no ids, with a second recorder), then :func:`run` plays it: a real
 ``Gapless`` service (recorder thread, downloads, healing passes) against a real double whose clock the
 harness moves step by step. The result holds what is needed to check it against the double's market
 model (see :mod:`tests.truth_checks`).
 """
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 
 from gapless.exceptions import UsageError
@@ -24,6 +25,7 @@ SILENT = "SOL-PERPETUAL"
 DATA_TYPES = ("quote", "quote_1m", "quote_10s", "book_snapshot_5_1s", "trade", "trade_bar_1m", "trade_bar_10s",
               "derivative_ticker", "book_change")
 DAY = datetime(2026, 11, 25, tzinfo=timezone.utc)
+IDLESS_SHARE = 0.25  # examples on an exchange without trade ids (issue 21)
 
 
 @dataclass
@@ -45,6 +47,8 @@ class Schedule:
     availability_mode: str
     steps: tuple  # the clock's stops
     refused: tuple = ()  # data types the service must refuse (book_change)
+    exchange: str = "deribit"  # or "kraken": trades without ids, identical trades, a second recorder
+    arrival_spread_ms: int = 0  # live connections stamp their own localTimestamps (MarketConfig)
 
     def describe(self):
         """One line to reproduce the example by hand."""
@@ -85,9 +89,18 @@ def draw(seed):
     while t < end:
         t += rng.choice((30, 60, 120, 180, 300)) * 1_000_000
         steps.append(min(t, end))
-    return Schedule(seed, start, end, symbols, types, rng.choice((0, 0, rng.randint(-2000, 2000))),
-                    tuple(quiet), tuple(sorted(outages)), live, tuple(second), restarts, rng.randint(20, 120),
-                    rng.choice(("error", "empty")), tuple(steps), refused)
+    schedule = Schedule(seed, start, end, symbols, types, rng.choice((0, 0, rng.randint(-2000, 2000))),
+                        tuple(quiet), tuple(sorted(outages)), live, tuple(second), restarts, rng.randint(20, 120),
+                        rng.choice(("error", "empty")), tuple(steps), refused)
+    if rng.random() < IDLESS_SHARE:  # drawn last: every other seed's example stays what it was
+        # an exchange without trade ids, recorded by two recorders whose connections stamp arrivals apart
+        if not second:
+            a = rng.randint(start, end - 5 * MINUTE)
+            second.append((a, a + rng.randint(5 * MINUTE, 40 * MINUTE)))
+        types = tuple(sorted(set(schedule.data_types) | {"trade"}))
+        schedule = replace(schedule, exchange="kraken", arrival_spread_ms=1, second_recorder=tuple(second),
+                           data_types=types)
+    return schedule
 
 
 def _disjoint(intervals):
@@ -124,7 +137,7 @@ def run(schedule, tmp_path, checkpoint_every=4):
     """Play ``schedule``; return a :class:`Result` (the machine is stopped, its records kept)."""
     clock = ManualClock(schedule.start)
     market = MarketConfig(book_rate=0.3, trade_rate=0.3, ticker_interval_s=5.0, skew_ms=schedule.skew_ms,
-                          quiet=schedule.quiet)
+                          quiet=schedule.quiet, live_arrival_spread_ms=schedule.arrival_spread_ms)
     machine = FakeTardisMachine(clock=clock, market=market, default_symbols=schedule.symbols,
                                 availability_delay=timedelta(seconds=schedule.availability_s),
                                 availability_mode=schedule.availability_mode,
@@ -189,7 +202,8 @@ def _dt(us):
 
 
 def _service(schedule, machine, database_url, lookback, data_types):
-    return Gapless("deribit", list(schedule.symbols), list(data_types), lookback="%ds" % (lookback // 1_000_000),
+    return Gapless(schedule.exchange, list(schedule.symbols), list(data_types),
+                   lookback="%ds" % (lookback // 1_000_000),
                    database_url=database_url, tardis_url=machine.http_url, tardis_ws_url=machine.ws_url,
                    history_delay="15m", rebuild_interval="3600s", workers=0,
                    now=machine.clock.now_us, recorder_options=dict(_RECORDER_OPTIONS))
@@ -201,7 +215,7 @@ _RECORDER_OPTIONS = {"backoff_base": 0.01, "backoff_cap": 0.05, "flush_interval"
 
 
 def _recorder(schedule, machine, database_url):
-    return Recorder(Storage(database_url), machine.ws_url, "deribit", schedule.symbols, schedule.data_types,
+    return Recorder(Storage(database_url), machine.ws_url, schedule.exchange, schedule.symbols, schedule.data_types,
                     clock=lambda: machine.clock.now_us() / 1e6, **_RECORDER_OPTIONS)
 
 
