@@ -68,7 +68,7 @@ def source_columns(data_type):
         levels = ["bids_0_price", "bids_0_amount", "asks_0_price", "asks_0_amount"]
         return ["timestamp", "local_timestamp", "seq"] + levels + list(deeper_level_columns(data_type.depth))
     if data_type.family == "trade":
-        return ["timestamp", "local_timestamp", "trade_id", "price", "amount", "side"]
+        return ["timestamp", "local_timestamp", "trade_id", "price", "amount", "side", "seq"]
     if data_type.family == "trade_bar":
         return ["timestamp", "open_timestamp", "open", "high", "low", "close", "volume", "buy_volume",
                 "sell_volume", "trades", "vwap"]
@@ -163,8 +163,11 @@ def _trade_order(ids):
 
 
 def _trades(rows):
-    rows = rows.assign(_order=_trade_order(rows["trade_id"]))
-    rows = rows.sort_values(["timestamp", "local_timestamp", "_order", "trade_id"], kind="stable")
+    # trades of one timestamp: without exchange ids in their arrival order (``seq``, the same from every
+    # connection, see gapless.trade_keys), with ids in the exchange's order; ``seq`` is empty for those
+    seq = rows["seq"].to_numpy(dtype=float, na_value=0.0) if "seq" in rows else 0.0
+    rows = rows.assign(_order=_trade_order(rows["trade_id"]), _seq=seq)
+    rows = rows.sort_values(["timestamp", "_seq", "local_timestamp", "_order", "trade_id"], kind="stable")
     ts = rows["timestamp"].to_numpy(dtype=np.int64)
     minute = labels(ts, False)
     first, last = _groups(minute)

@@ -23,10 +23,11 @@ from operator import itemgetter
 import numpy as np
 import orjson
 
-from .claims import LATENCY_MARGIN_US, ClaimTracker
+from .claims import LATENCY_MARGIN_US, SKEW_BOUND_US, ClaimTracker
 from .convert import BatchConverter
 from .datatypes import parse_data_type
 from .timeutil import MINUTE_US, iso, parse_timestamp_us
+from .trade_keys import vouched
 
 log = logging.getLogger(__name__)
 
@@ -366,6 +367,10 @@ class RunParser:
             latest_arrival = int(arrivals.max())
             if latest_arrival > self._arrival:
                 self._arrival = latest_arrival
+            if table == "trade":
+                keep = vouched(block, self._whole_since())
+                if keep is not None:  # trades without ids this run may have seen only part of (gapless.trade_keys)
+                    block = block.select(keep)
             if self._skip:
                 # already stored (coverage says so): don't spend insert time on them again
                 if len(streams) == 1:
@@ -408,6 +413,14 @@ class RunParser:
         self.claims.clock_step(batch.claims)
         self._arrival = lts
         return batch
+
+    def _whole_since(self):
+        """Exchange time from which this segment saw every packet of each timestamp: lines arrive from its
+        start on (a replay's ``from``; a live connection's, or a segment's after a disconnect, first line),
+        and a packet arrives within the skew bound of its timestamp."""
+        claims = self.claims
+        start = self.request.start if not self.live and claims.segment_no == 0 else claims.first_arrival
+        return None if start is None else start + SKEW_BOUND_US
 
     def _disconnect(self, message):
         """Close the current segment at the disconnect; the next one starts at the next message."""

@@ -20,8 +20,9 @@ from peewee import (AutoField, BigIntegerField, BooleanField, CharField, Composi
                     Model, SqliteDatabase, TextField)
 
 from .convert import table_columns
+from .trade_keys import rewrite_fallback_keys
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 FAMILY_TABLES = ("trade", "trade_bar", "book_change", "derivative_ticker")
 BOOKKEEPING_TABLES = ("coverage", "meta", "dirty_rows", "dirty_series", "minute_agg", "replay_ledger",
                       "minute_series", "minute_compare", "stream_status")
@@ -66,8 +67,11 @@ def make_models(database):
         return type(table.title().replace("_", ""), (Base,), dict(fields, Meta=meta))
 
     models = {}
+    # trade_id is the exchange's id, or for an exchange without ids one made of the trade's content (see
+    # gapless.trade_keys); seq is then its arrival order among the stream's trades of its timestamp (schema 3)
     models["trade"] = model("trade", dict(common(), trade_id=CharField(max_length=128), price=DoubleField(),
-                                          amount=DoubleField(), side=CharField(max_length=8)),
+                                          amount=DoubleField(), side=CharField(max_length=8),
+                                          seq=IntegerField(null=True)),
                             ("exchange", "symbol", "source", "timestamp", "trade_id"))
     models["trade_bar"] = model("trade_bar", dict(
         common(), open_timestamp=BigIntegerField(), close_timestamp=BigIntegerField(), interval=DoubleField(),
@@ -164,7 +168,8 @@ def make_models(database):
 
 def upgrade_statements(version, is_sqlite):
     """SQL that brings an existing database from ``version`` to :data:`SCHEMA_VERSION` (new tables are made
-    by ``create_tables``; this is what ``create_tables`` cannot do: new columns on existing tables)."""
+    by ``create_tables``; this is what ``create_tables`` cannot do: new columns on existing tables). Rows
+    that must change go through :func:`upgrade_rows` after these."""
     statements = []
     if version < 2:
         for column in ("limit_end", "sealed_until"):
@@ -173,4 +178,17 @@ def upgrade_statements(version, is_sqlite):
             statements.append('ALTER TABLE "stream_status" ADD COLUMN IF NOT EXISTS "error" TEXT')
         else:
             statements.append('ALTER TABLE "stream_status" ADD COLUMN "error" TEXT')
+    if version < 3:
+        statements.append('ALTER TABLE "trade" ADD COLUMN "seq" INTEGER')
     return statements
+
+
+def upgrade_rows(version, db, is_sqlite, existing):
+    """Rewrite stored rows from ``version`` to :data:`SCHEMA_VERSION` (after :func:`upgrade_statements`, in
+    the same transaction). Returns ``{what: rows changed}``."""
+    changed = {}
+    if version < 3 and "trade" in existing:
+        # id-less trades were keyed by the receiving connection's localTimestamp: key them by content, or
+        # the same trades recorded again would be stored a second time under the new key
+        changed["id-less trade keys"] = rewrite_fallback_keys(db, is_sqlite)
+    return changed

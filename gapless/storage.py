@@ -29,7 +29,7 @@ from .convert import table_columns
 from .dberrors import DRIVER_ERRORS, clean_error
 from .exceptions import DatabaseUrlError
 from .storage_write import WritePath
-from .schema import BOOKKEEPING_TABLES, FAMILY_TABLES, SCHEMA_VERSION, make_models, upgrade_statements
+from .schema import BOOKKEEPING_TABLES, FAMILY_TABLES, SCHEMA_VERSION, make_models, upgrade_rows, upgrade_statements
 from .urls import redact_url
 
 log = logging.getLogger(__name__)
@@ -185,6 +185,8 @@ class Storage(WritePath):
             table = statement.split('"')[1]
             if table in existing:  # a table made just now by create_tables already has every column
                 self.db.execute_sql(statement)
+        for what, count in upgrade_rows(version, self.db, self.is_sqlite, existing).items():
+            log.warning("database %s: %d row(s) rewritten (%s)", self.redacted_url, count, what)
         # the minute store starts empty: every stored stretch is dirty once, so the first pass fills it
         self.db.execute_sql(
             'INSERT INTO "dirty_rows" ("exchange", "symbol", "data_type", "source", "lo", "hi") '

@@ -27,7 +27,7 @@ from tests.fake_tardis.market import symbol_params
 from tests.fake_tardis.normalize import Normalizer
 from tests.fake_tardis.options import parse_options
 from tests.fake_tardis.render import js_number, parse_ts_us, render_message
-from tests.support import fixture_bytes, fixture_names
+from tests.support import fixture_bytes, fixture_names, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 UTC = timezone.utc
@@ -934,3 +934,49 @@ def test_standalone_process():
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_exchange_without_trade_ids_live_and_replay():
+    """kraken's trades carry no ``id`` (replay and live), identical trades occur in one packet and across
+    packets, and with ``live_arrival_spread_ms`` two live connections stamp the same trade differently."""
+    clock = ManualClock(DAY + timedelta(minutes=2))
+    config = MarketConfig(trade_rate=5, live_arrival_spread_ms=1)
+    with FakeTardisMachine(clock=clock, market=config) as tm:
+        sockets = [ws_connect(tm, {**live_opts(("trade",), ["BTC-PERPETUAL"]), "exchange": "kraken"})
+                   for _ in range(2)]
+        wait_until(tm.live_caught_up, interval=0.005, message="the double sent what is due")
+        for _ in range(4):
+            clock.advance(30)
+            wait_until(tm.live_caught_up, interval=0.005, message="the double sent what is due")
+        frames = [[json.loads(x) for x in c.sent] for c in tm.connections[:2]]
+        for ws in sockets:
+            ws.close()
+        clock.advance(3600)  # history of those minutes is available now
+        body = replay(tm, {**opts("2026-11-25T00:02", "2026-11-25T00:05", ["trade"], ["BTC-PERPETUAL"]),
+                           "exchange": "kraken"})
+    assert body.status_code == 200
+    replayed = [json.loads(line) for line in body.text.splitlines()]
+    deribit = tm.market.trades("deribit", "BTC-PERPETUAL", DAY, DAY + timedelta(minutes=5))
+    assert all(t["id"] for t in deribit)  # exchanges with ids are unchanged
+    for messages in frames + [replayed]:
+        trades = [m for m in messages if m["type"] == "trade"]
+        assert len(trades) > 300 and not any("id" in m for m in trades)
+    content = lambda m: (m["timestamp"], m["price"], m["amount"], m["side"])  # noqa: E731
+    live_a, live_b = ([m for m in f if m["type"] == "trade"] for f in frames)
+    # the same trades, each stamped 1 ms apart by the two connections (their own exchange connections)
+    common = min(len(live_a), len(live_b))
+    assert [content(m) for m in live_a[-common:]] == [content(m) for m in live_b[-common:]]
+    gaps = {parse_ts_us(a["localTimestamp"]) - parse_ts_us(b["localTimestamp"])
+            for a, b in zip(live_a[-common:], live_b[-common:])}
+    assert gaps == {1000} or gaps == {-1000}
+    # identical trades: within one packet (same localTimestamp), and across two packets
+    packets = {}
+    for m in replayed:
+        packets.setdefault(content(m), []).append(m["localTimestamp"])
+    repeated = [stamps for stamps in packets.values() if len(stamps) > 1]
+    assert any(len(set(s)) < len(s) for s in repeated) and any(len(set(s)) > 1 for s in repeated)
+    # and the market model knows them all: the replay's trades are the model's, as a multiset
+    truth = tm.market.trades("kraken", "BTC-PERPETUAL", DAY + timedelta(minutes=2), DAY + timedelta(minutes=5))
+    as_model = sorted((parse_ts_us(m["timestamp"]) // 1000, m["price"], m["amount"], m["side"]) for m in replayed)
+    assert as_model == sorted((t["timestamp"], t["price"], t["amount"], t["side"]) for t in truth)
+    assert all(t["id"] is None for t in truth)

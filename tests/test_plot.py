@@ -27,7 +27,7 @@ def stored_with_replay_live_and_missing(tmp_path):
                    "2026-11-24T13:30", "2026-11-24T13:45")
     t0 = us("2026-11-24T13:45")
     trades = [("deribit", "BTC-PERPETUAL", "trade", "trade", "live", t0 + i * 20 * US, t0 + i * 20 * US + 5,
-               "live-%d" % i, 90000.0 + i, 1.0, "buy") for i in range(6)]
+               "live-%d" % i, 90000.0 + i, 1.0, "buy", None) for i in range(6)]
     store.write({"trade": trades}, [Claim("deribit", "BTC-PERPETUAL", "trade", "live", "live-test:0", t0,
                                           t0 + 2 * MINUTE_US)])
     store.close()

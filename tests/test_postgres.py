@@ -202,7 +202,7 @@ def test_bulk_insert_copies_new_rows_and_falls_back_to_on_conflict_for_existing_
 
     def trades(first, count):
         return [("deribit", "BTC-PERPETUAL", "trade", "trade", "replay", base + i * 1000, base + i * 1000 + 7,
-                 "t%d" % i, 100.0 + i, 1.0, "buy") for i in range(first, first + count)]
+                 "t%d" % i, 100.0 + i, 1.0, "buy", None) for i in range(first, first + count)]
 
     store = Storage(pg_url)
     try:

@@ -302,7 +302,7 @@ def test_hostile_strings_reaching_storage_are_data_never_sql(store):
         for k in range(3):
             ts = start + (i * 60 + k * 10) * 10 ** 6
             rows.append((HOSTILE_EXCHANGES[0], symbol, "trade", "trade", "replay", ts, ts + 1000,
-                         "id'); DROP TABLE trade;--%d" % k, 100.0 + k, 1.0, "buy"))
+                         "id'); DROP TABLE trade;--%d" % k, 100.0 + k, 1.0, "buy", None))
     claims = [Claim(HOSTILE_EXCHANGES[0], symbol, "trade", "replay", "seg'; DROP TABLE coverage;--", start,
                     start + 10 * 60 * 10 ** 6, end_reason="complete'--") for symbol in HOSTILE_SYMBOLS]
     assert store.write({"trade": rows}, claims) == len(rows)

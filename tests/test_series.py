@@ -97,7 +97,7 @@ def test_quiet_covered_minutes_carry_state_but_uncovered_ones_do_not(tmp_path):
     row = ("deribit", "X-PERP", "book_snapshot", "quote_1m", "replay", t0 + 30 * 10**6, t0 + 30 * 10**6 + 5, 0,
            100.0, 1.0, 101.0, 2.0)
     trade = ("deribit", "X-PERP", "trade", "trade", "replay", t0 + 10 * 10**6, t0 + 10 * 10**6 + 5, "t1", 100.5,
-             3.0, "buy")
+             3.0, "buy", None)
     claims = [Claim("deribit", "X-PERP", name, "replay", "s:0", t0, t0 + 5 * MINUTE_US)
               for name in ("quote_1m", "trade")]
     claims += [Claim("deribit", "X-PERP", name, "replay", "s:1", t0 + 7 * MINUTE_US, t0 + 9 * MINUTE_US)

@@ -37,8 +37,8 @@ def test_claims_are_upserted_per_segment_and_merged_on_read(store):
 
 def test_a_failed_write_stores_neither_rows_nor_coverage(store):
     claim = Claim("deribit", "X", "trade", "replay", "r:0", 0, 10)
-    good = ("deribit", "X", "trade", "trade", "replay", 1, 2, "id1", 1.0, 1.0, "buy")
-    bad = ("deribit", "X", "trade", "trade", "replay", 1, 2, "id2", None, 1.0, "buy")  # NOT NULL price
+    good = ("deribit", "X", "trade", "trade", "replay", 1, 2, "id1", 1.0, 1.0, "buy", None)
+    bad = ("deribit", "X", "trade", "trade", "replay", 1, 2, "id2", None, 1.0, "buy", None)  # NOT NULL price
     with pytest.raises(StorageError):
         store.write({"trade": [good, bad]}, [claim])
     assert store.count_rows("trade") == 0

@@ -183,15 +183,19 @@ def minute_truth(market, exchange: str, symbol: str, data_type: str, start_us: i
 
 
 def trades_truth(market, exchange: str, symbol: str, start_us: int, end_us: int) -> pd.DataFrame:
-    """Every trade with exchange time in ``[start_us, end_us)``: id, price, amount, side, timestamp (ms)."""
+    """Every trade with exchange time in ``[start_us, end_us)``: id, price, amount, side, timestamp (ms).
+
+    ``id`` is None on an exchange without trade ids (``MarketConfig.no_trade_ids``)."""
     market = _as_market(market)
     lo, hi = start_us // 1000, -(-end_us // 1000)
     prefix = symbol_params(symbol).id_prefix
+    with_ids = exchange not in market.config.no_trade_ids
     parts = []
     for seg in (_segments(market, exchange, symbol, lo, hi) if hi > lo else ()):
         t = _segment_trades(seg)
         keep = (t["ex"] >= lo) & (t["ex"] < hi)
-        parts.append(pd.DataFrame({"id": [prefix + str(int(i)) for i in t["id"][keep]], "price": t["price"][keep],
+        ids = [prefix + str(int(i)) if with_ids else None for i in t["id"][keep]]
+        parts.append(pd.DataFrame({"id": ids, "price": t["price"][keep],
                                    "amount": t["amount"][keep].astype(np.int64),
                                    "side": np.where(t["buy"][keep], "buy", "sell"),
                                    "timestamp": t["ex"][keep]}))

@@ -167,7 +167,7 @@ def check(result):
     problems = []
     for label, (now, status, frames) in [("checkpoint %d" % i, c) for i, c in enumerate(result.checkpoints)] + \
             [("final", result.final)]:
-        wrong = false_minutes(result.machine, frames)
+        wrong = false_minutes(result.machine, frames, schedule.exchange)
         if wrong:
             problems.append("%s: %d false minute(s), e.g. %s" % (label, len(wrong), wrong[:3]))
         differ = disagreements(status, frames)

@@ -5,14 +5,15 @@ whole second and a quarter of them on a minute boundary (the minute after one is
 provably holds it; see tests/test_history_outage_start.py), live
 drops/resets/exchange disconnects, a second recorder joining and leaving at random seconds, clock skew,
 steps of tardis-machine's host clock while recording (issue 21), quiet periods, a silent symbol, service
-restarts, random data types), then :func:`run` plays it: a real
+restarts, random data types; in a quarter of the examples an exchange whose trades carry no ids, with a
+second recorder), then :func:`run` plays it: a real
 ``Gapless`` service (recorder thread, downloads, healing passes) against a real double whose clock the
 harness moves step by step. The result holds what is needed to check it against the double's market
 model (see :mod:`tests.truth_checks`).
 """
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 
 from gapless.exceptions import UsageError
@@ -27,6 +28,7 @@ SILENT = "SOL-PERPETUAL"
 DATA_TYPES = ("quote", "quote_1m", "quote_10s", "book_snapshot_5_1s", "trade", "trade_bar_1m", "trade_bar_10s",
               "derivative_ticker", "book_change")
 DAY = datetime(2026, 11, 25, tzinfo=timezone.utc)
+IDLESS_SHARE = 0.25  # examples on an exchange without trade ids (issue 21)
 
 
 @dataclass
@@ -49,6 +51,8 @@ class Schedule:
     steps: tuple  # the clock's stops
     refused: tuple = ()  # data types the service must refuse (book_change)
     clock_steps: tuple = ()  # ((at, seconds), ...): tardis-machine's host clock steps (NTP) while recording
+    exchange: str = "deribit"  # or "kraken": trades without ids, identical trades, a second recorder
+    arrival_spread_ms: int = 0  # live connections stamp their own localTimestamps (MarketConfig)
 
     def describe(self):
         """One line to reproduce the example by hand."""
@@ -99,8 +103,17 @@ def draw(seed):
         for _ in range(rng.randint(1, 2)):
             at = rng.randint(start + 30, end) // 1_000_000 * 1_000_000  # at any second while recording
             clock_steps.append((at, rng.choice((-1, 1)) * rng.randint(5, 120)))
-    return Schedule(seed, start, end, symbols, types, skew, tuple(quiet), tuple(sorted(outages)), live,
-                    tuple(second), restarts, availability, mode, tuple(steps), refused, tuple(sorted(clock_steps)))
+    schedule = Schedule(seed, start, end, symbols, types, skew, tuple(quiet), tuple(sorted(outages)), live,
+                        tuple(second), restarts, availability, mode, tuple(steps), refused, tuple(sorted(clock_steps)))
+    if rng.random() < IDLESS_SHARE:  # drawn after the rest: every other part of the example stays what it was
+        # an exchange without trade ids, recorded by two recorders whose connections stamp arrivals apart
+        if not second:
+            a = rng.randint(start, end - 5 * MINUTE)
+            second.append((a, a + rng.randint(5 * MINUTE, 40 * MINUTE)))
+        types = tuple(sorted(set(schedule.data_types) | {"trade"}))
+        schedule = replace(schedule, exchange="kraken", arrival_spread_ms=1, second_recorder=tuple(second),
+                           data_types=types)
+    return schedule
 
 
 def _outage_end(us, rng):
@@ -144,7 +157,7 @@ def run(schedule, tmp_path, checkpoint_every=4):
     """Play ``schedule``; return a :class:`Result` (the machine is stopped, its records kept)."""
     clock = ManualClock(schedule.start)
     market = MarketConfig(book_rate=0.3, trade_rate=0.3, ticker_interval_s=5.0, skew_ms=schedule.skew_ms,
-                          quiet=schedule.quiet)
+                          quiet=schedule.quiet, live_arrival_spread_ms=schedule.arrival_spread_ms)
     machine = FakeTardisMachine(clock=clock, market=market, default_symbols=schedule.symbols,
                                 availability_delay=timedelta(seconds=schedule.availability_s),
                                 availability_mode=schedule.availability_mode,
@@ -212,7 +225,8 @@ def _dt(us):
 
 
 def _service(schedule, machine, database_url, lookback, data_types):
-    return Gapless("deribit", list(schedule.symbols), list(data_types), lookback="%ds" % (lookback // 1_000_000),
+    return Gapless(schedule.exchange, list(schedule.symbols), list(data_types),
+                   lookback="%ds" % (lookback // 1_000_000),
                    database_url=database_url, tardis_url=machine.http_url, tardis_ws_url=machine.ws_url,
                    history_delay="15m", rebuild_interval="3600s", workers=0,
                    now=machine.clock.now_us, recorder_options=dict(_RECORDER_OPTIONS))
@@ -224,7 +238,7 @@ _RECORDER_OPTIONS = {"backoff_base": 0.01, "backoff_cap": 0.05, "flush_interval"
 
 
 def _recorder(schedule, machine, database_url):
-    return Recorder(Storage(database_url), machine.ws_url, "deribit", schedule.symbols, schedule.data_types,
+    return Recorder(Storage(database_url), machine.ws_url, schedule.exchange, schedule.symbols, schedule.data_types,
                     clock=lambda: machine.clock.now_us() / 1e6, **_RECORDER_OPTIONS)
 
 

@@ -18,11 +18,16 @@ to inject faults::
 react at once when it moves. Other switches: ``availability_delay`` and
 ``availability_mode`` ("error" line or "empty" tail for history not yet available),
 ``line_rate`` (lines/s per replay request) and ``max_concurrent_requests`` on the machine;
-``MarketConfig(skew_ms=...)`` (local clock vs exchange clock) and
-``MarketConfig(quiet=...)`` (quiet windows, silent symbols) on the market;
+``MarketConfig(skew_ms=...)`` (local clock vs exchange clock),
+``MarketConfig(quiet=...)`` (quiet windows, silent symbols),
+``MarketConfig(no_trade_ids=...)`` (exchanges whose trades carry no ``id`` and repeat
+identical trades; ``kraken`` by default) and ``MarketConfig(live_arrival_spread_ms=...)``
+(each live connection stamps its own localTimestamps) on the market;
 ``step_local_clock(seconds, at=None)`` on the machine steps the wall clock of
 tardis-machine's host (an NTP step): live localTimestamps from then on are off by the sum
-of the steps, exchange time and the sending schedule are not (see the method). The ground
+of the steps, exchange time and the sending schedule are not (see the method);
+``slices`` / ``clear_slice_cache()``: the minutes the slice cache holds empty per filter set
+(``availability_mode="empty"``; see ``slices.py``). The ground
 truth of a market as minute series is in ``tests/truth.py``.
 
 Run it as its own process with ``python -m tests.fake_tardis`` (see ``__main__``).

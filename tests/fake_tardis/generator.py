@@ -62,6 +62,44 @@ def _draw_levels(rng, sp: SymbolParams, n: int, mu: float) -> np.ndarray:
     return np.minimum(lots, 10_000_000) * sp.lot
 
 
+_SAME_FILL = 0.25  # share of a sweep's later fills that repeat the fill before them (id-less exchanges)
+_ECHO = 0.10  # share of trade messages sent again as a second packet (id-less exchanges)
+
+
+def _identical_trades(rng, parts: dict, cfg: MarketConfig, lo_us: float, hi_us: float) -> None:
+    """Make some of the minute's trades identical, as exchanges without trade ids print them.
+
+    Rewrites the minute's draws just added to ``parts``: a later fill of a sweep may repeat the fill
+    before it (no price step, the same amount), and a trade message may come twice: a second packet
+    with the same exchange time and the same fills (so the same prices, drawn from the same book),
+    arriving no earlier than the first and still within the latency bounds.
+    """
+    sizes, steps, amounts = parts["g_size"][-1], parts["t_step"][-1], parts["t_amt"][-1]
+    nt, ng = len(steps), len(sizes)
+    starts = np.cumsum(sizes) - sizes
+    same = rng.random(nt) < _SAME_FILL
+    same[starts] = False  # a sweep's first fill has no fill before it
+    steps = np.where(same, 0, steps)
+    amounts = amounts[np.maximum.accumulate(np.where(same, 0, np.arange(nt)))] if nt else amounts
+    echo = rng.random(ng) < _ECHO
+    later = rng.random(ng)
+    reps = 1 + echo.astype(np.int64)
+    trade_index = []
+    for g, (a, n) in enumerate(zip(starts.tolist(), sizes.tolist())):
+        trade_index.extend(list(range(a, a + n)) * int(reps[g]))
+    trade_index = np.array(trade_index, dtype=np.int64)
+    copy = np.zeros(int(reps.sum()), dtype=bool)  # the second packet of each echoed message
+    copy[np.cumsum(reps)[echo] - 1] = True
+    for key in ("g_t", "g_size", "g_buy"):
+        parts[key][-1] = np.repeat(parts[key][-1], reps)
+    lat, live = np.repeat(parts["g_lat"][-1], reps), np.repeat(parts["g_live"][-1], reps)
+    later = np.repeat(later, reps)
+    lat[copy] += (hi_us - lat[copy]) * later[copy]
+    live[copy] += (cfg.latency_ms[1] - live[copy]) * later[copy]
+    parts["g_lat"][-1], parts["g_live"][-1] = lat, live
+    parts["t_step"][-1], parts["t_amt"][-1] = steps[trade_index], amounts[trade_index]
+
+
 class SegmentBuilder:
     """Generate one segment from the carried state (sequential book, vectorized rest)."""
 
@@ -134,6 +172,9 @@ class SegmentBuilder:
             add("k_idx", rng.normal(-2e-4, 2e-5, nk))
             add("k_mark", rng.normal(0, 1e-5, nk))
             add("k_same", rng.random(nk) < 0.04)
+            if self.exchange in cfg.no_trade_ids:
+                # drawn last: every draw above is the same as for an exchange with trade ids
+                _identical_trades(rng, parts, cfg, lo_us, hi_us)
         d = {k: np.concatenate(v) for k, v in parts.items()}
         self._drop_quiet(d)
         return d

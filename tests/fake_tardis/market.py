@@ -110,15 +110,19 @@ class Market:
                 "asks": [(float(price_str(p, tick_h)), a) for p, a in asks]}
 
     def trades(self, exchange: str, symbol: str, from_: datetime, to: datetime) -> list[dict]:
-        """Every trade with exchange time in [from_, to): id, price, amount, side, timestamp (ms)."""
+        """Every trade with exchange time in [from_, to): id, price, amount, side, timestamp (ms).
+
+        ``id`` is None on an exchange without trade ids (``MarketConfig.no_trade_ids``).
+        """
         lo, hi = _dt_ms(from_), _dt_ms(to)
         sp, out = symbol_params(symbol), []
+        with_ids = exchange not in self.config.no_trade_ids
         for index in range(lo // SEGMENT_MS, (hi - 1) // SEGMENT_MS + 1):
             seg = self.segment(exchange, symbol, index)
             t = np.repeat(seg.ev_ex[seg.ev_kind == KIND_TRADE], np.diff(seg.g_off))
             for j in np.nonzero((t >= lo) & (t < hi))[0].tolist():
                 out.append({
-                    "id": sp.id_prefix + str(int(seg.t_id[j])),
+                    "id": sp.id_prefix + str(int(seg.t_id[j])) if with_ids else None,
                     "price": float(price_str(int(seg.t_px[j]), sp.tick_h)),
                     "amount": int(seg.t_amt[j]),
                     "side": "buy" if seg.t_buy[j] else "sell",

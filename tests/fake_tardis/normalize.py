@@ -193,11 +193,19 @@ class Normalizer:
     """Raw events -> tardis-machine JSON lines for one options object.
 
     ``live`` selects live timestamp precision (ms) and the live ``disconnect`` shape;
-    ``perturb`` maps (symbol, minute start ms) -> price factor for this source.
+    ``perturb`` maps (symbol, minute start ms) -> price factor for this source; ``trade_ids=False``
+    leaves the ``id`` out of trade messages (an exchange without trade ids, see
+    ``MarketConfig.no_trade_ids``); ``arrival_shift_us`` stamps every localTimestamp that much earlier
+    than the arrival it is sent at (a live connection's own exchange connection, see
+    ``MarketConfig.live_arrival_spread_ms``).
     """
 
-    def __init__(self, spec: StreamSpec, params_of, *, live: bool, perturb: dict | None = None):
+    def __init__(self, spec: StreamSpec, params_of, *, live: bool, perturb: dict | None = None,
+                 trade_ids: bool = True, arrival_shift_us: int = 0):
         self.spec, self.live = spec, live
+        self.trade_ids = trade_ids
+        shift = arrival_shift_us
+        self._local = (lambda us: fmt_local(us - shift, live)) if shift else (lambda us: fmt_local(us, live))
         self.perturb = perturb or {}
         self.syms = {s: _Sym(s, spec, params_of(s)) for s in spec.symbols}
         self.out: list[tuple[int, str]] = []
@@ -240,7 +248,7 @@ class Normalizer:
             best = st.best = v.b_best[i]
             st.last_book_ex = ex
             if v.b_low[i] == 0:
-                loc = fmt_local(loc_us, self.live)
+                loc = self._local(loc_us)
                 tops = ((best[0], best[1]),), ((best[2], best[3]),)
                 for s in st.samplers:
                     self.out.append((loc_us, self._snapshot_line(st, s, tops, ex, loc, ex)))
@@ -259,7 +267,7 @@ class Normalizer:
         loc = None
         out = self.out
         if self._want_change:
-            loc = fmt_local(loc_us, self.live)
+            loc = self._local(loc_us)
             f = self._factor(st.symbol, ex)
             b, a = changes
             out.append((loc_us, f'{{"type":"book_change",{st.head}"isSnapshot":{"true" if snap else "false"},'
@@ -278,7 +286,7 @@ class Normalizer:
                     pre[s.depth] = st.top(s.depth)
                 ts = (s.last_ts // s.interval + 1) * s.interval
                 if loc is None:
-                    loc = fmt_local(loc_us, self.live)
+                    loc = self._local(loc_us)
                 if early is None:
                     early = {}
                 early[s] = self._snapshot_line(st, s, pre[s.depth], ts, loc, st.last_book_ex)
@@ -315,7 +323,7 @@ class Normalizer:
                 if s.depth not in post:
                     post[s.depth] = st.top(s.depth)
                 if loc is None:
-                    loc = fmt_local(loc_us, self.live)
+                    loc = self._local(loc_us)
                 out.append((loc_us, self._snapshot_line(st, s, post[s.depth], ex, loc, book_ex)))
                 s.changed = False
                 s.initialized = True
@@ -325,7 +333,7 @@ class Normalizer:
         """A trade message of the market: trades ``g_off[g]:g_off[g+1]`` sharing ``ex``."""
         st = self.syms[v.symbol]
         out, bars = self.out, st.bars
-        loc = fmt_local(loc_us, self.live)
+        loc = self._local(loc_us)
         exs = fmt_ms(ex)
         f = self._factor(st.symbol, ex)
         prefix = st.params.id_prefix
@@ -336,7 +344,8 @@ class Normalizer:
                 ps = js_number(pf)
             amount, buy = v.t_amt[j], v.t_buy[j]
             if self._want_trade:
-                out.append((loc_us, f'{{"type":"trade",{st.head}"id":"{prefix}{v.t_id[j]}","price":{ps},'
+                trade_id = f'"id":"{prefix}{v.t_id[j]}",' if self.trade_ids else ""  # JSON drops an undefined id
+                out.append((loc_us, f'{{"type":"trade",{st.head}{trade_id}"price":{ps},'
                                     f'"amount":{amount},"side":"{"buy" if buy else "sell"}",'
                                     f'"timestamp":"{exs}","localTimestamp":"{loc}"}}'))
             for b in bars:
@@ -366,13 +375,13 @@ class Normalizer:
         self.out.append((loc_us, f'{{"type":"derivative_ticker",{st.head}"lastPrice":{vals[0]},'
                                  f'"openInterest":{oi},"fundingRate":{vals[2]},"indexPrice":{vals[3]},'
                                  f'"markPrice":{vals[4]},"timestamp":"{fmt_ms(ex)}",'
-                                 f'"localTimestamp":"{fmt_local(loc_us, self.live)}"}}'))
+                                 f'"localTimestamp":"{self._local(loc_us)}"}}'))
 
     # -- connection ------------------------------------------------------------------
     def disconnect(self, loc_us: int) -> None:
         """The exchange connection dropped: maybe tell, then forget every state."""
         if self.spec.with_disconnect:
-            line = f'{{"type":"disconnect","exchange":"{self.spec.exchange}","localTimestamp":"{fmt_local(loc_us, self.live)}"'
+            line = f'{{"type":"disconnect","exchange":"{self.spec.exchange}","localTimestamp":"{self._local(loc_us)}"'
             if self.live:
                 line += ',"symbols":[' + ",".join(f'"{s}"' for s in self.spec.symbols) + "]"
             self.out.append((loc_us, line + "}"))
@@ -383,5 +392,5 @@ class Normalizer:
         """A live ``error`` message (only with withErrorMessages)."""
         if self.spec.with_errors:
             self.out.append((loc_us, f'{{"type":"error","exchange":"{self.spec.exchange}",'
-                                     f'"localTimestamp":"{fmt_local(loc_us, self.live)}",'
+                                     f'"localTimestamp":"{self._local(loc_us)}",'
                                      f'"details":{json.dumps(details)},"subSequentErrorsCount":{count}}}'))

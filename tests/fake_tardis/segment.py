@@ -46,6 +46,20 @@ class MarketConfig:
     day's 00:00 snapshot still exists; book and prices stay as they were). A silent
     symbol is a window over all time, e.g. ``("SILENT-PERP", 0, 2**62)``. Draws are made
     as without the window and then dropped, so everything before a window is unchanged.
+
+    ``no_trade_ids``: exchanges whose normalized ``trade`` messages carry no ``id`` field, in replay and
+    live alike (tardis-node's ``kraken`` trades mapper sends ``id: undefined``, which JSON leaves out).
+    Their markets also print identical trades (same exchange time, price, amount and side), as such
+    exchanges do: about a quarter of a sweep's later fills repeat the fill before them, and about one
+    trade message in ten comes again as a second packet a little later (same exchange time, same fills).
+    Exchanges with ids draw exactly as before.
+
+    ``live_arrival_spread_ms``: every live connection has its own exchange connection on the real server,
+    so two connections stamp the same trade with different localTimestamps (0.3-5 ms apart were seen).
+    With a spread of N, connection number ``c`` stamps every localTimestamp ``c % (N + 1)`` ms earlier
+    than the model's arrival (it still sends each message when the clock reaches the model's arrival, so
+    what a connection delivers, and :func:`tests.truth.whole_minutes`, do not change). 0 (the default):
+    every connection stamps the model's arrival.
     """
 
     seed: int = 1
@@ -56,6 +70,8 @@ class MarketConfig:
     latency_ms: tuple[float, float] = (0.3, 5.0)
     skew_ms: int = 0
     quiet: tuple[tuple[str, int, int], ...] = ()
+    no_trade_ids: tuple[str, ...] = ("kraken",)
+    live_arrival_spread_ms: int = 0
 
     def __post_init__(self):
         if int(self.skew_ms) != self.skew_ms or abs(self.skew_ms) > MAX_SKEW_MS:
@@ -68,6 +84,9 @@ class MarketConfig:
                 raise ValueError(f"quiet window {w!r}: expected (symbol or '*', start_ms, end_ms) with start < end")
             windows.append((symbol, int(start), int(end)))
         object.__setattr__(self, "quiet", tuple(windows))
+        object.__setattr__(self, "no_trade_ids", tuple(self.no_trade_ids))  # hashable: part of cache keys
+        if int(self.live_arrival_spread_ms) != self.live_arrival_spread_ms or self.live_arrival_spread_ms < 0:
+            raise ValueError("live_arrival_spread_ms must be whole non-negative milliseconds")
 
     def quiet_windows(self, symbol: str) -> list[tuple[int, int]]:
         """The quiet windows ``[start_ms, end_ms)`` of ``symbol``, sorted."""

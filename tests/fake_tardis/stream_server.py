@@ -343,7 +343,11 @@ class _Session:
         sub_ms = t_c_ms - m.market.config.skew_ms
         feeds = [RawFeed(m.market, s, live=True, start_us=t_c_ms * 1000, subscribe_ms=sub_ms, outages=outages)
                  for s in specs]
-        norms = [Normalizer(s, symbol_params, live=True, perturb=perturb) for s in specs]
+        config = m.market.config
+        shift_ms = self.rec.id % (config.live_arrival_spread_ms + 1)  # this connection's own arrival stamps
+        norms = [Normalizer(s, symbol_params, live=True, perturb=perturb,
+                            trade_ids=s.exchange not in config.no_trade_ids, arrival_shift_us=shift_ms * 1000)
+                 for s in specs]
         iters = [iter(f) for f in feeds]
         pending = [next(it) for it in iters]
         last_loc = t_c_ms * 1000 + m.local_offset_us(t_c_ms * 1000)  # as the host's wall clock reads it

@@ -268,7 +268,8 @@ def replay_lines(market: Market, spec: StreamSpec, *, until_us: int, outages=(),
     end = min(spec.to_us, until_us)
     if spec.from_us >= end:
         return
-    norm = Normalizer(spec, symbol_params, live=False, perturb=perturb)
+    norm = Normalizer(spec, symbol_params, live=False, perturb=perturb,
+                      trade_ids=spec.exchange not in market.config.no_trade_ids)
     feed = RawFeed(market, spec, live=False, start_us=spec.from_us, end_us=end, outages=outages, blanks=blanks)
     out = norm.out
     book, trades, ticker = norm.book, norm.trades, norm.ticker
