@@ -96,8 +96,9 @@ class SilenceCheck:
             # a run of raw types only (a line per raw message) already is its filter set's raw answer
             cached = set() if self._raw_only else self._ask(first, last + MINUTE_US, fresh=False)
             rest = [m for m in stretch if cached is not None and m not in cached]
-            # asked a little past the stretch: an empty minute proves a quiet market only where a later line
-            # proves history available past it (upstream may answer a minute not available yet empty)
+            # asked a little past the stretch: an empty minute proves a quiet market only where history is proven
+            # available (the run's proven edge, or a later line): upstream may answer a minute not available yet
+            # empty
             fresh = self._ask(rest[0], rest[-1] + MINUTE_US + PAST_STRETCH_US, fresh=True) if rest else set()
             for m in stretch:
                 if cached is None or fresh is None:
@@ -107,7 +108,8 @@ class SilenceCheck:
                 elif m in fresh:
                     self.verdicts[m] = CACHED_EMPTY
                 else:
-                    self.verdicts[m] = QUIET if any(x > m for x in fresh) else UNVERIFIED
+                    proven = self.request.proven_until is None or m + MINUTE_US <= self.request.proven_until
+                    self.verdicts[m] = QUIET if proven or any(x > m for x in fresh) else UNVERIFIED
                 if self.verdicts[m] != QUIET:
                     log.warning("%s: replay sent nothing in the minute %s, %s", self.request.describe(), iso(m),
                                 "which a fresh request has data for: tardis-machine's cache holds it EMPTY (it "

@@ -398,29 +398,35 @@ def test_availability_changes_at_runtime_and_cut_bodies_are_never_cached():
         cut, rec = ask()
         assert rec.cut_by_availability and rec.error_line and not cut.endswith(b"\n")
         assert rec.available_until == DAY + timedelta(minutes=2)
-        tm.availability_delay = timedelta(0)
-        full, rec = ask()
-        assert not rec.cut_by_availability and not rec.cached and full.endswith(b"\n")
-        assert [json.loads(x) for x in full.splitlines()] == tm.expected_replay(o)
-        assert ask() == (full, tm.requests[-1]) and tm.requests[-1].cached
-        tm.availability_delay = timedelta(minutes=8)  # the cached full body must not be served now
-        again, rec = ask()
-        assert again == cut and rec.cut_by_availability and not rec.cached
         tm.availability_mode = "empty"
         empty, rec = ask()
         assert empty == cut.rpartition(b"\n")[0] + b"\n" and not rec.error_line and not rec.cached
         with pytest.raises(ValueError):
             tm.availability_mode = "sometimes"
-        # the clock at request time is "now": moving a manual clock makes history available
-        clock.advance(8 * 60)
-        moved, rec = ask()
         # the minutes asked too early in "empty" mode stay empty in this filter set (the slice cache)
-        assert tm.slices.poisoned("deribit", ["trades"], o["symbols"])
-        assert moved != full and not rec.cut_by_availability and not rec.cached
-        assert [json.loads(x) for x in moved.splitlines()] == tm.expected_replay(o)
-        tm.clear_slice_cache()
+        assert tm.slices.poisoned("deribit", ["trades"], o["symbols"]) == [
+            int((DAY + timedelta(minutes=m)).timestamp()) * 1_000_000 for m in (2, 3)]
+        tm.availability_delay = timedelta(0)
         moved, rec = ask()
-        assert moved == full and not rec.cut_by_availability and rec.cached
+        assert not rec.cut_by_availability and not rec.cached and moved.endswith(b"\n")
+        assert [json.loads(x) for x in moved.splitlines()] == tm.expected_replay(o)
+        full = "\n".join(json.dumps(m, separators=(",", ":")) for m in tm.expected_replay(
+            dict(o, symbols=o["symbols"] + ["GAPLESS-X"]))).encode() + b"\n"
+        assert len(moved) < len(full)
+        assert ask() == (moved, tm.requests[-1]) and tm.requests[-1].cached
+        # a larger delay makes the server fall behind from now on; it never takes history back
+        tm.availability_delay = timedelta(minutes=8)
+        again, rec = ask()
+        assert again == moved and not rec.cut_by_availability and rec.cached
+        tm.clear_slice_cache()
+        cleared, rec = ask()
+        assert [json.loads(x) for x in cleared.splitlines()] == tm.expected_replay(o) and not rec.cached
+        assert len(cleared) > len(moved) and not rec.cut_by_availability
+        # the clock at request time is "now": a newer range becomes available as the clock moves
+        later = opts(frm="2026-11-25T00:11", to="2026-11-25T00:13", types=["trade"])
+        assert tm.expected_replay(later) == []
+        clock.advance(11 * 60)  # 8 minutes behind: history reaches 00:13 at 00:21
+        assert tm.expected_replay(later)
 
 
 def _timed_replay(tm, options):

@@ -73,6 +73,7 @@ class FakeTardisMachine:
         self.connections: list[ConnectionRecord] = []
         self.replay_faults: list[ReplayFault] = []
         self.cache = ResponseCache(cache_max_bytes)
+        self._available_high = -1  # the newest history ever available (see served_until)
         self.slices = SliceCache()  # minutes cached empty per filter set (empty mode; see slices.py)
         self._firehose_seconds = firehose_seconds if firehose else 0.0
         self._lock = threading.Lock()
@@ -168,8 +169,13 @@ class FakeTardisMachine:
 
     def served_until(self, now_us: int) -> int:
         """Replay sends history up to here (local µs): the availability limit; in "empty" mode whole minutes
-        only (upstream slices are minutes: one not available yet comes back empty as a whole)."""
-        available = now_us - self.availability_delay_us
+        only (upstream slices are minutes: one not available yet comes back empty as a whole).
+
+        Availability never goes back: upstream keeps what it has. A larger ``availability_delay`` makes the server
+        fall behind from then on (new minutes come later), it does not take minutes back.
+        """
+        with self._lock:
+            available = self._available_high = max(self._available_high, now_us - self.availability_delay_us)
         return available - available % MINUTE_US if self.availability_mode == "empty" else available
 
     def clear_slice_cache(self) -> None:
