@@ -120,7 +120,14 @@ class Feed:
         """What history to fetch this pass, per stream (see :mod:`gapless.healing`)."""
         now_us = self.now()
         return self.planner.wanted(self._sources_of(use_published), self.exchange, self.symbols, self.data_types,
-                                   start, limit, now_us, self._held_of(now_us, limit), end=end)
+                                   start, limit, now_us, self._held_of(now_us, limit), end=end,
+                                   cached_of=self._cached_of)
+
+    def _cached_of(self, symbol, data_type):
+        """What tardis-machine's cache holds empty for a stream: ``[(start, end, found at)]`` (the replay ledger)."""
+        return [(e["start"], e["end"], e["asked_at"]) for e in ledger.entries(self.storage, self.exchange, symbol,
+                                                                              data_type)
+                if e["reason"] == "history_cached_empty"]
 
     def _held_of(self, now_us, limit):
         """``held_of(symbol, data_type)``: what the replay ledger holds back now (see :mod:`gapless.ledger`)."""

@@ -14,7 +14,9 @@ only when it is worth it:
    :data:`FRONTIER_REFRESH_US` (no live recording covers the present);
 3. **upgrade**: minutes that only live data covers are upgraded to replay at most every
    :data:`UPGRADE_INTERVAL_US` (they are already served; this only makes them history);
-4. **day over**: once the day is over, its remaining minutes once more.
+4. **day over**: once the day is over, its remaining minutes once more;
+5. **cached empty**: tardis-machine's cache was found holding minutes of the day empty for the stream's
+   filter set (see :mod:`gapless.silence`): once, at once, with a fresh filter set.
 
 So a cold start costs two from-00:00 requests per day (now, and when history reaches the live
 recording), a steady state one an hour and one when the day is over. What the replay ledger holds back
@@ -46,15 +48,19 @@ class HealingPlanner:
         self.asked = {}  # {(exchange, symbol, data_type, day): when a from-00:00 request was last planned}
         self.counts = {}  # {(exchange, symbol, data_type, day): from-00:00 requests planned}
 
-    def wanted(self, sources_of, exchange, symbols, data_types, start, limit, now_us, held_of=None, end=None):
+    def wanted(self, sources_of, exchange, symbols, data_types, start, limit, now_us, held_of=None, end=None,
+               cached_of=None):
         """``{(symbol, DataType): [(start, end)]}`` to download this pass.
 
         ``sources_of(symbol, data_type, a, b)`` gives the per-minute sources ('replay', 'live', 'missing')
         of ``[a, b)`` as the series decides them; ``held_of(symbol, data_type)`` the ranges the replay
         ledger holds back now (a history outage is a gap that asking again does not heal); ``end`` is the
         series window's end (what lies between the history horizon and it tells whether a gap has ended).
+        ``cached_of(symbol, data_type)``: ``[(start, end, found at)]`` that tardis-machine's cache holds empty for
+        the stream's filter set (the replay ledger's ``history_cached_empty``).
         """
         self._held_of = held_of or (lambda symbol, data_type: [])
+        self._cached_of = cached_of or (lambda symbol, data_type: [])
         end = max(limit, end or limit)
         wanted = {}
         for symbol in symbols:
@@ -107,10 +113,13 @@ class HealingPlanner:
         # a gap that has ended (something covers the minute after it) and that history reaches whole
         ended = [(x, y) for x, y in missing if x < b and y <= b and y < c]
         running = [(x, y) for x, y in missing if x < b and (y > b or y >= c)]
+        found = [t for x, y, t in self._cached_of(symbol, data_type.name) if x < b and y > a]
         if b == day + DAY_US:
             why = "the day is over"
         elif last is None:
             why = "first pass: everything history has now"
+        elif found and last <= max(found):
+            why = "tardis-machine's cache holds minutes of it empty: asking with a fresh filter set"
         elif ended:
             why = "history reaches a whole gap"  # heal it, and upgrade the rest on the way
         elif running and now_us - last >= self.frontier_refresh:

@@ -57,7 +57,7 @@ class ReplayRequest:
     known: tuple = ()  # ((symbol, data_type), ...) whose own replay coverage reaches ``claim_start``
     proven_until: int = None  # history is proven available up to here (local time); None: all of the run
     fresh: bool = False  # asked with a filter set of its own: tardis-machine's cache cannot answer it
-    settled: tuple = ()  # local minutes of the range an earlier run of the same filter set found quiet
+    settled: tuple = ()  # ((local minute, verdict), ...) an earlier run of the same filter set settled
 
     @property
     def claim_from(self):
@@ -98,7 +98,7 @@ class Batch:
     # replay: local minutes before ``progress_us`` in which no line at all arrived (new in this batch): the
     # cached EMPTY answer of a minute asked too early looks exactly like that (see gapless.silence)
     silent: list = field(default_factory=list)
-    settled: list = field(default_factory=list)  # silent minutes found quiet (gapless.silence.SettledMinutes)
+    settled: list = field(default_factory=list)  # [(silent minute, verdict)] settled (gapless.silence)
 
 
 class RunParser:

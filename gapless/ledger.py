@@ -15,7 +15,9 @@ its entry is due, so no range is downloaded over and over without new evidence:
 * ``no_data``: the stream sent nothing at all (an unknown symbol or a silent market); backoff;
 * ``history_cached_empty``: the run sent nothing in a minute that a fresh filter set has data for
   (tardis-machine's cache holds the minute empty for the stream's filter set, see :mod:`gapless.silence`):
-  asked again at once with a filter set of its own (``ReplayRequest.fresh``), then with backoff;
+  never held back; whatever request asks its range again gets a filter set of its own
+  (``ReplayRequest.fresh``); for a book-derived stream the entry reaches the end of the day (its book is
+  wrong after the minute in that filter set), so the day is asked fresh until replay covers all of it;
 * ``unverified_quiet``: a silent minute that could not be checked; backoff.
 
 Backoff doubles from :data:`BACKOFF_BASE_US` up to :data:`BACKOFF_CAP_US`. An entry counts the attempts
@@ -131,6 +133,8 @@ def held_back(stream_entries, now_us, anchored_at, reach):
     """
     held, tails = [], []
     for e in stream_entries:
+        if e["reason"] == "history_cached_empty":
+            continue  # never held: its range is asked with a fresh filter set (see gapless.plan)
         if e["retry_at"] > now_us:
             if e["reason"] == "unproven_start" and not e["anchored"] and anchored_at(e["start"]):
                 continue  # new evidence: the history before it is covered now

@@ -12,7 +12,9 @@ So a replay minute is claimed as quiet only when its silence is confirmed by a s
 cached empty answer. Only the silent minutes (no line of the run at all, any stream: a slice holds every
 stream of its filter set) that a claim would cover are checked, one contiguous stretch at a time, so a busy
 stream costs nothing. The check asks the raw channel behind each of the run's data types (``trade``,
-``book_change``, ``derivative_ticker``: every raw message gives a line), first through the run's own filter
+``book_change``, ``derivative_ticker``: every raw message gives a line; ``book_change`` from 00:00, since it too
+needs the day's snapshot: a run with silent book minutes is a quiet one, so that costs little), first through
+the run's own filter
 set (the same channels and symbols: the very slices the run was answered from, from the cache): raw lines in
 the minute mean its slice is not empty, and the run's types simply had nothing to say there. For the
 minutes still without lines, the same request with a filter set nothing can have cached (the run's symbols
@@ -36,7 +38,7 @@ from .datatypes import parse_data_type
 from .exceptions import GaplessError
 from .intervals import subtract
 from .replay import replay_options
-from .timeutil import MINUTE_US, iso, parse_timestamp_us
+from .timeutil import DAY_US, MINUTE_US, iso, parse_timestamp_us
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,8 @@ class SilenceCheck:
         self._raw_only = all(t.family in ("trade", "book_change") for t in self.types.values())
         # local minute -> QUIET | CACHED_EMPTY | UNVERIFIED; minutes an earlier run settled for this filter set
         # (slices never change once cached) are not asked again
-        self.verdicts = dict.fromkeys(getattr(request, "settled", ()), QUIET)
+        self.verdicts = dict(getattr(request, "settled", ()))
+        self._books = [(s, d) for s, d in request.streams if self.types[d].book_derived]
         self.requests = 0
         self._pending = set()  # silent minutes no claim reached yet
         self._book_cut = None  # (local minute, reason): book-derived rows and claims from here on are dropped
@@ -74,12 +77,22 @@ class SilenceCheck:
             return batch  # a filter set of its own: nothing cached can have answered it
         self._pending.update(m for m in batch.silent if m not in self.verdicts)
         due = sorted(m for m in self._pending if _reaches(batch.claims, m))
+        report = []
         if due:
             self._pending.difference_update(due)
             self._verify(due)
-            batch.unclaimed = list(batch.unclaimed) + self._report([m for m in due if self.verdicts[m] != QUIET])
-            batch.settled = [m for m in due if self.verdicts[m] == QUIET]
+            report = self._report([m for m in due if self.verdicts[m] != QUIET])
+            batch.settled = [(m, self.verdicts[m]) for m in due if self.verdicts[m] != UNVERIFIED]
         bad = sorted(m for m, verdict in self.verdicts.items() if verdict != QUIET)
+        if bad and self._books and self._book_cut is None:
+            # a book rebuilt across a missing minute is wrong for the rest of the run; the day stays asked with a
+            # fresh filter set until replay covers all of it (the ledger entry lasts that long)
+            first = bad[0]
+            self._book_cut = (first, self.verdicts[first])
+            day_end = first - first % DAY_US + DAY_US
+            report += [(s, d, first - CUT_BEFORE_US, day_end, self.verdicts[first]) for s, d in self._books]
+        if report:
+            batch.unclaimed = list(batch.unclaimed) + report
         if bad:
             batch.claims = [piece for claim in batch.claims for piece in self._cut(claim, bad)]
             if self._book_cut is not None:
@@ -123,6 +136,8 @@ class SilenceCheck:
         (None: the request failed)."""
         request = self.request
         raw = sorted({_RAW[t.family] for t in self.types.values()})
+        if "book_change" in raw:
+            start -= start % DAY_US  # book changes, like every book type, come only after the day's snapshot
         options = replay_options(request.exchange, request.symbols, raw, start, end, self.api_key,
                                  fresh="check" if fresh else None)
         symbols = set(request.symbols)
@@ -146,20 +161,12 @@ class SilenceCheck:
 
     # -- cutting ---------------------------------------------------------------------------------
     def _report(self, new_bad):
-        """Ledger entries for the minutes found not quiet just now (each reported once, a stretch per entry)."""
+        """Ledger entries of the other streams for the minutes found not quiet just now (a stretch per entry)."""
         report = []
-        streams = self.request.streams
         for reason in (CACHED_EMPTY, UNVERIFIED):
             for first, last in _stretches([m for m in new_bad if self.verdicts[m] == reason]):
                 report += [(symbol, name, first - CUT_BEFORE_US, last + MINUTE_US + CUT_AFTER_US, reason)
-                           for symbol, name in streams if not self.types[name].book_derived]
-        books = [(symbol, name) for symbol, name in streams if self.types[name].book_derived]
-        if new_bad and books and self._book_cut is None:
-            # a book rebuilt across a missing minute is wrong for the rest of the run
-            first = min(new_bad)
-            self._book_cut = (first, self.verdicts[first])
-            report += [(symbol, name, first - CUT_BEFORE_US, self.request.claim_end, self.verdicts[first])
-                       for symbol, name in books]
+                           for symbol, name in self.request.streams if not self.types[name].book_derived]
         return report
 
     def _cut(self, claim, bad):
@@ -189,13 +196,15 @@ class SilenceCheck:
 
 
 class SettledMinutes:
-    """Silent minutes found quiet, per filter set (channels and symbols), kept in the database: a later run of the
-    same filter set (the day's book re-read from 00:00 every so often) does not check them again."""
+    """Silent minutes checked, per filter set (channels and symbols), with their verdict (quiet, or cached empty),
+    kept in the database: a later run of the same filter set (the day's book re-read from 00:00 every so often)
+    does not check them again. A slice never changes once tardis-machine cached it (unless its cache is cleared:
+    then a minute kept as cached empty is only asked fresh once more than needed)."""
 
     LIMIT = 20_000  # per exchange: the oldest are forgotten (a forgotten minute is only checked again)
 
     def __init__(self):
-        self._minutes = {}  # (channels, symbols) -> {minute}
+        self._minutes = {}  # (channels, symbols) -> {minute: verdict}
 
     @staticmethod
     def _key(request):
@@ -208,20 +217,23 @@ class SettledMinutes:
         memory = cls()
         try:
             rows = orjson.loads(storage.meta_value(cls._meta_key(exchange)) or "[]")
-            for channels, symbols, minutes in rows:
-                memory._minutes[(str(channels), str(symbols))] = {int(m) for m in minutes}
+            for channels, symbols, quiet, cached in rows:
+                kept = memory._minutes[(str(channels), str(symbols))] = dict.fromkeys(map(int, quiet), QUIET)
+                kept.update(dict.fromkeys(map(int, cached), CACHED_EMPTY))
         except (orjson.JSONDecodeError, TypeError, ValueError):
             log.warning("%s: the settled silent minutes are unreadable; they will be checked again", exchange)
         return memory
 
     def save(self, storage, exchange):
         """Keep the minutes in ``storage``."""
-        every = sorted((m, key) for key, minutes in self._minutes.items() for m in minutes)[-self.LIMIT:]
+        every = sorted((m, key, v) for key, minutes in self._minutes.items() for m, v in minutes.items())
         kept = {}
-        for m, key in every:
-            kept.setdefault(key, set()).add(m)
+        for m, key, verdict in every[-self.LIMIT:]:
+            kept.setdefault(key, {})[m] = verdict
         self._minutes = kept
-        rows = [[channels, symbols, sorted(minutes)] for (channels, symbols), minutes in kept.items()]
+        rows = [[channels, symbols, sorted(m for m, v in minutes.items() if v == QUIET),
+                 sorted(m for m, v in minutes.items() if v == CACHED_EMPTY)]
+                for (channels, symbols), minutes in kept.items()]
         storage.put_meta(self._meta_key(exchange), orjson.dumps(rows).decode())
 
     @staticmethod
@@ -229,14 +241,14 @@ class SettledMinutes:
         return "settled_silence:%s" % exchange
 
     def of(self, request):
-        """The settled minutes inside a request's range."""
-        minutes = self._minutes.get(self._key(request), ())
-        return tuple(sorted(m for m in minutes if request.start <= m < request.request_end))
+        """``((minute, verdict), ...)`` settled inside a request's range."""
+        minutes = self._minutes.get(self._key(request), {})
+        return tuple(sorted((m, v) for m, v in minutes.items() if request.start <= m < request.request_end))
 
-    def add(self, request, minutes):
-        """Minutes a run of ``request`` found quiet."""
-        if minutes:
-            self._minutes.setdefault(self._key(request), set()).update(minutes)
+    def add(self, request, verdicts):
+        """``[(minute, verdict)]`` a run of ``request`` settled."""
+        if verdicts:
+            self._minutes.setdefault(self._key(request), {}).update(verdicts)
 
 
 def _reaches(claims, minute):

@@ -103,3 +103,30 @@ def test_gapless_itself_never_fills_a_streams_cache_with_a_minute_not_available_
             assert tm.slices.poisoned("deribit", channels, SYMBOLS) == [], channels
         assert mode == "empty"  # live had trades where history answered empty: detected
     assert false_minutes(tm, frames) == []
+
+
+def test_a_book_rebuilt_across_a_cached_empty_minute_is_never_served_and_the_day_is_healed_fresh(tmp_path):
+    clock = ManualClock(DAY + timedelta(hours=10, minutes=0, seconds=20))
+    with FakeTardisMachine(clock=clock, availability_delay=timedelta(minutes=15), availability_mode="empty",
+                           market=MarketConfig(book_rate=1.0, trade_rate=1.0)) as tm:
+        poisoned = at("09:50")
+        ask_too_early(tm, poisoned, ["book_change"])  # the book channel: the filter set of quote and quote_1m
+        assert tm.slices.poisoned("deribit", ["book"], SYMBOLS) == [poisoned]
+        tm.availability_delay = timedelta(minutes=3)
+        clock.set(DAY + timedelta(hours=10, minutes=16, seconds=20))
+        gapless = service(tm, tmp_path, ["quote", "quote_1m"])
+        try:
+            gapless.heal()
+            first = gapless.series()
+            gapless.heal()
+            healed = gapless.series()
+            limit = gapless.horizon.claim_limit(clock.now_us())
+        finally:
+            gapless.stop()
+    for frames in (first, healed):
+        assert false_minutes(tm, frames) == []
+    for key in (("BTC-PERPETUAL", "quote"), ("ETH-PERPETUAL", "quote_1m")):
+        after = first[key].loc[pd.Timestamp(poisoned, unit="us", tz="UTC"):]
+        assert set(after["source"]) == {"missing"}, key  # nothing from the poisoned minute on
+        upto = healed[key].loc[:pd.Timestamp(limit - MINUTE, unit="us", tz="UTC")]
+        assert set(upto["source"]) == {"replay"}, key  # the day asked again with a fresh filter set
