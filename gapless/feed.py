@@ -13,7 +13,7 @@ from .claims import LATENCY_MARGIN_US
 from .download import Downloader
 from .exceptions import GaplessError
 from .horizon import HistoryHorizon
-from .ingest import ReplayRequest
+from .runs import ReplayRequest
 from .plan import Anchors
 from .published import published_sources
 from .recorder import Recorder

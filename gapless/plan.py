@@ -17,7 +17,7 @@ import time
 from . import ledger
 from .claims import LOOK_BEHIND_US, START_MARGIN_US
 from .datatypes import parse_data_types
-from .ingest import ReplayRequest
+from .runs import ReplayRequest
 from .intervals import merge, split, subtract
 from .timeutil import DAY_US, MINUTE_US, US, ceil_minute, floor_day, floor_minute
 

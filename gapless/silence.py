@@ -70,6 +70,7 @@ class SilenceCheck:
         self.requests = 0
         self._pending = set()  # silent minutes no claim reached yet
         self._book_cut = None  # (local minute, reason): book-derived rows and claims from here on are dropped
+        self._book_stamps = {}  # (symbol, book type) -> the newest exchange timestamp of its rows kept
 
     def vet(self, batch):
         """Verify the silent minutes the batch's claims would cover; cut what is not proven quiet."""
@@ -81,7 +82,7 @@ class SilenceCheck:
         if due:
             self._pending.difference_update(due)
             self._verify(due)
-            report = self._report([m for m in due if self.verdicts[m] != QUIET])
+            report = self._report([m for m in due if self.verdicts[m] != QUIET], batch.claims)
             batch.settled = [(m, self.verdicts[m]) for m in due if self.verdicts[m] != UNVERIFIED]
         bad = sorted(m for m, verdict in self.verdicts.items() if verdict != QUIET)
         if bad and self._books and self._book_cut is None:
@@ -90,13 +91,17 @@ class SilenceCheck:
             first = bad[0]
             self._book_cut = (first, self.verdicts[first])
             day_end = first - first % DAY_US + DAY_US
-            report += [(s, d, first - CUT_BEFORE_US, day_end, self.verdicts[first]) for s, d in self._books]
+            claimed = {(c.symbol, c.data_type) for c in batch.claims if c.end > first - CUT_BEFORE_US}
+            report += [(s, d, first - CUT_BEFORE_US, day_end, self.verdicts[first]) for s, d in self._books
+                       if (s, d) in claimed]
         if report:
             batch.unclaimed = list(batch.unclaimed) + report
-        if bad:
-            batch.claims = [piece for claim in batch.claims for piece in self._cut(claim, bad)]
+        if self._books and (self._book_cut is None or batch.rows):
             if self._book_cut is not None:
                 batch.rows = self._drop_book_rows(batch.rows)
+            self._note_book_stamps(batch.rows)
+        if bad:
+            batch.claims = [piece for claim in batch.claims for piece in self._cut(claim, bad)]
         return batch
 
     # -- asking ----------------------------------------------------------------------------------
@@ -160,19 +165,25 @@ class SilenceCheck:
         return seen
 
     # -- cutting ---------------------------------------------------------------------------------
-    def _report(self, new_bad):
-        """Ledger entries of the other streams for the minutes found not quiet just now (a stretch per entry)."""
+    def _report(self, new_bad, claims):
+        """Ledger entries of the other streams for the minutes found not quiet just now (a stretch per entry), for
+        the streams whose claims they cut (a silent symbol's own gap keeps its own reason)."""
         report = []
         for reason in (CACHED_EMPTY, UNVERIFIED):
             for first, last in _stretches([m for m in new_bad if self.verdicts[m] == reason]):
-                report += [(symbol, name, first - CUT_BEFORE_US, last + MINUTE_US + CUT_AFTER_US, reason)
-                           for symbol, name in self.request.streams if not self.types[name].book_derived]
+                lo, hi = first - CUT_BEFORE_US, last + MINUTE_US + CUT_AFTER_US
+                cut = {(c.symbol, c.data_type) for c in claims if c.start < hi and c.end > lo}
+                report += [(symbol, name, lo, hi, reason) for symbol, name in self.request.streams
+                           if not self.types[name].book_derived and (symbol, name) in cut]
         return report
 
     def _cut(self, claim, bad):
         data_type = self.types.get(claim.data_type)
         if data_type is not None and data_type.book_derived and self._book_cut is not None:
-            holes = [(self._book_cut[0] - CUT_BEFORE_US, _AFTER_EVERYTHING)]
+            # nothing of the stream past its newest row kept: a sample or a change that arrived after the cut (the
+            # next event after a quiet stretch) may be what proved the minutes before it, and it is gone
+            last = self._book_stamps.get((claim.symbol, claim.data_type), claim.start)
+            holes = [(min(self._book_cut[0] - CUT_BEFORE_US, last), _AFTER_EVERYTHING)]
         else:
             holes = [(m - CUT_BEFORE_US, m + MINUTE_US + CUT_AFTER_US) for m in bad]
         pieces = subtract([(claim.start, claim.end)], holes)
@@ -182,6 +193,19 @@ class SilenceCheck:
                                     segment=claim.segment if a == claim.start else "%s/%d" % (claim.segment, a),
                                     end_reason=claim.end_reason if b == claim.end else CACHED_EMPTY)
                 for a, b in pieces]
+
+    def _note_book_stamps(self, rows):
+        for table, block in rows.items():
+            if block and (table.startswith("book_snapshot") or table == "book_change"):
+                stamps = np.asarray(block.array(5))
+                symbols = np.asarray(list(block.column(1)), dtype=object)
+                names = np.asarray(list(block.column(3)), dtype=object)
+                for symbol in block.distinct(1):
+                    for name in block.distinct(3):
+                        mask = (symbols == symbol) & (names == name)
+                        if mask.any():
+                            key = (symbol, name)
+                            self._book_stamps[key] = max(self._book_stamps.get(key, -1), int(stamps[mask].max()))
 
     def _drop_book_rows(self, rows):
         since = self._book_cut[0]

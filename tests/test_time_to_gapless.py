@@ -47,6 +47,23 @@ def from_midnight(tm):
                    if r.from_.strftime("%H:%M") == "00:00")
 
 
+def passes_until_gapless(gapless, tm, started, until):
+    """Passes as the service makes them (every minute, plus the one planned for when history reaches the live
+    recording) until the series is gapless: the clock reading then, or None."""
+    clock, next_tick = tm.clock, started + 60 * S
+    while clock.now_us() < until:
+        due = gapless.next_pass_due()
+        step = min(next_tick, due if due and due > clock.now_us() else next_tick)
+        advance(clock, tm, min(step, clock.now_us() + 10 * S), [gapless.recorder])
+        if clock.now_us() >= step:
+            gapless.heal()
+            if step == next_tick:
+                next_tick += 60 * S
+            if gapless.is_gapless():
+                return clock.now_us()
+    return None
+
+
 def test_a_cold_start_gets_today_at_once_and_is_gapless_about_the_real_delay_plus_two_minutes(tmp_path):
     real_delay = 30 * S
     clock = ManualClock(at("00:40:20"))
@@ -65,19 +82,7 @@ def test_a_cold_start_gets_today_at_once_and_is_gapless_about_the_real_delay_plu
             for key, frame in frames.items():
                 assert set(frame["source"]) == {"replay"}, (key, frame[frame["source"] != "replay"].index[:3])
             assert gapless.horizon.state()["delay"] < real_delay + 10 * S  # measured, not the configured 15 min
-            # passes every minute, plus the one planned for when history reaches the live recording
-            gapless_at, next_tick = None, started + 60 * S
-            while clock.now_us() < started + 6 * 60 * S:
-                due = gapless.next_pass_due()
-                step = min(next_tick, due if due and due > clock.now_us() else next_tick)
-                advance(clock, tm, min(step, clock.now_us() + 10 * S), [gapless.recorder])
-                if clock.now_us() >= step:
-                    gapless.heal()
-                    if step == next_tick:
-                        next_tick += 60 * S
-                    if gapless.is_gapless():
-                        gapless_at = clock.now_us()
-                        break
+            gapless_at = passes_until_gapless(gapless, tm, started, started + 6 * 60 * S)
             frames = gapless.series()
         finally:
             gapless.stop()
@@ -101,22 +106,10 @@ def test_where_unavailable_minutes_are_refused_a_cold_start_is_gapless_within_th
         gapless = gapless_on(tm, tmp_path, types=["quote_1m"], lookback="6h")
         started = clock.now_us()
         gapless.recorder.start()
-        gapless_at = None
         try:
             gapless.heal()
             assert gapless.horizon.state()["mode"] == "error"
-            next_tick = started + 60 * S
-            while clock.now_us() < started + real_delay + 5 * 60 * S:
-                due = gapless.next_pass_due()
-                step = min(next_tick, due if due and due > clock.now_us() else next_tick)
-                advance(clock, tm, min(step, clock.now_us() + 10 * S), [gapless.recorder])
-                if clock.now_us() >= step:
-                    gapless.heal()
-                    if step == next_tick:
-                        next_tick += 60 * S
-                    if gapless.is_gapless():
-                        gapless_at = clock.now_us()
-                        break
+            gapless_at = passes_until_gapless(gapless, tm, started, started + real_delay + 5 * 60 * S)
             frames = gapless.series()
         finally:
             gapless.stop()

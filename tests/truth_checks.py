@@ -16,6 +16,7 @@ from gapless.timeutil import MINUTE_US
 from tests.truth import minute_truth
 
 REASONS = {"history_outage", "disconnect", "clock_step", "downtime", "unknown_state", "not_yet_available", "no_data",
+           "history_cached_empty",
            "awaiting_evidence", "not_downloaded"}
 EXACT = {"trade": ("open", "high", "low", "close", "volume", "buy_volume", "sell_volume", "trades"),
          "book": ("bid_price", "bid_amount", "ask_price", "ask_amount", "mid_close"),

@@ -11,10 +11,13 @@ second recorder), then :func:`run` plays it: a real
 harness moves step by step. The result holds what is needed to check it against the double's market
 model (see :mod:`tests.truth_checks`).
 """
+import json
 import random
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
+
+import requests
 
 from gapless.exceptions import UsageError
 from gapless.recorder import Recorder
@@ -53,6 +56,9 @@ class Schedule:
     clock_steps: tuple = ()  # ((at, seconds), ...): tardis-machine's host clock steps (NTP) while recording
     exchange: str = "deribit"  # or "kraken": trades without ids, identical trades, a second recorder
     arrival_spread_ms: int = 0  # live connections stamp their own localTimestamps (MarketConfig)
+    # ((at, data type, symbols, minutes back), ...): another client of the server asks minutes too early, through
+    # a stream's filter set (in "empty" mode tardis-machine's cache then holds them empty for good)
+    early_asks: tuple = ()
 
     def describe(self):
         """One line to reproduce the example by hand."""
@@ -113,7 +119,21 @@ def draw(seed):
         types = tuple(sorted(set(schedule.data_types) | {"trade"}))
         schedule = replace(schedule, exchange="kraken", arrival_spread_ms=1, second_recorder=tuple(second),
                            data_types=types)
-    return schedule
+    return replace(schedule, early_asks=_early_asks(seed, schedule))
+
+
+def _early_asks(seed, schedule):
+    """Other clients asking minutes before they are available (their own draws: the rest stays as it was)."""
+    rng = random.Random("early-asks/%d" % seed)
+    if rng.random() >= 0.4:
+        return ()
+    asks = set()
+    for _ in range(rng.randint(1, 3)):
+        at = rng.randint(schedule.start, schedule.end) // 1_000_000 * 1_000_000
+        kind = rng.choice(("trade", "book_change", "derivative_ticker"))
+        symbols = rng.choice((schedule.symbols, SYMBOLS))  # gapless asks a silent symbol on its own
+        asks.add((at, kind, tuple(sorted(symbols)), rng.randint(0, 6)))
+    return tuple(sorted(asks))
 
 
 def _outage_end(us, rng):
@@ -178,7 +198,8 @@ def run(schedule, tmp_path, checkpoint_every=4):
                         [(t, "restart", None) for t in schedule.restarts] +
                         [(a, "second_on", None) for a, _ in schedule.second_recorder] +
                         [(b, "second_off", None) for _, b in schedule.second_recorder] +
-                        [(a, "clock_step", seconds) for a, seconds in schedule.clock_steps])
+                        [(a, "clock_step", seconds) for a, seconds in schedule.clock_steps] +
+                        [(a, "early_ask", (kind, symbols, back)) for a, kind, symbols, back in schedule.early_asks])
         try:
             for i, step in enumerate(schedule.steps):
                 while events and events[0][0] <= step:
@@ -195,6 +216,8 @@ def run(schedule, tmp_path, checkpoint_every=4):
                         service.recorder.start()
                     elif kind == "clock_step":
                         machine.step_local_clock(detail)
+                    elif kind == "early_ask":
+                        _ask_too_early(machine, schedule.exchange, at, *detail)
                     elif kind == "second_on" and second is None:
                         second = _recorder(schedule, machine, database_url).start()
                     elif kind == "second_off" and second is not None:
@@ -218,6 +241,14 @@ def run(schedule, tmp_path, checkpoint_every=4):
         finally:
             service.stop()
     return result
+
+
+def _ask_too_early(machine, exchange, at, data_type, symbols, back):
+    """Another client of the server asks ``back`` minutes before ``at`` up to the minute after it."""
+    first = at - at % MINUTE - back * MINUTE
+    options = {"exchange": exchange, "symbols": list(symbols), "from": _dt(first).isoformat(),
+               "to": _dt(at - at % MINUTE + MINUTE).isoformat(), "dataTypes": [data_type]}
+    requests.get(machine.http_url + "/replay-normalized", params={"options": json.dumps(options)}, timeout=30)
 
 
 def _dt(us):
