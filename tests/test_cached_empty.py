@@ -130,3 +130,29 @@ def test_a_book_rebuilt_across_a_cached_empty_minute_is_never_served_and_the_day
         assert set(after["source"]) == {"missing"}, key  # nothing from the poisoned minute on
         upto = healed[key].loc[:pd.Timestamp(limit - MINUTE, unit="us", tz="UTC")]
         assert set(upto["source"]) == {"replay"}, key  # the day asked again with a fresh filter set
+
+
+def test_a_quiet_stretch_whose_next_event_fell_in_a_cached_empty_minute_is_not_claimed_from_it(tmp_path):
+    # harness seed 50019: BTC's book was quiet for a while and its next change came in a minute the cache held
+    # empty; the sample closing the last interval before the quiet stretch comes with that next change, so it was
+    # lost too, and the run claimed the quiet minutes from a sample it never stored
+    quiet = (("BTC-PERPETUAL", at("09:47") // 1000 + 30_500, at("09:50") // 1000 + 20_500),)
+    clock = ManualClock(DAY + timedelta(hours=10, minutes=0, seconds=20))
+    with FakeTardisMachine(clock=clock, availability_delay=timedelta(minutes=15), availability_mode="empty",
+                           market=MarketConfig(book_rate=1.0, trade_rate=1.0, quiet=quiet)) as tm:
+        ask_too_early(tm, at("09:50"), ["book_change"])
+        tm.availability_delay = timedelta(minutes=3)
+        clock.set(DAY + timedelta(hours=10, minutes=16, seconds=20))
+        gapless = service(tm, tmp_path, ["quote_10s", "quote"])
+        try:
+            gapless.heal()
+            first = gapless.series()
+            gapless.heal()
+            healed = gapless.series()
+        finally:
+            gapless.stop()
+    assert false_minutes(tm, first) == [] and false_minutes(tm, healed) == []
+    btc = first[("BTC-PERPETUAL", "quote_10s")]["source"]
+    assert btc.loc[pd.Timestamp(at("09:47"), unit="us", tz="UTC")] == "missing"
+    assert set(healed[("BTC-PERPETUAL", "quote_10s")]["source"].loc[:pd.Timestamp(at("10:10"), unit="us", tz="UTC")]) \
+        == {"replay"}
