@@ -3,7 +3,9 @@
 Each example draws a schedule of a few hours around a midnight on the double's (manual) clock: history
 outages of any length anywhere, including across 00:00 and around request starts; live drops, resets
 and exchange disconnects; a second recorder that joins and leaves at random seconds; exchange-vs-local
-skew within +-2 s; steps of tardis-machine's host clock (+-5 to +-120 s, in about 30 % of examples); quiet periods up to an hour; a silent symbol; service restarts; random data types.
+skew within +-2 s; steps of tardis-machine's host clock (+-5 to +-120 s, in about 30 % of examples); quiet
+periods up to an hour; a silent symbol; service restarts; random data types; an exchange without trade ids;
+other clients asking minutes too early (tardis-machine's cache then holds them empty, in "empty" mode).
 A real ``Gapless`` service plays it against the real double. Then, against the market model (never
 gapless code): every minute labelled replay or live equals the truth; status and the series agree on
 every minute; every gap has a reason and heals when history can prove it; no request is repeated

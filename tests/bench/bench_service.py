@@ -3,7 +3,7 @@
 Run by hand (not collected by pytest):
 
     .venv/bin/python tests/bench/bench_service.py [--speed 10] [--lookback 6h] [--downtime-minutes 10]
-        [--real-delay 180] [--delay-setting 4m] [--line-rate 1000] [--skip-week | --only-week]
+        [--real-delay 180] [--delay-setting 4m] [--line-rate 1000] [--start-second 0] [--skip-week | --only-week]
 
 The fake tardis-machine runs in this process on a clock ``--speed`` times faster than real time, with a
 real availability delay of ``--real-delay`` seconds (market time); the service (``python run.py``, a
@@ -134,14 +134,15 @@ def main():
     parser.add_argument("--real-delay", type=float, default=180.0, help="the double's availability delay, s")
     parser.add_argument("--delay-setting", default="4m", help="GAPLESS_HISTORY_DELAY of the service")
     parser.add_argument("--line-rate", type=float, default=1000.0)
+    parser.add_argument("--start-second", type=int, default=0, help="second of the minute the clock starts at")
     parser.add_argument("--skip-week", action="store_true")
     parser.add_argument("--only-week", action="store_true", help="only the week's first download")
     args = parser.parse_args()
     if args.only_week:
         week_download(args)
         return
-    clock = FakeClock(start=datetime.now(timezone.utc).replace(hour=6, minute=30, second=0, microsecond=0),
-                      speed=args.speed)
+    clock = FakeClock(start=datetime.now(timezone.utc).replace(hour=6, minute=30, second=args.start_second,
+                                                               microsecond=0), speed=args.speed)
     directory = tempfile.mkdtemp(prefix="gapless-bench-")
     database_url = "sqlite:///%s" % os.path.join(directory, "service.db")
     with FakeTardisMachine(clock=clock, market=MarketConfig(),
