@@ -56,7 +56,7 @@ replay ledger, with why: ``history_outage``, ``unproven_start``, ``quiet_tail`` 
 import numpy as np
 
 from .storage import Claim
-from .timeutil import MINUTE_US, US
+from .timeutil import MINUTE_US, US, ceil_to, floor_to
 
 LATENCY_MARGIN_US = 5 * US
 SKEW_BOUND_US = 2 * US
@@ -77,16 +77,6 @@ LOOK_BEHIND_US = 2 * MINUTE_US
 DAY_SNAPSHOT_SLACK_US = SKEW_BOUND_US + US  # the day snapshot, stamped in exchange time just after local 00:00
 _BOOK, _TRADE = "book", "trade"
 _NEVER = 2 ** 62
-
-
-def ceil_to(us, step):
-    """Smallest multiple of ``step`` >= ``us``."""
-    return -(-us // step) * step
-
-
-def floor_to(us, step):
-    """Largest multiple of ``step`` <= ``us``."""
-    return us - us % step
 
 
 class ClaimTracker:
@@ -230,7 +220,7 @@ class ClaimTracker:
         return None if self._behind_bound is None else arrival + self._behind_bound
 
     def _set_starts(self, block, new, ts, arrivals):
-        firsts = _first_rows(block, new)
+        firsts = block.first_rows(new)
         request = self.request
         for stream, i in firsts.items():
             data_type = self.types[stream[1]]
@@ -402,15 +392,3 @@ class ClaimTracker:
             if not self.proven:
                 return "unproven_start"
         return "quiet_tail"
-
-
-def _first_rows(block, streams):
-    """Index of the first row of each of ``streams`` (``(symbol, name)``) in a block."""
-    wanted = set(streams)
-    found = {}
-    for i, key in enumerate(zip(block.column(1), block.column(3))):
-        if key in wanted and key not in found:
-            found[key] = i
-            if len(found) == len(wanted):
-                break
-    return found

@@ -159,7 +159,8 @@ class RunParser:
                     pending = self._pending
                 self._last_lts_text = lts_text
                 self._arrival = max(self._arrival, lts)
-            self._line_minutes.add(self._arrival - self._arrival % MINUTE_US)  # any line shows its slice non-empty
+            if not self.live:  # any line shows its minute's slice non-empty (see gapless.silence)
+                self._line_minutes.add(self._arrival - self._arrival % MINUTE_US)
             if kind == "disconnect":
                 batches.append(self._disconnect(message))
                 pending = self._pending

@@ -118,6 +118,17 @@ class RowBlock:
             return np.full(self.n, column.value, dtype=np.int64)
         return np.asarray(column, dtype=np.int64)
 
+    def first_rows(self, streams):
+        """Index of the first row of each of ``streams`` (``(symbol, name)``)."""
+        wanted = set(streams)
+        found = {}
+        for i, key in enumerate(zip(self.column(1), self.column(3))):
+            if key in wanted and key not in found:
+                found[key] = i
+                if len(found) == len(wanted):
+                    break
+        return found
+
     def select(self, keep):
         """A block of the rows whose index is in ``keep`` (a boolean NumPy mask)."""
         indices = np.flatnonzero(keep)

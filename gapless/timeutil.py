@@ -91,6 +91,16 @@ def ceil_minute(us):
     return -(-us // MINUTE_US) * MINUTE_US
 
 
+def ceil_to(us, step):
+    """Smallest multiple of ``step`` >= ``us``."""
+    return -(-us // step) * step
+
+
+def floor_to(us, step):
+    """Largest multiple of ``step`` <= ``us``."""
+    return us - us % step
+
+
 def floor_day(us):
     """00:00 UTC of the day containing ``us``."""
     return us - us % DAY_US
