@@ -6,6 +6,7 @@ the double's market model, never against gapless code.
 """
 import json
 from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
 
 import pandas as pd
 import requests
@@ -44,26 +45,35 @@ def service(tm, tmp_path, types, lookback="30m"):
                    history_delay="15m", now=tm.clock.now_us, recorder_options=RECORDER)
 
 
-def test_minutes_another_client_asked_too_early_are_never_served_as_quiet_replay_and_are_healed_fresh(tmp_path):
+def after_early_asks(tmp_path, asks, types, quiet=()):
+    """Another client asks ``asks`` ([(minute, data types)]) while history is 15 minutes behind; later, with history 3
+    minutes behind, a new service with a 30-minute lookback makes two passes. The machine (stopped), the series
+    after each pass, the status after the first and the claim limit at the end."""
     clock = ManualClock(DAY + timedelta(hours=10, minutes=0, seconds=20))
     with FakeTardisMachine(clock=clock, availability_delay=timedelta(minutes=15), availability_mode="empty",
-                           market=MarketConfig(book_rate=1.0, trade_rate=1.0)) as tm:
-        poisoned = [at("09:47"), at("09:50"), at("09:51"), at("09:55")]
-        for minute in poisoned:  # the trades channel of both symbols: the filter set of trade and trade_bar_1m
-            ask_too_early(tm, minute, ["trade"])
-        assert tm.slices.poisoned("deribit", ["trades"], SYMBOLS) == poisoned
-        # later, history is 3 minutes behind; a new service with a 30-minute lookback starts
+                           market=MarketConfig(book_rate=1.0, trade_rate=1.0, quiet=quiet)) as tm:
+        for minute, data_types in asks:
+            ask_too_early(tm, minute, data_types)
+        poisoned = {channels: tm.slices.poisoned("deribit", [channels], SYMBOLS) for channels in ("trades", "book")}
         tm.availability_delay = timedelta(minutes=3)
         clock.set(DAY + timedelta(hours=10, minutes=16, seconds=20))
-        gapless = service(tm, tmp_path, ["trade", "trade_bar_1m"])
+        gapless = service(tm, tmp_path, types)
         try:
             gapless.heal()
-            first = gapless.series()
-            status = gapless.status()
+            first, status = gapless.series(), gapless.status()
             gapless.heal()  # the next pass asks the cached-empty minutes with a filter set of their own
-            healed = gapless.series()
+            healed, limit = gapless.series(), gapless.horizon.claim_limit(clock.now_us())
         finally:
             gapless.stop()
+    return SimpleNamespace(tm=tm, poisoned=poisoned, first=first, status=status, healed=healed, limit=limit)
+
+
+def test_minutes_another_client_asked_too_early_are_never_served_as_quiet_replay_and_are_healed_fresh(tmp_path):
+    poisoned = [at("09:47"), at("09:50"), at("09:51"), at("09:55")]
+    # the trades channel of both symbols: the filter set of trade and trade_bar_1m
+    run = after_early_asks(tmp_path, [(minute, ["trade"]) for minute in poisoned], ["trade", "trade_bar_1m"])
+    assert run.poisoned["trades"] == poisoned
+    tm, first, status, healed = run.tm, run.first, run.status, run.healed
     for frames in (first, healed):
         assert false_minutes(tm, frames) == []
     for minute in poisoned:
@@ -107,23 +117,11 @@ def test_gapless_itself_never_fills_a_streams_cache_with_a_minute_not_available_
 
 
 def test_a_book_rebuilt_across_a_cached_empty_minute_is_never_served_and_the_day_is_healed_fresh(tmp_path):
-    clock = ManualClock(DAY + timedelta(hours=10, minutes=0, seconds=20))
-    with FakeTardisMachine(clock=clock, availability_delay=timedelta(minutes=15), availability_mode="empty",
-                           market=MarketConfig(book_rate=1.0, trade_rate=1.0)) as tm:
-        poisoned = at("09:50")
-        ask_too_early(tm, poisoned, ["book_change"])  # the book channel: the filter set of quote and quote_1m
-        assert tm.slices.poisoned("deribit", ["book"], SYMBOLS) == [poisoned]
-        tm.availability_delay = timedelta(minutes=3)
-        clock.set(DAY + timedelta(hours=10, minutes=16, seconds=20))
-        gapless = service(tm, tmp_path, ["quote", "quote_1m"])
-        try:
-            gapless.heal()
-            first = gapless.series()
-            gapless.heal()
-            healed = gapless.series()
-            limit = gapless.horizon.claim_limit(clock.now_us())
-        finally:
-            gapless.stop()
+    poisoned = at("09:50")
+    # the book channel: the filter set of quote and quote_1m
+    run = after_early_asks(tmp_path, [(poisoned, ["book_change"])], ["quote", "quote_1m"])
+    assert run.poisoned["book"] == [poisoned]
+    tm, first, healed, limit = run.tm, run.first, run.healed, run.limit
     for frames in (first, healed):
         assert false_minutes(tm, frames) == []
     for key in (("BTC-PERPETUAL", "quote"), ("ETH-PERPETUAL", "quote_1m")):
@@ -138,20 +136,8 @@ def test_a_quiet_stretch_whose_next_event_fell_in_a_cached_empty_minute_is_not_c
     # empty; the sample closing the last interval before the quiet stretch comes with that next change, so it was
     # lost too, and the run claimed the quiet minutes from a sample it never stored
     quiet = (("BTC-PERPETUAL", at("09:47") // 1000 + 30_500, at("09:50") // 1000 + 20_500),)
-    clock = ManualClock(DAY + timedelta(hours=10, minutes=0, seconds=20))
-    with FakeTardisMachine(clock=clock, availability_delay=timedelta(minutes=15), availability_mode="empty",
-                           market=MarketConfig(book_rate=1.0, trade_rate=1.0, quiet=quiet)) as tm:
-        ask_too_early(tm, at("09:50"), ["book_change"])
-        tm.availability_delay = timedelta(minutes=3)
-        clock.set(DAY + timedelta(hours=10, minutes=16, seconds=20))
-        gapless = service(tm, tmp_path, ["quote_10s", "quote"])
-        try:
-            gapless.heal()
-            first = gapless.series()
-            gapless.heal()
-            healed = gapless.series()
-        finally:
-            gapless.stop()
+    run = after_early_asks(tmp_path, [(at("09:50"), ["book_change"])], ["quote_10s", "quote"], quiet=quiet)
+    tm, first, healed = run.tm, run.first, run.healed
     assert false_minutes(tm, first) == [] and false_minutes(tm, healed) == []
     btc = first[("BTC-PERPETUAL", "quote_10s")]["source"]
     assert btc.loc[pd.Timestamp(at("09:47"), unit="us", tz="UTC")] == "missing"
