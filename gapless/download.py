@@ -101,6 +101,7 @@ class Downloader:
         self.admit = None  # callback(request) -> bool: may a planned request be made now (default: all)
         self.on_batch = None  # callback(report) after each written batch (benchmarks, progress displays)
         self.settled = None  # gapless.silence.SettledMinutes: silent minutes earlier runs found quiet
+        self.history_ends = None  # where history is expected to end (µs), when requests may reach past it
 
     def download(self, exchange, symbols, data_types, start, end):
         """Download what replay coverage lacks in ``[start, end)`` (µs). Returns a :class:`DownloadReport`."""
@@ -207,6 +208,8 @@ class Downloader:
             nonlocal next_id
             if self.settled is not None:
                 request = dataclasses.replace(request, settled=self.settled.of(request))
+            if self.history_ends is not None and request.request_end > self.history_ends:
+                request = dataclasses.replace(request, past_edge=True)
             next_id += 1
             in_flight[next_id] = request
             report.attempts += 1

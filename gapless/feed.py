@@ -84,6 +84,8 @@ class Feed:
         downloader.limit = limit
         downloader.proven_until = self.horizon.proven_until(now_us)
         downloader.settled = self.settled
+        if self.horizon.state()["mode"] == "error":
+            downloader.history_ends = now_us - self.horizon.state()["delay"]  # requests reach past it on purpose
         downloader.on_run_finished = self._learn_horizon
         downloader.admit = lambda request: self.asked.admit(request, self.now())
         if self.monitor is not None:
@@ -149,13 +151,12 @@ class Feed:
         now_us = self.now()
         start, end = window
         state = self.horizon.state()
-        error_mode = state["mode"] == "error"
-        limit = now_us - state["delay"] - LATENCY_MARGIN_US if error_mode else self.horizon.claim_limit(now_us)
+        limit = self.horizon.claim_limit(now_us)
         reach = self.planner.next_reach(self._sources_of(), self.symbols, self.data_types, start, limit, end,
-                                        self._held_of(now_us, self.horizon.claim_limit(now_us)))
+                                        self._held_of(now_us, limit))
         if reach is None:
             return None
-        if error_mode:
+        if state["mode"] == "error":
             return reach + state["delay"] + LATENCY_MARGIN_US + US
         return reach + MINUTE_US + state["delay"] + US
 

@@ -54,7 +54,8 @@ def fetch_run(request, client, api_key, batch_rows, emit, should_stop=lambda: Fa
             complete = True
     except ServerError as exc:
         failure = exc
-    final = parser.finish(complete)
+    # refused past where history is expected to end: that is where it ends (any other error line is a fault)
+    final = parser.finish(complete, refused=getattr(failure, "refused", False) and request.past_edge)
     if final.rows or final.claims or final.lines or final.unclaimed:
         emit(final)
     if failure is not None:

@@ -17,13 +17,14 @@ stream's filter set for good. The edge then moves on with one one-minute probe a
 import logging
 import threading
 
+from .claims import LATENCY_MARGIN_US
 from .timeutil import MINUTE_US, US, floor_minute, iso
 
 log = logging.getLogger(__name__)
 
 PROBE_INTERVAL_US = 30 * MINUTE_US
 SAFETY_US = 2 * US  # on top of a measured delay: the edge seen is the newest line, not the newest minute
-REACH_PAST_US = 2 * MINUTE_US  # "error" mode: how far past floor(now - delay) requests may reach
+
 
 
 class HistoryHorizon:
@@ -44,15 +45,11 @@ class HistoryHorizon:
 
     def watermark(self, now_us):
         """History is requested only before this minute boundary: ``floor(now - delay)``, and, unless the server
-        is known to refuse minutes not available yet ("error" mode), not past the proven edge's minute; in
-        "error" mode up to :data:`REACH_PAST_US` further (lines prove what they reach)."""
+        is known to refuse minutes not available yet ("error" mode), not past the proven edge's minute (see
+        :meth:`claim_limit` for "error" mode)."""
         with self._lock:
             mark = floor_minute(now_us - self.delay)
-            if self.mode == "error":
-                # a minute not available yet is refused, nothing is cached: a request may reach past the edge and
-                # claim what its lines prove (the refusal after them is expected, see Feed._learn_horizon)
-                return mark + REACH_PAST_US
-            if self.edge is not None:
+            if self.mode != "error" and self.edge is not None:
                 # a line of minute m proves the whole minute: upstream serves history in one-minute slices
                 mark = min(mark, floor_minute(self.edge) + MINUTE_US)
             return mark
@@ -78,7 +75,16 @@ class HistoryHorizon:
                 self.edge = edge_us
 
     def claim_limit(self, now_us):
-        """Latest claim end a replay request may have (its ``to`` is one minute later)."""
+        """Latest claim end a replay request may have (its ``to`` is one minute later).
+
+        Where the server refuses minutes not available yet ("error" mode) nothing can be cached: the limit is where
+        history can prove data now (``now - delay`` less the latency margin), not rounded down to a minute; the
+        request for it reaches past where history ends (its claim end is rounded up, its ``to`` a minute later),
+        is refused there, and claims what its lines prove (see :meth:`gapless.feed.Feed._learn_horizon`).
+        """
+        with self._lock:
+            if self.mode == "error":
+                return now_us - self.delay - LATENCY_MARGIN_US
         return self.watermark(now_us) - MINUTE_US
 
     def proven_until(self, now_us):

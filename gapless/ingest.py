@@ -214,11 +214,18 @@ class RunParser:
     def owner(self, value):
         self.claims.owner = value
 
-    def finish(self, complete):
-        """The last batch of the run. ``complete`` is False when the stream was cut or errored."""
+    def finish(self, complete, refused=False):
+        """The last batch of the run. ``complete`` is False when the stream was cut or errored.
+
+        ``refused``: the server ended it with its error line, where history ends (it streams everything before
+        the minute it cannot serve): complete up to the last line, and what was not claimed is reported like a
+        complete run's (a silent symbol is then held back like after any complete run, not asked every pass).
+        """
         if self.out_of_order:
             log.warning("%s: %d line(s) arrived out of localTimestamp order", self.request.describe(),
                         self.out_of_order)
+        if refused and not complete:
+            return self._finish(self._arrival if self.has_data else self.request.start, "refused")
         # after a cut, only messages strictly older than the last arrival time are known complete
         progress = self.request.request_end if complete else None
         proven = self.request.proven_until
@@ -226,17 +233,20 @@ class RunParser:
             # past where history is proven available, an empty stretch may be minutes not served yet (tardis
             # can send those empty): only the lines themselves prove the run got that far
             progress = max(proven, self._arrival)
-        batch = self._flush(progress_us=progress, end_reason="complete" if complete else "partial",
-                            evidence_bound=_AFTER_EVERYTHING if complete else None,
-                            sealed=progress if complete else self._arrival)
-        if complete:
-            batch.unclaimed = self.claims.unclaimed(batch.claims)
-            missing = sorted(self._expected - self.claims.seen)
-            if missing:
-                log.warning("%s: no data at all for %s in [%s, %s); not claiming coverage (unknown symbol, "
-                            "no data yet, or a market quiet for the whole range)", self.request.exchange,
-                            ", ".join("%s %s" % m for m in missing), iso(self.request.start),
-                            iso(self.request.claim_end))
+        if not complete:
+            return self._flush(progress_us=None, end_reason="partial", sealed=self._arrival)
+        return self._finish(progress, "complete")
+
+    def _finish(self, progress, end_reason):
+        """The last batch of a run known complete up to ``progress`` (local time), with what it did not claim."""
+        batch = self._flush(progress_us=progress, end_reason=end_reason, evidence_bound=_AFTER_EVERYTHING,
+                            sealed=progress)
+        batch.unclaimed = self.claims.unclaimed(batch.claims)
+        missing = sorted(self._expected - self.claims.seen)
+        if missing:
+            log.warning("%s: no data at all for %s in [%s, %s); not claiming coverage (unknown symbol, no data yet, "
+                        "or a market quiet for the whole range)", self.request.exchange,
+                        ", ".join("%s %s" % m for m in missing), iso(self.request.start), iso(self.request.claim_end))
         return batch
 
     # -- internals ---------------------------------------------------------------------------

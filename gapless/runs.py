@@ -26,6 +26,7 @@ class ReplayRequest:
     known: tuple = ()  # ((symbol, data_type), ...) whose own replay coverage reaches ``claim_start``
     proven_until: int = None  # history is proven available up to here (local time); None: all of the run
     fresh: bool = False  # asked with a filter set of its own: tardis-machine's cache cannot answer it
+    past_edge: bool = False  # reaches past where history is expected to end: a refusal there is its end
     settled: tuple = ()  # ((local minute, verdict), ...) an earlier run of the same filter set settled
 
     @property
