@@ -102,6 +102,7 @@ class Downloader:
         self.on_batch = None  # callback(report) after each written batch (benchmarks, progress displays)
         self.settled = None  # gapless.silence.SettledMinutes: silent minutes earlier runs found quiet
         self.history_ends = None  # where history is expected to end (µs), when requests may reach past it
+        self.check_answers = None  # gapless.silence.CheckAnswers of the feed: checks asked once
 
     def download(self, exchange, symbols, data_types, start, end):
         """Download what replay coverage lacks in ``[start, end)`` (µs). Returns a :class:`DownloadReport`."""
@@ -195,6 +196,8 @@ class Downloader:
         """Submit the requests to concurrent fetchers, write what they send, retry what failed."""
         config = {"tardis_url": self.tardis_url, "api_key": self.api_key, "timeout": self.timeout,
                   "batch_rows": self.batch_rows}
+        if self.workers == 0 and self.check_answers is not None:
+            config["answers"] = self.check_answers  # shared by the fetcher threads (not picklable to workers)
         concurrency = max(1, min(self.concurrency, len(requests)))
         if self.workers == 0:
             fetchers = ThreadFetchers(config, concurrency)

@@ -18,7 +18,7 @@ from .plan import Anchors
 from .published import published_sources
 from .recorder import Recorder
 from .series import Reader
-from .silence import SettledMinutes
+from .silence import CheckAnswers, SettledMinutes
 from .status import minute_sources
 from .timeutil import MINUTE_US, US
 
@@ -51,6 +51,7 @@ class Feed:
         # the very same request is never made again before its backoff, across restarts too
         self.asked = ledger.RequestMemory.restored(storage, self.exchange)
         self.settled = SettledMinutes.restored(storage, self.exchange)
+        self.check_answers = CheckAnswers()
         self._restore_horizon()
         self.recorder = Recorder(storage, tardis_ws_url, self.exchange, self.symbols, self.data_types,
                                  clock=lambda: now() / 1e6, **(recorder_options or {}))
@@ -84,6 +85,7 @@ class Feed:
         downloader.limit = limit
         downloader.proven_until = self.horizon.proven_until(now_us)
         downloader.settled = self.settled
+        downloader.check_answers = self.check_answers
         if self.horizon.state()["mode"] == "error":
             downloader.history_ends = now_us - self.horizon.state()["delay"]  # requests reach past it on purpose
         downloader.on_run_finished = self._learn_horizon

@@ -30,7 +30,7 @@ class Stopped(GaplessError):
     """The download was asked to stop."""
 
 
-def fetch_run(request, client, api_key, batch_rows, emit, should_stop=lambda: False):
+def fetch_run(request, client, api_key, batch_rows, emit, should_stop=lambda: False, answers=None):
     """Run one replay request: stream, parse, and ``emit`` each :class:`~gapless.ingest.Batch`.
 
     Returns ``None`` when the run completed, else the exception that ended it (the batches emitted
@@ -40,7 +40,7 @@ def fetch_run(request, client, api_key, batch_rows, emit, should_stop=lambda: Fa
     options = replay_options(request.exchange, request.symbols, request.data_types, request.start,
                              request.request_end, api_key, fresh="fresh" if request.fresh else None)
     # silent minutes are claimed only once a fresh filter set confirms them (see gapless.silence)
-    emit = _vetted(SilenceCheck(request, client, api_key), emit)
+    emit = _vetted(SilenceCheck(request, client, api_key, answers), emit)
     complete = False
     failure = None
     try:
@@ -80,7 +80,8 @@ def _fetch_loop(tasks, results, abort, config, client):
         before = client.bytes_received
         try:
             failure = fetch_run(request, client, config["api_key"], config["batch_rows"],
-                                lambda batch: results.put(("batch", task_id, batch)), abort.is_set)
+                                lambda batch: results.put(("batch", task_id, batch)), abort.is_set,
+                                answers=config.get("answers"))
         except Exception as exc:  # a bug must not hang the writer: report it as a failed run
             log.exception("download fetcher failed on %s", request.describe())
             failure = ServerError("fetcher error: %s" % exc)

@@ -29,6 +29,7 @@ ledger gets the range with its reason: a cached-empty range is asked again at on
 """
 import dataclasses
 import logging
+import threading
 
 import numpy as np
 import orjson
@@ -57,8 +58,9 @@ _RAW = {"book_snapshot": "book_change", "book_change": "book_change", "trade": "
 class SilenceCheck:
     """Vets the batches of one replay run (see the module docstring); ``vet`` returns the batch to write."""
 
-    def __init__(self, request, client, api_key=None):
+    def __init__(self, request, client, api_key=None, answers=None):
         self.request = request
+        self.answers = answers  # CheckAnswers shared by the runs of a feed (None: every run asks for itself)
         self.client = client
         self.api_key = api_key
         self.types = {name: parse_data_type(name) for name in request.data_types}
@@ -112,7 +114,7 @@ class SilenceCheck:
         for first, last in _stretches(minutes):
             stretch = range(first, last + MINUTE_US, MINUTE_US)
             # a run of raw types only (a line per raw message) already is its filter set's raw answer
-            cached = set() if self._raw_only else self._ask(first, last + MINUTE_US, fresh=False)
+            cached = set() if self._raw_only else self._ask_cached(first, last + MINUTE_US)
             rest = [m for m in stretch if cached is not None and m not in cached]
             # asked a little past the stretch: an empty minute proves a quiet market only where history is proven
             # available (the run's proven edge, or a later line): upstream may answer a minute not available yet
@@ -134,6 +136,16 @@ class SilenceCheck:
                                 "was asked before it was available); not claimed, asked again with a fresh "
                                 "filter set" if self.verdicts[m] == CACHED_EMPTY else
                                 "and it could not be verified; not claimed")
+
+    def _ask_cached(self, start, end):
+        """:meth:`_ask` through the run's own filter set, once per process: its slices never change once cached,
+        and another run of the filter set (in flight at the same time, or a later one) would ask the same."""
+        if self.answers is None:
+            return self._ask(start, end, fresh=False)
+        request = self.request
+        key = (request.exchange, tuple(sorted(request.symbols)),
+               tuple(sorted({_RAW[t.family] for t in self.types.values()})), start, end)
+        return self.answers.get(key, lambda: self._ask(start, end, fresh=False))
 
     def _ask(self, start, end, fresh):
         """Local minutes of ``[start, end)`` with raw lines of the run's symbols, through the run's own filter set
@@ -217,6 +229,43 @@ class SilenceCheck:
                     block = block.select(keep)
             kept[table] = block
         return kept
+
+
+class _Answer:
+    def __init__(self):
+        self.ready = threading.Event()
+        self.seen = None
+
+
+class CheckAnswers:
+    """Answers of checks through a stream's own filter set, shared by the runs of one feed (one server, one
+    exchange; runs in threads): its slices never change once cached, so a run in flight at the same time, or a
+    later one, takes the answer instead of asking the very same request again."""
+
+    LIMIT = 4096
+
+    def __init__(self):
+        self._answers = {}  # key -> _Answer, oldest first
+        self._lock = threading.Lock()
+
+    def get(self, key, ask):
+        """The answer for ``key``, asked with ``ask()`` by the first run that needs it (None answers are not kept)."""
+        with self._lock:
+            pending = self._answers.get(key)
+            mine = pending is None
+            if mine:
+                pending = self._answers[key] = _Answer()
+                while len(self._answers) > self.LIMIT:
+                    self._answers.pop(next(iter(self._answers)))
+        if not mine:
+            pending.ready.wait(60.0)
+            return pending.seen if pending.seen is not None else ask()  # the other ask failed: ask ourselves
+        pending.seen = ask()
+        if pending.seen is None:
+            with self._lock:
+                self._answers.pop(key, None)  # a failure is no answer: the next run asks again
+        pending.ready.set()
+        return pending.seen
 
 
 class SettledMinutes:
