@@ -219,7 +219,9 @@ def fast_tardis():
 def test_tardis_machine_restarted_during_live_recording(fast_tardis, database_url):
     tm = fast_tardis
     types = ["trade", "quote", "quote_1m"]
-    # history lags 2 market minutes here, so the outage is a visible gap before replay heals it
+    # history lags 2 market minutes here, so the outage is a visible gap before replay heals it (the server's lag:
+    # gapless measures it, and where minutes not available yet are refused its requests reach up to it)
+    tm.availability_delay = timedelta(minutes=2)
     gapless = make_gapless(database_url, tm, types, history_delay="2m")
     with gapless:
         store = gapless.storage
