@@ -157,6 +157,9 @@ class SilenceCheck:
             start -= start % DAY_US  # book changes, like every book type, come only after the day's snapshot
         options = replay_options(request.exchange, request.symbols, raw, start, end, self.api_key,
                                  fresh="check" if fresh else None)
+        # a check, not a download: the same filter set (channels and symbols) as the run, but never the very same
+        # request as a stream's (whose raw types it may share); raw messages are what count here
+        options["withDisconnectMessages"] = False
         symbols = set(request.symbols)
         seen = set()
         self.requests += 1
