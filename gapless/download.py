@@ -172,6 +172,9 @@ class Downloader:
             return [], 0
         if isinstance(failure, RequestRejectedError):
             raise failure
+        if getattr(failure, "refused", False) and request.past_edge:
+            report.finished += 1
+            return [], 0  # refused where history ends, as expected: complete up to its last line (see fetch_run)
         if self.should_retry is not None and not self.should_retry(request, failure):
             report.failed.append((request, str(failure)))
             return [], 0
