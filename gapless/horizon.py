@@ -27,6 +27,15 @@ SAFETY_US = 2 * US  # on top of a measured delay: the edge seen is the newest li
 
 
 
+def watermark_of(delay, mode, edge, now_us):
+    """``floor(now - delay)``, and, unless the server refuses minutes not available yet ("error" mode), not past
+    the proven edge's minute (a line of minute m proves the whole minute: upstream serves one-minute slices)."""
+    mark = floor_minute(now_us - delay)
+    if mode != "error" and edge is not None:
+        mark = min(mark, floor_minute(edge) + MINUTE_US)
+    return mark
+
+
 class HistoryHorizon:
     """The history delay in use and the watermark it implies (thread-safe)."""
 
@@ -48,11 +57,7 @@ class HistoryHorizon:
         is known to refuse minutes not available yet ("error" mode), not past the proven edge's minute (see
         :meth:`claim_limit` for "error" mode)."""
         with self._lock:
-            mark = floor_minute(now_us - self.delay)
-            if self.mode != "error" and self.edge is not None:
-                # a line of minute m proves the whole minute: upstream serves history in one-minute slices
-                mark = min(mark, floor_minute(self.edge) + MINUTE_US)
-            return mark
+            return watermark_of(self.delay, self.mode, self.edge, now_us)
 
     def delay_watermark(self, now_us):
         """``floor(now - delay)``: where the watermark would be if the edge were proven that far."""

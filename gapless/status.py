@@ -48,6 +48,7 @@ pointless now.
 """
 import numpy as np
 
+from .horizon import watermark_of
 from .intervals import mask_runs
 from .series import Reader, covered_minutes
 from .stitch import stitch_stream
@@ -188,9 +189,7 @@ def status_report(storage, groups, lookback_us, horizons, now_us, reader=None):
     for exchange, symbols, data_types in groups:
         state = horizons.get(exchange) or {}
         delay = int(state.get("delay", 0))
-        watermark = floor_minute(now_us - delay)
-        if state.get("mode", "error") != "error" and state.get("edge") is not None:
-            watermark = min(watermark, floor_minute(state["edge"]) + MINUTE_US)  # see HistoryHorizon.watermark
+        watermark = watermark_of(delay, state.get("mode", "error"), state.get("edge"), now_us)
         measured = state.get("measured_at")
         exchanges.append({"exchange": exchange, "history_delay_seconds": delay // US,
                           "history_delay_minutes": delay // MINUTE_US,
