@@ -13,6 +13,9 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 _LAZY = {
     "get_data_without_gap": (".api", "get_data_without_gap"),
     "GapWarning": (".api", "GapWarning"),
+    "follow": (".follower", "follow"),
+    "MinuteEvent": (".follower", "MinuteEvent"),
+    "CaughtUp": (".follower", "CaughtUp"),
     "Gapless": (".service", "Gapless"),
     "Recorder": (".recorder", "Recorder"),
     "Downloader": (".download", "Downloader"),

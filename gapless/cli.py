@@ -8,9 +8,11 @@ import logging
 import os
 import sys
 
+from .cli_follow import add_parser as add_follow_parser, cmd_follow
 from .config import load_settings, make_clock
 from .datatypes import check_series_types, parse_data_types
 from .exceptions import GaplessError, UsageError
+from .horizon import stored_horizon
 from .redaction import install_secret_filter, redact, url_password
 from .timeutil import MINUTE_US, ceil_minute, floor_minute, iso, parse_time_arg, to_us
 
@@ -113,6 +115,7 @@ def build_parser():
                                                      "(GAPLESS_HISTORY_DELAY)")
         command.add_argument("--json", action="store_true", help="machine-readable output (stable, see README)")
         _common(command)
+    add_follow_parser(sub, _streams, _common)
     return parser
 
 
@@ -307,19 +310,6 @@ def cmd_plot(args, settings, now_us):
     return 0
 
 
-def stored_horizon(storage, exchange, default_delay):
-    """``{"delay", "measured_at", "mode"}`` the service last used for an exchange (stored in the database)."""
-    meta = storage.models["meta"]
-    values = {}
-    for name, key in (("delay", "history_delay_us:%s"), ("measured_at", "history_measured_at:%s")):
-        row = meta.get_or_none(meta.key == key % exchange)
-        values[name] = int(row.value) if row is not None else None
-    values["mode"] = storage.meta_value("history_mode:%s" % exchange) or "unknown"
-    if values["delay"] is None:
-        values["delay"] = default_delay
-    return values
-
-
 def _group_frames(storage, groups, start, end, **kwargs):
     """Series of every group: keyed ``(symbol, data_type)`` with one exchange, else ``(exchange, symbol, data_type)``."""
     from .series import series
@@ -341,7 +331,7 @@ def cmd_gaps(args, settings, now_us):
 
 
 COMMANDS = {"download": cmd_download, "series": cmd_series, "serve": cmd_serve, "status": cmd_status,
-            "gaps": cmd_gaps, "plot": cmd_plot}
+            "gaps": cmd_gaps, "plot": cmd_plot, "follow": cmd_follow}
 
 
 def main(argv=None, now=None):

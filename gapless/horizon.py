@@ -26,7 +26,6 @@ PROBE_INTERVAL_US = 30 * MINUTE_US
 SAFETY_US = 2 * US  # on top of a measured delay: the edge seen is the newest line, not the newest minute
 
 
-
 def watermark_of(delay, mode, edge, now_us):
     """``floor(now - delay)``, and, unless the server refuses minutes not available yet ("error" mode), not past
     the proven edge's minute (a line of minute m proves the whole minute: upstream serves one-minute slices)."""
@@ -34,6 +33,19 @@ def watermark_of(delay, mode, edge, now_us):
     if mode != "error" and edge is not None:
         mark = min(mark, floor_minute(edge) + MINUTE_US)
     return mark
+
+
+def stored_horizon(storage, exchange, default_delay=0):
+    """``{"delay", "measured_at", "mode"}`` the service last used for an exchange (stored in the database)."""
+    meta = storage.models["meta"]
+    values = {}
+    for name, key in (("delay", "history_delay_us:%s"), ("measured_at", "history_measured_at:%s")):
+        row = meta.get_or_none(meta.key == key % exchange)
+        values[name] = int(row.value) if row is not None else None
+    values["mode"] = storage.meta_value("history_mode:%s" % exchange) or "unknown"
+    if values["delay"] is None:
+        values["delay"] = default_delay
+    return values
 
 
 class HistoryHorizon:

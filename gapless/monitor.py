@@ -106,9 +106,10 @@ class Monitor:
             with self._lock:
                 self._replay_malformed[exchange] = self._replay_malformed.get(exchange, 0) + report.malformed
 
-    def rebuilt(self, report, gaps=None, frames=None):
-        """Publish one pass: metrics, ``STATUS=``, and the picture. ``gaps`` and ``frames`` are callables
-        returning the gaps with reasons and the series (called only when a picture is drawn)."""
+    def rebuilt(self, report, gaps=None, frames=None, draw=True):
+        """Publish one pass: metrics, ``STATUS=``, and the picture (unless ``draw`` is false: the early passes
+        of final minutes leave it to the tick). ``gaps`` and ``frames`` are callables returning the gaps with
+        reasons and the series (called only when a picture is drawn)."""
         try:
             minutes, disagreements = {}, {}
             for key, result in report.streams.items():
@@ -122,7 +123,7 @@ class Monitor:
                 self.notifier.status(summary(self.exchange, len(report.streams), missing, failed))
         except Exception:  # monitoring must never fail a healing pass
             log.exception("publishing the rebuild to metrics and the service manager failed")
-        if self.plot_path:
+        if self.plot_path and draw:
             try:
                 gaps = gaps() if gaps else []
                 frames = frames() if frames else {}

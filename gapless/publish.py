@@ -21,13 +21,15 @@ from .intervals import merge
 from .minutes import CHUNK_US
 from .schema import SERIES_VALUES
 from .published import export_frames, published_frames
+from .sequence import PublishSequence
 from .series import Reader
 from .stitch import Comparison, stitch_stream
 from .timeutil import MINUTE_US, US, ceil_minute, floor_minute, iso
 
 log = logging.getLogger(__name__)
 
-SERIES_COLUMNS = ["exchange", "symbol", "data_type", "minute", "source", "missing"] + list(SERIES_VALUES)
+SERIES_COLUMNS = ["exchange", "symbol", "data_type", "minute", "source", "missing"] + list(SERIES_VALUES) + [
+    "seq", "revision"]
 COMPARE_COLUMNS = ["exchange", "symbol", "data_type", "minute", "differs", "difference", "column"]
 
 
@@ -38,6 +40,7 @@ class StreamResult:
     minutes: dict = field(default_factory=dict)
     comparison: Comparison = field(default_factory=Comparison)
     published: int = 0
+    events: int = 0  # minutes published new or changed (each took a publish sequence number)
     error: str = None
 
 
@@ -47,6 +50,7 @@ class RebuildReport:
 
     streams: dict = field(default_factory=dict)  # {(exchange, symbol, data_type): StreamResult}
     seconds: float = 0.0
+    published_seq: int = None  # the database's publish sequence after the pass (see gapless.sequence)
 
     @property
     def comparisons(self):
@@ -88,19 +92,25 @@ def publish(storage, streams, start, end, now_us=None, full=False, errors=None):
     report = RebuildReport()
     try:
         with storage.publish_transaction(), Reader(storage, streams) as reader:
+            sequence = PublishSequence(storage)
             for key in streams:
                 error = (errors or {}).get(key)
                 if error is None:
+                    mark = sequence.mark()
                     try:
                         with storage.db.atomic():  # a savepoint: this stream alone is undone if it fails
-                            report.streams[key] = _publish_stream(storage, reader, key, start, end, now_us, full)
+                            report.streams[key] = _publish_stream(storage, reader, key, start, end, now_us, full,
+                                                                  sequence)
                         continue
                     except Exception as exc:  # one stream's failure must not keep the others from being published
                         log.exception("publishing %s %s %s failed", *key)
                         error = "%s: %s" % (exc.__class__.__name__, exc)
+                        sequence.undo(mark)
                 report.streams[key] = _failed(error, start, end)
                 with storage.db.atomic():
                     _record_error(storage, key, start, end, now_us, error)
+            sequence.finish()
+            report.published_seq = sequence.value
     except Exception as exc:  # the pass as a whole failed (e.g. its commit): nothing of it was published
         log.exception("publishing the pass failed")
         error = "%s: %s" % (exc.__class__.__name__, exc)
@@ -158,16 +168,18 @@ def _failed(error, start, end):
     return StreamResult(error=error, minutes={"replay": 0, "live": 0, "missing": (end - start) // MINUTE_US})
 
 
-def _publish_stream(storage, reader, key, start, end, now_us, full):
+def _publish_stream(storage, reader, key, start, end, now_us, full, sequence):
     """Recompute and write one stream's changed minutes, its comparison and status; consume its dirty marks.
 
     The status counts are kept incrementally (the previous counts, minus what was deleted, plus what was
     written), so a pass costs what changed, not the window; a pass over the whole window counts afresh.
+    Each new or changed minute takes the next publish sequence number (``sequence``).
     """
     exchange, symbol, name = key
     data_type = parse_data_type(name)
     sql, run = _Statements(storage), storage.db.execute_sql
     previous = run(sql.status, key).fetchone()
+    end = _stream_end(reader, key, end, previous[1] if previous else None, now_us)
     marks = run(sql.marks, key).fetchall()
     if full or previous is None or previous[1] <= start or previous[0] >= end:
         ranges = [(start, end)]
@@ -188,6 +200,9 @@ def _publish_stream(storage, reader, key, start, end, now_us, full):
         compared = [previous[5], previous[6]]
         if previous[8] is not None:
             worst = (previous[7], previous[8], previous[9])
+    old = {}  # the published minutes about to be replaced: unchanged ones keep their seq and revision
+    for lo, hi in ranges:
+        old.update(sequence.old_rows(key, lo, hi))
     gone = [("outside", (start, end))] + [("inside", r) for r in ranges]
     for part, (lo, hi) in gone:
         if not whole:
@@ -200,11 +215,11 @@ def _publish_stream(storage, reader, key, start, end, now_us, full):
                 worst = False  # the worst minute was replaced: look it up again below
         run(sql.delete[("minute_series", part)], key + (lo, hi))
         run(sql.delete[("minute_compare", part)], key + (lo, hi))
-    published = 0
+    published = changed = 0
     for lo, hi in ranges:
         for a in range(lo, hi, CHUNK_US):
             stitched = stitch_stream(reader, exchange, symbol, data_type, a, min(hi, a + CHUNK_US))
-            rows = _series_rows(exchange, symbol, name, stitched.frame)
+            rows, events = sequence.stamp(_series_rows(exchange, symbol, name, stitched.frame), old)
             storage.bulk_insert(storage.models["minute_series"], SERIES_COLUMNS, rows)
             for source, n in stitched.frame["source"].value_counts().items():
                 counts[source] += int(n)
@@ -218,6 +233,7 @@ def _publish_stream(storage, reader, key, start, end, now_us, full):
                     if worst is not False and (worst is None or (-row[5], row[3]) < (-worst[0], worst[1])):
                         worst = (row[5], row[3], row[6])
             published += len(rows)
+            changed += events
     if whole:  # counted afresh: everything of the stream was just written
         worst = worst or None
     elif worst is False:
@@ -228,13 +244,30 @@ def _publish_stream(storage, reader, key, start, end, now_us, full):
         comparison.max_difference = float(worst[0])
         comparison.worst_minute = pd.Timestamp(worst[1] * 1000, tz="UTC")
         comparison.worst_column = worst[2]
-    result = StreamResult(minutes=counts, comparison=comparison, published=published)
+    result = StreamResult(minutes=counts, comparison=comparison, published=published, events=changed)
     _upsert_status(storage.models["stream_status"], key, start, end, now_us, result)
     ids = [m[0] for m in marks]
     for i in range(0, len(ids), 500):
         chunk = ids[i:i + 500]
         run(sql.consume(len(chunk)), chunk)
     return result
+
+
+def _stream_end(reader, key, end, previous_end, now_us):
+    """Where one stream's published minutes end: the window's end, or later up to the last whole minute its
+    coverage already claims.
+
+    A minute that replay or live covers whole is final at once. It is published then, not when the window
+    (which waits for the latency margin of every stream) reaches it: followers get it within seconds of
+    its end. A minute already published is never taken back, so the end never moves back while the clock
+    moves forward.
+    """
+    last = floor_minute(now_us)
+    claimed = max((b for source in ("replay", "live") for _, b in reader.covered(*key, source)), default=end)
+    stream_end = max(end, min(floor_minute(claimed), last))
+    if previous_end is not None and end <= previous_end <= last:
+        stream_end = max(stream_end, previous_end)
+    return stream_end
 
 
 def _carry_extent(reader, key, data_type, lo, hi, end):

@@ -13,9 +13,7 @@ left open). Reconnects use capped exponential backoff with jitter, reset after a
 watchdog pings the server and reconnects a connection that has gone silent.
 """
 import logging
-import os
 import random
-import socket
 import threading
 import time
 import uuid
@@ -27,6 +25,7 @@ import websocket
 from .datatypes import parse_data_types
 from .exceptions import StorageError
 from .ingest import ReplayRequest, RunParser
+from .owners import OWNER, owner_is_gone
 from .timeutil import US, iso
 
 log = logging.getLogger(__name__)
@@ -36,7 +35,6 @@ FOREVER_US = 2 ** 62
 # STALE_SEGMENT seconds belongs to a process that is gone (killed, crashed, machine lost)
 HEARTBEAT = 5.0
 STALE_SEGMENT = 30.0
-OWNER = "%s:%d" % (socket.gethostname()[:100], os.getpid())
 FIRST_FRAME_GRACE = 15.0
 _FAST_FAMILIES = ("book_snapshot", "book_change", "derivative_ticker")
 
@@ -107,6 +105,8 @@ class Recorder:
         self._last_message_us = None
         self._commit_delays = []
         self._run_ids = set()
+        # called with the claims of every batch written (the service publishes the minutes they make final)
+        self.on_claimed = None
         storage.ensure_tables({t.table for t in parse_data_types(list(self.data_types))})
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -192,7 +192,7 @@ class Recorder:
                 continue
             if row["segment"].rsplit(":", 1)[0] in self._run_ids:
                 continue  # our own open segment
-            if now - row["updated_at"] < self.stale_segment * US and not _owner_is_gone(row.get("owner")):
+            if now - row["updated_at"] < self.stale_segment * US and not owner_is_gone(row.get("owner")):
                 log.warning("live segment %s for %s %s is open and fresh: another recorder is running for the "
                             "same stream; both will record (rows deduplicate where tardis gives identical data)",
                             row["segment"], row["symbol"], row["data_type"])
@@ -370,6 +370,8 @@ class Recorder:
                 inserted = self.storage.write(batch.rows, batch.claims)
                 rows = sum(len(r) for r in batch.rows.values())
                 self._count(rows_stored=inserted, duplicates=rows - inserted)
+                if self.on_claimed is not None and batch.claims:
+                    self.on_claimed(batch.claims)
                 return
             except StorageError as exc:
                 failures += 1
@@ -378,27 +380,6 @@ class Recorder:
                     raise
                 log.warning("recorder %s: write failed (%s); retrying", self.exchange, exc)
                 time.sleep(min(2.0, 0.1 * failures))
-
-
-def _owner_is_gone(owner):
-    """True when ``owner`` ("host:pid") is a process of this host that no longer runs."""
-    if not owner or ":" not in owner:
-        return False
-    host, pid = owner.rsplit(":", 1)
-    if host != socket.gethostname()[:100] or not pid.isdigit() or int(pid) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    # a pid can be reused: a zombie or another program counts as gone only if it is not a python gapless
-    try:
-        with open("/proc/%s/cmdline" % pid, "rb") as handle:
-            return b"python" not in handle.read()
-    except OSError:
-        return False
 
 
 def _reason(exc):

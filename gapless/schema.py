@@ -13,7 +13,10 @@ Data tables, one per data-type family (``book_snapshot_<depth>``, ``trade``, ``t
 * ``replay_ledger``: ranges of history that were asked for and did not come back covered, with why and
   when to ask again (see :mod:`gapless.ledger`);
 * ``minute_series`` / ``minute_compare`` / ``stream_status``: the published series, its per-minute
-  replay/live comparison, and per-stream results of the last pass;
+  replay/live comparison, and per-stream results of the last pass; each published minute carries its
+  publish sequence number (``seq``, database-wide, kept in ``gapless_meta`` as ``publish_seq``) and its
+  ``revision`` (0 when first published, +1 each time its source or a value changed), which followers
+  read (see :mod:`gapless.follower`, schema 4);
 * ``gapless_meta``: schema version and small service state (history delay per exchange ...).
 """
 from peewee import (AutoField, BigIntegerField, BooleanField, CharField, CompositeKey, DoubleField, IntegerField,
@@ -22,7 +25,7 @@ from peewee import (AutoField, BigIntegerField, BooleanField, CharField, Composi
 from .convert import table_columns
 from .trade_keys import rewrite_fallback_keys
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 FAMILY_TABLES = ("trade", "trade_bar", "book_change", "derivative_ticker")
 BOOKKEEPING_TABLES = ("coverage", "meta", "dirty_rows", "dirty_series", "minute_agg", "replay_ledger",
                       "minute_series", "minute_compare", "stream_status")
@@ -143,7 +146,8 @@ def make_models(database):
         retry_at=BigIntegerField(),
         anchored=BooleanField(default=False)), ("exchange", "symbol", "data_type", "start"))
     models["minute_series"] = bookkeeping("minute_series", dict(
-        **stream(), minute=BigIntegerField(), source=CharField(max_length=8), missing=BooleanField(), **values),
+        **stream(), minute=BigIntegerField(), source=CharField(max_length=8), missing=BooleanField(), **values,
+        seq=BigIntegerField(default=0), revision=IntegerField(default=0)),
         ("exchange", "symbol", "data_type", "minute"))
     models["minute_compare"] = bookkeeping("minute_compare", dict(
         **stream(), minute=BigIntegerField(), differs=BooleanField(), difference=DoubleField(),
@@ -180,7 +184,15 @@ def upgrade_statements(version, is_sqlite):
             statements.append('ALTER TABLE "stream_status" ADD COLUMN "error" TEXT')
     if version < 3:
         statements.append('ALTER TABLE "trade" ADD COLUMN "seq" INTEGER')
+    if version < 4:
+        # minutes published before followers existed: sequence 0, revision 0 (a follower's backlog has them)
+        statements.append('ALTER TABLE "minute_series" ADD COLUMN "seq" BIGINT NOT NULL DEFAULT 0')
+        statements.append('ALTER TABLE "minute_series" ADD COLUMN "revision" INTEGER NOT NULL DEFAULT 0')
     return statements
+
+
+# indexes made on every open (after any upgrade added their columns): followers read by sequence
+INDEX_STATEMENTS = ('CREATE INDEX IF NOT EXISTS "minute_series_seq" ON "minute_series" ("seq")',)
 
 
 def upgrade_rows(version, db, is_sqlite, existing):

@@ -17,6 +17,7 @@ from datetime import timedelta
 from .config import make_clock, parse_lookback
 from .exceptions import GaplessError, RequestRejectedError
 from .feed import Feed
+from .final import FinalMinutes
 from .healing import HealingPlanner
 from .monitor import Monitor
 from .publish import rebuild
@@ -68,6 +69,7 @@ class Gapless:
         self.storage = Storage(database_url)
         self.stop_event = threading.Event()
         self._heal_lock = threading.Lock()
+        self._publish_lock = threading.Lock()  # the tick's passes and the early ones (gapless.final) take turns
         self._scheduler = None
         self.planner = HealingPlanner()
         # operators' view (metrics listener, systemd notifications, picture): see gapless.monitor
@@ -78,6 +80,10 @@ class Gapless:
                            workers=workers, concurrency=concurrency, recorder_options=recorder_options,
                            downloader_options=downloader_options, planner=self.planner, stop_event=self.stop_event,
                            monitor=self.monitor) for group in self.groups]
+        # live minutes are published as soon as their claims cover them whole (not at the next tick)
+        self.final = FinalMinutes(lambda: self._publish(early=True), lambda: self._scheduler, self.stop_event)
+        for feed in self.feeds:
+            feed.recorder.on_claimed = self.final.claimed
         self._started = (time.monotonic(), self.now())
         self.last_rebuild = None
         self.last_download = None
@@ -236,15 +242,17 @@ class Gapless:
         """Download what each exchange's history can deliver and coverage lacks (the first one's report)."""
         return [feed.download_history(self.window(), use_published) for feed in self.feeds][0]
 
-    def _publish(self):
-        start, end = self.window()
-        self.last_rebuild = rebuild(self.storage, self.streams, start, end, export=self.export, now_us=self.now())
-        report = self.last_rebuild
+    def _publish(self, early=False):
+        with self._publish_lock:
+            start, end = self.window()
+            report = rebuild(self.storage, self.streams, start, end, export=self.export, now_us=self.now())
+            self.last_rebuild = report
         failed = sum(1 for r in report.streams.values() if r.error)
-        log.info("rebuilt %d stream(s) over %s .. %s in %.2fs: %s", len(report.streams), iso(start), iso(end),
-                 report.seconds, "%d stream(s) could not be published" % failed if failed else
-                 "gapless" if not report.missing else "%d missing minute(s)" % report.missing)
-        self.monitor.rebuilt(self.last_rebuild, gaps=self.gaps, frames=self._published_frames)
+        log.log(logging.DEBUG if early else logging.INFO, "rebuilt %d stream(s) over %s .. %s in %.2fs: %s",
+                len(report.streams), iso(start), iso(end), report.seconds,
+                "%d stream(s) could not be published" % failed if failed else
+                "gapless" if not report.missing else "%d missing minute(s)" % report.missing)
+        self.monitor.rebuilt(report, gaps=self.gaps, frames=self._published_frames, draw=not early)
 
     # -- reading -------------------------------------------------------------------------------
     def _key(self, exchange, symbol, data_type):
@@ -263,6 +271,20 @@ class Gapless:
                                                              end, sources).items():
                 frames[self._key(g.exchange, symbol, data_type)] = frame
         return frames
+
+    def follow(self, since=None, resume=None, timeout=None):
+        """Every published minute of our streams from ``since`` (default: the window's start) through now and on,
+        then each minute as it is published or corrected: :class:`~gapless.follower.MinuteEvent` objects and one
+        :class:`~gapless.follower.CaughtUp` marker (see :mod:`gapless.follower`). ``resume``: a seq to continue
+        after instead. ``timeout``: stop after that many seconds without an event. Blocks; ends when we stop.
+        """
+        from .follower import Follower
+        from .timeutil import to_us
+        if resume is None:
+            since = self.window()[0] if since is None else to_us(since)
+        return iter(Follower(self.storage, self.streams, since=since, resume=resume, timeout=timeout,
+                             stop=self.stop_event, now=self.now,
+                             horizons=lambda: {f.exchange: f.horizon.state() for f in self.feeds}))
 
     def is_gapless(self, frames=None):
         """True when no minute of the window is missing in any stream."""

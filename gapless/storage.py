@@ -29,7 +29,8 @@ from .convert import table_columns
 from .dberrors import DRIVER_ERRORS, clean_error
 from .exceptions import DatabaseUrlError
 from .storage_write import WritePath
-from .schema import BOOKKEEPING_TABLES, FAMILY_TABLES, SCHEMA_VERSION, make_models, upgrade_rows, upgrade_statements
+from .schema import (BOOKKEEPING_TABLES, FAMILY_TABLES, INDEX_STATEMENTS, SCHEMA_VERSION, make_models, upgrade_rows,
+                     upgrade_statements)
 from .urls import redact_url
 
 log = logging.getLogger(__name__)
@@ -176,6 +177,8 @@ class Storage(WritePath):
                 self.db.create_tables([self.models[name] for name in names], safe=True)
                 if version < SCHEMA_VERSION:
                     self._upgrade(version, existing)
+                for statement in INDEX_STATEMENTS:
+                    self.db.execute_sql(statement)
                 self.put_meta("schema_version", str(SCHEMA_VERSION))
                 meta.insert(key="created_at", value=str(int(time.time()))).on_conflict_ignore().execute()
 

@@ -177,7 +177,8 @@ def published(store):
     series = models["minute_series"]
     def rows_of(model):
         names = ["exchange", "symbol", "data_type", "minute"]
-        names += sorted(f for f in model._meta.fields if f not in names)
+        # seq and revision tell the history of the passes, which a fresh recompute does not have
+        names += sorted(f for f in model._meta.fields if f not in names + ["seq", "revision"])
         return sorted(model.select(*[model._meta.fields[n] for n in names]).tuples(), key=lambda row: row[:4])
     rows = rows_of(series)
     compare = rows_of(models["minute_compare"])
