@@ -115,3 +115,83 @@ def follower(storage, streams, **kwargs):
     """A :class:`Follower` with a quick poll for tests."""
     kwargs.setdefault("poll", 0.05)
     return Follower(storage, streams, **kwargs)
+
+
+class HarnessFollower:
+    """A follower beside the service of one truth-harness example (every published stream of its database).
+
+    It is stopped at random points (its seed's choice) and resumed from the last seq it saw. :meth:`check`
+    waits until it has consumed everything published so far and returns what is wrong: its own ordering
+    problems, differences between its copy and the published series, and published minutes that differ from
+    the series the service computes (which the harness checks against the market's truth).
+    """
+
+    def __init__(self, database_url, since, seed, kill_rate=0.02):
+        import random
+        from gapless.storage import Storage
+        self.store = Storage(database_url, create=False)
+        self.copy = FollowerCopy()
+        self.stop = threading.Event()
+        self.rng = random.Random(seed)
+        self.kill_rate = kill_rate
+        self.kills = 0
+        self.error = None
+        self._since = since
+        self._reader_store = Storage(database_url, create=False)
+        self._thread = threading.Thread(target=self._loop, name="harness-follower", daemon=True)
+        self._thread.start()
+
+    def _loop(self):
+        position = None
+        try:
+            while not self.stop.is_set():
+                if position is not None:
+                    self.copy.resume_from(position)
+                reader = Follower(self._reader_store, None, since=self._since if position is None else None,
+                                  resume=position, stop=self.stop, poll=0.01)
+                for event in reader:
+                    self.copy.take(event)
+                    if self.copy.caught_up is None:
+                        continue
+                    position = self.copy.last_seq
+                    if self.rng.random() < self.kill_rate:
+                        self.kills += 1
+                        break
+                reader.close()
+        except Exception as exc:  # reported by check()
+            self.error = exc
+
+    def check(self, frames, exchange, timeout=30.0):
+        """Problems (texts) at this moment; ``frames``: the service's series ``{(symbol, data_type): frame}``."""
+        import time
+        from gapless.sequence import read_published_seq
+        newest = read_published_seq(self.store)
+        deadline = time.monotonic() + timeout
+        while (self.copy.last_seq or 0) < newest and self.error is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        problems = ["follower error: %r" % (self.error,)] if self.error else []
+        if (self.copy.last_seq or 0) < newest:
+            problems.append("follower at seq %s, published %d" % (self.copy.last_seq, newest))
+        published = published_copy(self.store)
+        problems += self.copy.problems
+        problems += self.copy.differences(published)
+        for (symbol, data_type), frame in frames.items():
+            for minute, row in frame.iterrows():
+                key = (exchange, symbol, data_type, int(minute.value // 1000))
+                mine = published.get(key)
+                if mine is None:
+                    continue  # published passes may end before the window's newest minute
+                if mine[2] != row["source"] or any(not _same(v, _none(row.get(c))) for c, v in mine[3].items()):
+                    problems.append("%s: published %r, series %s %r" % (
+                        key, mine, row["source"], {c: _none(row.get(c)) for c in mine[3]}))
+        return problems
+
+    def close(self):
+        self.stop.set()
+        self._thread.join(10)
+        self.store.close()
+        self._reader_store.close()
+
+
+def _none(value):
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value

@@ -180,6 +180,8 @@ def check(result):
     repeated = repeated_requests(result.machine)
     if repeated:
         problems.append("requests asked again without backing off: %s" % (repeated[:2],))
+    if result.follow_problems:
+        problems.append("follower: %d problem(s), e.g. %s" % (len(result.follow_problems), result.follow_problems[:3]))
     if schedule.refused and not result.refusals:
         problems.append("%s accepted; it has no minute series" % (schedule.refused,))
     assert not problems, "%s\n%s" % (schedule.describe(), "\n".join(problems))

@@ -24,6 +24,7 @@ from gapless.recorder import Recorder
 from gapless.service import Gapless
 from gapless.storage import Storage
 from tests.fake_tardis import FakeTardisMachine, ManualClock, MarketConfig, Outage
+from tests.follow_support import HarnessFollower
 
 MINUTE = 60_000_000
 SYMBOLS = ("BTC-PERPETUAL", "ETH-PERPETUAL")
@@ -168,6 +169,9 @@ class Result:
     checkpoints: list = field(default_factory=list)  # (now, status report, {stream: frame}) along the way
     final: tuple = None  # (now, status report, {stream: frame}) after the final healing
     refusals: list = field(default_factory=list)
+    follow_problems: list = field(default_factory=list)  # a follower's copy against the published series
+    follower_kills: int = 0
+    follower_events: int = 0
 
 
 FINAL_ADVANCE = 150 * MINUTE  # after the last step: history catches up, a finished day's outages are re-asked
@@ -193,6 +197,8 @@ def run(schedule, tmp_path, checkpoint_every=4):
                 result.refusals.append(str(exc))
         service = _service(schedule, machine, database_url, lookback, schedule.data_types)
         service.recorder.start()
+        # a follower beside the service, from before anything is published (issue 18)
+        follower = HarnessFollower(database_url, service.window()[0], schedule.seed)
         second = None
         events = sorted([(t, "live", k) for t, k in schedule.live_events] +
                         [(t, "restart", None) for t in schedule.restarts] +
@@ -228,6 +234,7 @@ def run(schedule, tmp_path, checkpoint_every=4):
                 service.heal()
                 if i % checkpoint_every == checkpoint_every - 1:
                     result.checkpoints.append(_snapshot(service))
+                    result.follow_problems += follower.check(result.checkpoints[-1][2], schedule.exchange)
             if second is not None:
                 second.stop()
                 second.storage.close()
@@ -238,7 +245,11 @@ def run(schedule, tmp_path, checkpoint_every=4):
                 service.heal()
             service.heal()
             result.final = _snapshot(service)
+            result.follow_problems += follower.check(result.final[2], schedule.exchange)
+            result.follower_kills = follower.kills
+            result.follower_events = len(follower.copy.events)
         finally:
+            follower.close()
             service.stop()
     return result
 

@@ -4,7 +4,8 @@ Run by hand (not collected by pytest; an example is about 20 s):
 
     .venv/bin/python tests/bench/truth_batch.py --first 5000 --count 1000 --out truth-5000.log
 
-Each line: ``ok|FAIL seed=N secs=S false=F exchange=E types=... outages=O drops=D second=Y restarts=R clock_steps=C early_asks=A mode=M`` and, for a
+Each line: ``ok|FAIL seed=N secs=S false=F exchange=E types=... outages=O drops=D second=Y restarts=R clock_steps=C early_asks=A mode=M follower=K/E`` (K: times the
+follower beside the service was stopped and resumed; E: minute events it received) and, for a
 failure, the checks' message on the following indented lines. ``false`` counts the minutes labelled
 replay or live whose values differ from the market model's truth, over all checkpoints and the final
 state. The log is appended to, so a batch can be stopped and continued with a later ``--first``. A
@@ -29,11 +30,12 @@ def one(seed):
         result = run(schedule, Path(folder))
         states = list(result.checkpoints) + [result.final]
         wrong = sum(len(false_minutes(result.machine, frames, schedule.exchange)) for _, _, frames in states)
+        follower = "%d/%d" % (result.follower_kills, result.follower_events)
         try:
             check(result)
-            return True, wrong, "", schedule
+            return True, wrong, "", schedule, follower
         except AssertionError as exc:
-            return False, wrong, str(exc), schedule
+            return False, wrong, str(exc), schedule, follower
 
 
 def main():
@@ -47,18 +49,18 @@ def main():
         for seed in range(args.first, args.first + args.count):
             started = time.monotonic()
             try:
-                ok, wrong, message, s = one(seed)
+                ok, wrong, message, s, follower = one(seed)
             except Exception as exc:  # a crash of the harness or the service is a failure too
-                ok, wrong, message, s = False, 0, "%s: %s" % (type(exc).__name__, exc), draw(seed)
+                ok, wrong, message, s, follower = False, 0, "%s: %s" % (type(exc).__name__, exc), draw(seed), "-"
             passed += ok
             failed += not ok
             false_total += wrong
             log.write("%s seed=%d secs=%.1f false=%d exchange=%s types=%s outages=%d drops=%d second=%d "
-                      "restarts=%d clock_steps=%d early_asks=%d mode=%s\n" % (
+                      "restarts=%d clock_steps=%d early_asks=%d mode=%s follower=%s\n" % (
                           "ok" if ok else "FAIL", seed, time.monotonic() - started, wrong, s.exchange,
                           ",".join(s.data_types), len(s.history_outages), len(s.live_events),
                           len(s.second_recorder), len(s.restarts), len(s.clock_steps), len(s.early_asks),
-                          s.availability_mode))
+                          s.availability_mode, follower))
             if message:
                 log.write("".join("    %s\n" % line for line in message.splitlines()[:12]))
     print("%d passed, %d failed, %d false minutes" % (passed, failed, false_total))
