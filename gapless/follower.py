@@ -287,7 +287,6 @@ def follow(streams=None, database_url=None, since=None, resume=None, timeout=Non
     from .config import load_settings
     from .storage import Storage
     from .streams import parse_streams
-    from .timeutil import to_us
     if database_url is None or streams is None:
         settings = load_settings(database_url=database_url)
         database_url = database_url or settings.database_url
@@ -295,7 +294,17 @@ def follow(streams=None, database_url=None, since=None, resume=None, timeout=Non
     keys = [s for g in parse_streams(streams, "streams") for s in g.streams] if streams else None
     storage = Storage(database_url, create=False)
     try:
-        yield from Follower(storage, keys, since=None if since is None else to_us(since), resume=resume,
+        yield from Follower(storage, keys, since=None if since is None else since_us(since), resume=resume,
                             timeout=timeout, stop=stop, poll=poll)
     finally:
         storage.close()
+
+
+def since_us(value):
+    """µs of a ``since`` given as µs, a datetime, a pandas Timestamp or ISO-8601 UTC text."""
+    from .timeutil import parse_time_arg, to_us
+    if isinstance(value, str):
+        return parse_time_arg(value, "since")
+    if isinstance(value, pd.Timestamp):
+        return int(value.tz_localize("UTC").value // 1000) if value.tzinfo is None else int(value.value // 1000)
+    return to_us(value)

@@ -278,10 +278,9 @@ class Gapless:
         :class:`~gapless.follower.CaughtUp` marker (see :mod:`gapless.follower`). ``resume``: a seq to continue
         after instead. ``timeout``: stop after that many seconds without an event. Blocks; ends when we stop.
         """
-        from .follower import Follower
-        from .timeutil import to_us
+        from .follower import Follower, since_us
         if resume is None:
-            since = self.window()[0] if since is None else to_us(since)
+            since = self.window()[0] if since is None else since_us(since)
         return iter(Follower(self.storage, self.streams, since=since, resume=resume, timeout=timeout,
                              stop=self.stop_event, now=self.now,
                              horizons=lambda: {f.exchange: f.horizon.state() for f in self.feeds}))

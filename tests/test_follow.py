@@ -15,6 +15,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+import gapless
+
 from gapless.cli import main
 from gapless.follower import CaughtUp, Follower
 from gapless.sequence import read_published_seq
@@ -107,8 +109,8 @@ def test_a_follower_gets_the_backlog_then_new_and_corrected_minutes_and_its_copy
 def test_resume_delivers_exactly_what_was_published_or_changed_after_the_seq(tmp_path, fast_tardis):
     url = "sqlite:///%s" % (tmp_path / "g.db")
     fast_tardis.availability_delay = timedelta(seconds=90)
-    gapless = make_gapless(url, fast_tardis, ["trade_bar_1m"], symbols=["BTC-PERPETUAL"])
-    run_service_until(gapless, lambda: gapless.last_rebuild is not None and read_published_seq(gapless.storage) > 40,
+    service = make_gapless(url, fast_tardis, ["trade_bar_1m"], symbols=["BTC-PERPETUAL"])
+    run_service_until(service, lambda: service.last_rebuild is not None and read_published_seq(service.storage) > 40,
                       message="some publishing")
     store = Storage(url, create=False)
     try:
@@ -122,6 +124,13 @@ def test_resume_delivers_exactly_what_was_published_or_changed_after_the_seq(tmp
             assert [e.seq for e in minutes] == want, position
     finally:
         store.close()
+    # the library's reader-only form, as legacy code calls it (README): the backlog from a text time
+    events = list(gapless.follow("deribit:BTC-PERPETUAL:trade_bar_1m", database_url=url, since="2026-11-25T00:00",
+                                 timeout=0.3))
+    assert isinstance(events[-1], gapless.CaughtUp) and events[-1].seq == newest
+    assert sorted((e.minute.value // 1000, e.seq) for e in events[:-1]) == sorted(
+        (key[3], v[0]) for key, v in published.items())
+    assert all(isinstance(e, gapless.MinuteEvent) and e.minute.tz is not None for e in events[:-1])
 
 
 def test_a_follower_started_before_anything_is_published_gets_everything(tmp_path, fast_tardis):
@@ -240,3 +249,25 @@ def test_a_follower_in_another_process_is_woken_by_postgresql_notify(fast_tardis
     # second of the pass becoming visible
     delays = [received - seen[line["seq"]] for line, received in after if line["seq"] in seen]
     assert len(delays) >= 2 and max(delays) < 1.5, delays
+
+
+def test_the_sequence_numbers_new_and_changed_minutes_only(tmp_path):
+    """A republished minute keeps its seq and revision when nothing about it changed (source, missing flag, every
+    value); any change, a value alone included, takes the next seq with the next revision."""
+    from gapless.schema import SERIES_VALUES
+    from gapless.sequence import PublishSequence
+    store = Storage("sqlite:///%s" % (tmp_path / "s.db"))
+    try:
+        sequence = PublishSequence(store)
+        blank = (None,) * len(SERIES_VALUES)
+        row = lambda minute, source, close: ("deribit", "X", "trade", minute, source, source == "missing",  # noqa: E731
+                                             *((close,) + blank[1:]))
+        first, events = sequence.stamp([row(0, "live", 1.0), row(60, "missing", None)], {})
+        assert events == 2 and [r[-2:] for r in first] == [(1, 0), (2, 0)]
+        old = {r[3]: (r[-2], r[-1], r[4], r[5]) + r[6:-2] for r in first}
+        again, events = sequence.stamp([row(0, "live", 1.0), row(60, "missing", None)], old)
+        assert events == 0 and [r[-2:] for r in again] == [(1, 0), (2, 0)]
+        changed, events = sequence.stamp([row(0, "live", 1.5), row(60, "replay", 2.0)], old)
+        assert events == 2 and [r[-2:] for r in changed] == [(3, 1), (4, 1)]
+    finally:
+        store.close()
