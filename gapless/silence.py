@@ -25,7 +25,10 @@ A minute the fresh request has lines for was cached empty (``history_cached_empt
 (a failure) is ``unverified_quiet``. Either way no claim covers the exchange times whose events could have
 arrived in it (:data:`CUT_BEFORE_US` before it to :data:`CUT_AFTER_US` after it, from the latency margin and
 the skew bound); for book-derived types no claim and no row of the run from that minute on. The replay
-ledger gets the range with its reason: a cached-empty range is asked again at once with a fresh filter set.
+ledger gets the range with its reason, for every stream whose claims it cuts: a cached-empty range is asked
+again at once with a fresh filter set. A minute an earlier run of the filter set found cached empty (settled,
+not asked again) cuts a run's claims the same way and is reported the same way, once per run and stream: the
+stream that cut may not be the one the earlier run reported it for (a bar whose claim stopped short of it).
 """
 import dataclasses
 import logging
@@ -68,6 +71,10 @@ class SilenceCheck:
         # local minute -> QUIET | CACHED_EMPTY | UNVERIFIED; minutes an earlier run settled for this filter set
         # (slices never change once cached) are not asked again
         self.verdicts = dict(getattr(request, "settled", ()))
+        # the minutes an earlier run found cached empty: they cut this run's claims like the ones it finds itself,
+        # and each stream they cut gets its ledger entry as well (once per run), or nothing ever asks it fresh
+        self._known_bad = sorted(m for m, verdict in self.verdicts.items() if verdict != QUIET)
+        self._known_reported = set()
         self._books = [(s, d) for s, d in request.streams if self.types[d].book_derived]
         self.requests = 0
         self._pending = set()  # silent minutes no claim reached yet
@@ -86,6 +93,10 @@ class SilenceCheck:
             self._verify(due)
             report = self._report([m for m in due if self.verdicts[m] != QUIET], batch.claims)
             batch.settled = [(m, self.verdicts[m]) for m in due if self.verdicts[m] != UNVERIFIED]
+        if self._known_bad:
+            known = [e for e in self._report(self._known_bad, batch.claims) if e not in self._known_reported]
+            self._known_reported.update(known)
+            report += known
         bad = sorted(m for m, verdict in self.verdicts.items() if verdict != QUIET)
         if bad and self._books and self._book_cut is None:
             # a book rebuilt across a missing minute is wrong for the rest of the run; the day stays asked with a

@@ -16,11 +16,18 @@
 * harness seeds 1005 and 1011: the very same request for a quiet tail was made again a minute later (the
   tail looked reachable while the horizon had moved back);
 * harness seeds 1055, 1060, 3028, 3029: after a restart the same quiet range, and the probe the same empty
-  minutes, were asked again at once (the request memory lived only in the process).
+  minutes, were asked again at once (the request memory lived only in the process);
+* harness seed 67016: a minute another client had asked too early (cached EMPTY for the trades filter set) was
+  found by a run of trade and trade_bar_10s; only trade's claim reached it, so only trade got a
+  ``history_cached_empty`` ledger entry and was healed fresh. The later trade_bar_10s runs were cut by the
+  minute's settled verdict but reported nothing, so they were asked through the poisoned filter set for good
+  and the bars stayed live.
 """
+import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
+import requests
 
 from gapless.convert import Converter
 from gapless.probe import EdgeProbe
@@ -194,3 +201,67 @@ def test_a_restart_makes_no_request_again_before_its_backoff(tmp_path):
             clock.advance(60)
         assert len(tm.requests) > 4  # probes and downloads were made
         assert repeated_requests(tm) == []
+
+
+def test_a_minute_an_earlier_run_found_cached_empty_sends_every_stream_it_cuts_to_a_fresh_filter_set(tmp_path):
+    """Harness seed 67016, in small: the silent minute is settled by a trade run; a trade_bar_10s run of the same
+    filter set (the trades channel of the same symbols) is cut by that verdict and must get its own
+    ``history_cached_empty`` entry, so that the next pass asks it with a fresh filter set and heals it."""
+    from gapless import ledger
+    from gapless.download import Downloader
+    from gapless.silence import CheckAnswers, SettledMinutes
+    ten = DAY + timedelta(hours=10)
+    clock = ManualClock(ten + timedelta(seconds=30))
+    with FakeTardisMachine(clock=clock, market=MarketConfig(book_rate=1.0, trade_rate=1.0),
+                           availability_delay=timedelta(seconds=60), availability_mode="empty") as tm:
+        poisoned = ten - timedelta(minutes=1)  # 09:59: another client asks it before it is available
+        options = {"exchange": "deribit", "symbols": SYMBOLS, "from": poisoned.isoformat(),
+                   "to": ten.isoformat(), "dataTypes": ["trade"]}
+        requests.get(tm.http_url + "/replay-normalized", params={"options": json.dumps(options)}, timeout=10)
+        minute = int(poisoned.timestamp()) * US
+        assert tm.slices.poisoned("deribit", ["trades"], SYMBOLS) == [minute]
+        clock.advance(20 * 60)
+        store = Storage("sqlite:///%s" % (tmp_path / "g.db"))
+        settled, answers = SettledMinutes(), CheckAnswers()
+        a, b = minute - 9 * MINUTE_US, minute + 11 * MINUTE_US
+
+        def download(data_type):
+            downloader = Downloader(store, tm.http_url, workers=0, progress=False, now=clock.now_us)
+            downloader.settled, downloader.check_answers = settled, answers
+            return downloader.download("deribit", SYMBOLS, [data_type], a, b)
+
+        def bars_asked_fresh():
+            return [any(s.startswith("GAPLESS-FRESH") for s in r.options[0]["symbols"]) for r in tm.requests
+                    if r.options and r.options[0].get("dataTypes") == ["trade_bar_10s"]]
+
+        try:
+            download("trade")  # finds 09:59 cached empty, settles it, and heals trade fresh
+            assert dict(settled.of(SimpleRequest(a, b))).get(minute) == "history_cached_empty"
+            download("trade_bar_10s")  # through the poisoned filter set: cut at 09:59 by the settled verdict
+            assert bars_asked_fresh() == [False]
+            for symbol in SYMBOLS:
+                entries = ledger.entries(store, "deribit", symbol, "trade_bar_10s")
+                assert any(e["reason"] == "history_cached_empty" and e["start"] < minute + MINUTE_US
+                           and e["end"] > minute for e in entries), entries
+            download("trade_bar_10s")  # the next pass: a filter set of its own, the minute comes back whole
+            assert bars_asked_fresh() == [False, True]
+            for symbol in SYMBOLS:
+                covered = store.covered("deribit", symbol, "trade_bar_10s", "replay")
+                assert any(x <= minute and y >= minute + MINUTE_US for x, y in covered), (symbol, covered)
+        finally:
+            store.close()
+
+
+class SimpleRequest:
+    """What :meth:`gapless.silence.SettledMinutes.of` reads of a request (the trades filter set of SYMBOLS)."""
+
+    def __init__(self, start, end):
+        self.start, self.request_end = start, end
+        self.data_types, self.symbols = ("trade",), tuple(SYMBOLS)
+
+
+@pytest.mark.slow
+def test_harness_seed_67016_heals_trade_bars_cut_by_a_minute_another_run_found_cached_empty(tmp_path):
+    from tests.truth_checks import check
+    from tests.truth_harness import draw, run
+    check(run(draw(67016), tmp_path))
