@@ -245,7 +245,9 @@ class Gapless:
     def _publish(self, early=False):
         with self._publish_lock:
             start, end = self.window()
-            report = rebuild(self.storage, self.streams, start, end, export=self.export, now_us=self.now())
+            # the export file and the picture are rewritten by the tick's passes, not by each early one
+            report = rebuild(self.storage, self.streams, start, end, export=None if early else self.export,
+                             now_us=self.now())
             self.last_rebuild = report
         failed = sum(1 for r in report.streams.values() if r.error)
         log.log(logging.DEBUG if early else logging.INFO, "rebuilt %d stream(s) over %s .. %s in %.2fs: %s",

@@ -271,3 +271,23 @@ def test_the_sequence_numbers_new_and_changed_minutes_only(tmp_path):
         assert events == 2 and [r[-2:] for r in changed] == [(3, 1), (4, 1)]
     finally:
         store.close()
+
+
+def test_live_minutes_are_published_as_soon_as_their_claims_cover_them_not_at_the_next_tick(tmp_path, fast_tardis):
+    url = "sqlite:///%s" % (tmp_path / "g.db")
+    # an hour between ticks: after the first pass, only the early passes of final minutes publish anything
+    service = make_gapless(url, fast_tardis, ["trade", "quote_1m"], symbols=["BTC-PERPETUAL"],
+                           rebuild_interval="3600s")
+    copy, stop = FollowerCopy(), threading.Event()
+    try:
+        with service:
+            wait_until(lambda: service.last_rebuild is not None, timeout=20, message="first pass")
+            copy.run(follower(service.storage, service.streams, since=service.window()[0], stop=stop))
+            new_live = lambda kind: sum(1 for e in copy.events  # noqa: E731
+                                        if e.data_type == kind and e.source == "live" and e.revision == 0)
+            wait_until(lambda: new_live("trade") >= 3 and new_live("quote_1m") >= 3, timeout=30,
+                       message="new live minutes without a tick")
+            passes = service.final.passes
+    finally:
+        stop.set()
+    assert passes >= 3 and not copy.problems
