@@ -176,14 +176,17 @@ class HarnessFollower:
         problems += self.copy.problems
         problems += self.copy.differences(published)
         for (symbol, data_type), frame in frames.items():
-            for minute, row in frame.iterrows():
-                key = (exchange, symbol, data_type, int(minute.value // 1000))
-                mine = published.get(key)
+            columns = list(frame.columns)
+            minutes = frame.index.as_unit("us").asi8.tolist()
+            for minute, row in zip(minutes, frame.itertuples(index=False, name=None)):
+                mine = published.get((exchange, symbol, data_type, minute))
                 if mine is None:
                     continue  # published passes may end before the window's newest minute
-                if mine[2] != row["source"] or any(not _same(v, _none(row.get(c))) for c, v in mine[3].items()):
+                series = dict(zip(columns, row))
+                if mine[2] != series["source"] or any(not _same(v, _none(series.get(c))) for c, v in mine[3].items()):
                     problems.append("%s: published %r, series %s %r" % (
-                        key, mine, row["source"], {c: _none(row.get(c)) for c in mine[3]}))
+                        (exchange, symbol, data_type, minute), mine, series["source"],
+                        {c: _none(series.get(c)) for c in mine[3]}))
         return problems
 
     def close(self):
