@@ -28,6 +28,7 @@ import pandas as pd
 
 from .aggregate import value_columns
 from .follower_reasons import GapReasons
+from .published import deeper_levels
 from .schema import SERIES_VALUES
 from .sequence import NOTIFY_CHANNEL, read_published_seq
 from .timeutil import MINUTE_US, floor_minute
@@ -37,7 +38,8 @@ log = logging.getLogger(__name__)
 PAGE_US = 24 * 60 * MINUTE_US  # the backlog is read a day of minutes at a time
 BATCH = 5000  # at most this many events per read after the marker
 SAFETY_POLL_S = 5.0  # PostgreSQL: read the sequence at least this often even without a notice
-_COLUMNS = ("seq", "exchange", "symbol", "data_type", "minute", "source", "revision", "missing") + tuple(SERIES_VALUES)
+_COLUMNS = ("seq", "exchange", "symbol", "data_type", "minute", "source", "revision", "missing") + tuple(
+    SERIES_VALUES) + ("levels",)
 
 
 @dataclass(frozen=True)
@@ -202,7 +204,8 @@ class Follower:
 
     def _event(self, row):
         seq, exchange, symbol, data_type, minute, source, revision, missing = row[:8]
-        values = dict(zip(SERIES_VALUES, row[8:]))
+        values = dict(zip(SERIES_VALUES, row[8:-1]))
+        values.update(deeper_levels(row[-1], data_type))
         columns = self._columns.get(data_type)
         if columns is None:
             columns = self._columns[data_type] = [c for c in value_columns(data_type) if c in values]

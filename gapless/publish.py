@@ -29,7 +29,7 @@ from .timeutil import MINUTE_US, US, ceil_minute, floor_minute, iso
 log = logging.getLogger(__name__)
 
 SERIES_COLUMNS = ["exchange", "symbol", "data_type", "minute", "source", "missing"] + list(SERIES_VALUES) + [
-    "seq", "revision"]
+    "levels", "seq", "revision"]
 COMPARE_COLUMNS = ["exchange", "symbol", "data_type", "minute", "differs", "difference", "column"]
 
 
@@ -299,8 +299,14 @@ def _series_rows(exchange, symbol, name, frame):
             values.append([None if v != v else v for v in frame[column].to_numpy(dtype=float).tolist()])
         else:
             values.append([None] * n)
+    deeper = [c for c in frame.columns if c.startswith(("bids_", "asks_"))]
+    levels = [None] * n
+    if deeper:
+        import orjson
+        levels = [orjson.dumps([None if v != v else v for v in row]).decode()
+                  for row in frame[deeper].to_numpy(dtype=float).tolist()]
     return list(zip([exchange] * n, [symbol] * n, [name] * n, minutes, frame["source"].tolist(),
-                    frame["missing"].astype(bool).tolist(), *values))
+                    frame["missing"].astype(bool).tolist(), *values, levels))
 
 
 def _upsert_status(status, key, start, end, now_us, result, error=None):

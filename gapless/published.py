@@ -22,7 +22,32 @@ def read_published(storage, exchange, symbol, data_type):
     if frame.empty:
         return frame
     frame.index = pd.DatetimeIndex(pd.to_datetime(frame.pop("minute"), unit="us", utc=True), name="minute")
+    texts = frame.pop("levels") if "levels" in frame.columns else None
+    columns = deeper_columns(data_type)
+    if columns:
+        import numpy as np
+        rows = [deeper_levels(t, data_type) for t in (texts if texts is not None else [None] * len(frame))]
+        unpacked = pd.DataFrame([[r.get(c, np.nan) for c in columns] for r in rows], index=frame.index,
+                                columns=columns, dtype=float)
+        frame = pd.concat([frame, unpacked], axis=1)
     return frame
+
+
+def deeper_columns(data_type):
+    """The deeper book level columns of a data type's series (``bids_1_price`` ...), [] for other types."""
+    from .aggregate import deeper_level_columns
+    from .datatypes import parse_data_type
+    parsed = parse_data_type(data_type)
+    return list(deeper_level_columns(parsed.depth)) if parsed.family == "book_snapshot" and parsed.depth > 1 else []
+
+
+def deeper_levels(text, data_type):
+    """``{column: value}`` of the deeper book levels published as JSON text (NaN as None); {} if none."""
+    columns = deeper_columns(data_type)
+    if not columns or not isinstance(text, str):
+        return {c: None for c in columns}
+    import orjson
+    return dict(zip(columns, orjson.loads(text)))
 
 
 def published_sources(storage, exchange, symbol, data_type, start, end):

@@ -147,6 +147,7 @@ def make_models(database):
         anchored=BooleanField(default=False)), ("exchange", "symbol", "data_type", "start"))
     models["minute_series"] = bookkeeping("minute_series", dict(
         **stream(), minute=BigIntegerField(), source=CharField(max_length=8), missing=BooleanField(), **values,
+        levels=TextField(null=True),  # deeper book levels (depth > 1) as a JSON list, as in minute_agg
         seq=BigIntegerField(default=0), revision=IntegerField(default=0)),
         ("exchange", "symbol", "data_type", "minute"))
     models["minute_compare"] = bookkeeping("minute_compare", dict(
@@ -188,6 +189,9 @@ def upgrade_statements(version, is_sqlite):
         # minutes published before followers existed: sequence 0, revision 0 (a follower's backlog has them)
         statements.append('ALTER TABLE "minute_series" ADD COLUMN "seq" BIGINT NOT NULL DEFAULT 0')
         statements.append('ALTER TABLE "minute_series" ADD COLUMN "revision" INTEGER NOT NULL DEFAULT 0')
+        # deeper book levels were not published before (exports and the picture of book_snapshot_<d> with d > 1
+        # failed on them); the upgrade's first pass publishes every stream afresh (dirty_rows)
+        statements.append('ALTER TABLE "minute_series" ADD COLUMN "levels" TEXT')
     return statements
 
 

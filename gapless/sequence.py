@@ -15,7 +15,7 @@ from .schema import SERIES_VALUES
 
 PUBLISH_SEQ_KEY = "publish_seq"
 NOTIFY_CHANNEL = "gapless_publish"
-_ROW_COLUMNS = ("minute", "seq", "revision", "source", "missing") + tuple(SERIES_VALUES)
+_ROW_COLUMNS = ("minute", "seq", "revision", "source", "missing") + tuple(SERIES_VALUES) + ("levels",)
 
 
 class PublishSequence:
@@ -45,8 +45,8 @@ class PublishSequence:
         return {r[0]: (r[1], r[2], r[3], bool(r[4])) + tuple(r[5:]) for r in rows}
 
     def stamp(self, rows, old):
-        """``rows`` (series rows: exchange, symbol, data_type, minute, source, missing, *values) with their seq and
-        revision appended; an unchanged minute keeps the ones it had. Returns ``(rows, events)``."""
+        """``rows`` (series rows: exchange, symbol, data_type, minute, source, missing, *values, levels) with their
+        seq and revision appended; an unchanged minute keeps the ones it had. Returns ``(rows, events)``."""
         stamped, events = [], 0
         for row in rows:
             before = old.get(row[3])

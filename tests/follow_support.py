@@ -4,6 +4,7 @@ import threading
 
 from gapless.aggregate import value_columns
 from gapless.follower import CaughtUp, Follower
+from gapless.published import deeper_levels
 
 
 def _same(a, b):
@@ -104,6 +105,7 @@ def published_copy(storage, since=None):
         query = query.where(model.minute >= since)
     result = {}
     for row in query.dicts():
+        row.update(deeper_levels(row.pop("levels"), row["data_type"]))
         values = {c: (None if row[c] is None or (isinstance(row[c], float) and math.isnan(row[c])) else row[c])
                   for c in value_columns(row["data_type"]) if c in row}
         result[(row["exchange"], row["symbol"], row["data_type"], row["minute"])] = (

@@ -291,3 +291,41 @@ def test_live_minutes_are_published_as_soon_as_their_claims_cover_them_not_at_th
     finally:
         stop.set()
     assert passes >= 3 and not copy.problems
+
+
+def test_deeper_book_levels_are_published_exported_and_followed(tmp_path, fast_tardis):
+    """Regression: the published series had no deeper book levels, so the export (GAPLESS_EXPORT) and the
+    picture of a book_snapshot_5 stream failed (KeyError: bids_1_price ...), and a follower got the top only."""
+    import pandas as pd
+    url = "sqlite:///%s" % (tmp_path / "g.db")
+    export = tmp_path / "series.parquet"
+    service = make_gapless(url, fast_tardis, ["book_snapshot_5_1s"], symbols=["BTC-PERPETUAL"], export=str(export))
+    copy, stop = FollowerCopy(), threading.Event()
+    try:
+        with service:
+            wait_until(lambda: service.last_rebuild is not None, timeout=20, message="first pass")
+            copy.run(follower(service.storage, service.streams, since=service.window()[0], stop=stop))
+            wait_until(lambda: sum(1 for e in copy.events if e.source != "missing") >= 3 and export.exists(),
+                       timeout=30, message="published minutes with data")
+            service.heal(download=False)  # one more tick: the export of what is published now
+            frames = service.series()
+            store = Storage(url, create=False)
+            try:
+                settle([copy], store)
+                published = published_copy(store)
+            finally:
+                store.close()
+    finally:
+        stop.set()
+    exported = pd.read_parquet(export)
+    assert "bids_4_price" in exported.columns and exported["bids_4_price"].notna().any()
+    frame = frames[("BTC-PERPETUAL", "book_snapshot_5_1s")]
+    rows = exported.set_index(pd.to_datetime(exported["minute"], utc=True))
+    common = [m for m in frame.index if m in rows.index and frame.loc[m, "source"] != "missing"]
+    assert common
+    for minute in common:
+        for column in ("bids_1_price", "asks_4_amount"):
+            assert rows.loc[minute, column] == frame.loc[minute, column], (minute, column)
+    assert not copy.differences(published)
+    delivered = [e for e in copy.events if e.source != "missing"]
+    assert delivered and all(e.values.get("asks_4_amount") is not None for e in delivered)

@@ -197,7 +197,7 @@ def make_schema_2_database(url, rows):
     with store.write_transaction():
         db.execute_sql('ALTER TABLE "trade" DROP COLUMN "seq"')
         db.execute_sql('DROP INDEX "minute_series_seq"')  # schema 4's publish sequence did not exist either
-        for column in ("seq", "revision"):
+        for column in ("seq", "revision", "levels"):
             db.execute_sql('ALTER TABLE "minute_series" DROP COLUMN "%s"' % column)
         db.cursor().executemany('INSERT INTO "trade" ("exchange", "symbol", "dtype", "name", "source", "timestamp", '
                                 '"local_timestamp", "trade_id", "price", "amount", "side") VALUES (%s)'
