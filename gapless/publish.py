@@ -350,7 +350,8 @@ def rebuild(storage, streams, start, end, export=None, now_us=None, full=False):
         refreshed = MinuteStore(storage).refresh(streams)
         report = publish(storage, streams, start, end, now_us=now_us, full=full, errors=refreshed.errors)
     if export:
-        export_frames(published_frames(storage, streams), streams[0][0] if streams else None, export)
+        export_frames(published_frames(storage, streams, floor_minute(start), ceil_minute(end)),
+                      streams[0][0] if streams else None, export)
     for key, result in report.streams.items():
         c = result.comparison
         if c.disagreements:

@@ -63,14 +63,24 @@ def published_sources(storage, exchange, symbol, data_type, start, end):
     return np.array([source for _, source in rows], dtype=object)
 
 
-def published_frames(storage, streams):
-    """``{(exchange, symbol, data_type): frame}`` of the published series, with each type's value columns."""
+def published_frames(storage, streams, start=None, end=None):
+    """``{(exchange, symbol, data_type): frame}`` of the published series, with each type's value columns.
+
+    ``[start, end)`` (µs): only the minutes of the window. A stream's newest final minutes are published before
+    the window's end reaches them (for followers); an export or a picture of the window shows every stream
+    over the same minutes.
+    """
     from .aggregate import value_columns
     frames = {}
     for exchange, symbol, name in streams:
         frame = read_published(storage, exchange, symbol, name)
         if frame is None or frame.empty:
             continue
+        if start is not None or end is not None:
+            minutes = frame.index.as_unit("us").asi8
+            keep = (minutes >= (start if start is not None else minutes.min())) & (
+                minutes < (end if end is not None else minutes.max() + 1))
+            frame = frame[keep]
         frames[(exchange, symbol, name)] = frame[list(value_columns(name)) + ["source", "missing"]]
     return frames
 

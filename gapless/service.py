@@ -316,7 +316,8 @@ class Gapless:
         return gaps
 
     def _published_frames(self):
-        return {self._key(*key): frame for key, frame in published_frames(self.storage, self.streams).items()}
+        return {self._key(*key): frame
+                for key, frame in published_frames(self.storage, self.streams, *self.window()).items()}
 
     # -- monitoring ----------------------------------------------------------------------------
     def telemetry(self):

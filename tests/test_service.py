@@ -73,10 +73,13 @@ def test_a_fresh_start_reports_gaps_then_becomes_gapless_with_replay_then_live(f
         # before the first download: history cannot deliver the newest minutes yet, or the download is due
         # (which one depends on when the status is read against the measured delay)
         assert reasons and reasons <= {"not_yet_available", "not_downloaded"}, reasons
-        wait_until(lambda: gapless.is_gapless(), timeout=30, message="gapless")
-        frames = gapless.series()
-        status = gapless.status()
-    assert all(s["gapless"] and not s["gaps"] for s in status["streams"])
+        # the series and the status of one moment (at 30x a minute is 2 s: the window moves between two reads,
+        # and its newest minute may wait for the recorder's next commit)
+        def both_gapless():
+            frames, status = gapless.series(), gapless.status()
+            whole = gapless.is_gapless(frames) and all(s["gapless"] and not s["gaps"] for s in status["streams"])
+            return (frames, status) if whole else None
+        frames, status = wait_until(both_gapless, timeout=30, message="gapless")
     for key, frame in frames.items():
         assert not frame["missing"].any(), key
         sources = list(frame["source"])
