@@ -86,8 +86,8 @@ def test_a_follower_gets_the_backlog_then_new_and_corrected_minutes_and_its_copy
         second.start()
         # new live minutes, and live minutes upgraded to replay (corrections: a higher revision)
         wait_until(lambda: copy.caught_up is not None and any(e.revision >= 1 for e in copy.events)
-                   and sum(1 for e in copy.events if e.source == "live" and e.revision == 0) >= 3,
-                   timeout=60, message="new live minutes and corrections")
+                   and sum(1 for e in copy.events if e.source == "live" and e.revision == 0) >= 3
+                   and len(kills) >= 2, timeout=60, message="new live minutes, corrections and two resumes")
     store = Storage(database_url, create=False)
     try:
         settle([copy, resumed], store)
@@ -245,10 +245,10 @@ def test_a_follower_in_another_process_is_woken_by_postgresql_notify(fast_tardis
             process.wait(20)
     assert all(line["seq"] > marker for line, _ in after)
     assert len({(line["minute"], line["data_type"]) for line, _ in after}) >= 3
-    # woken by NOTIFY at the pass's commit, not by the 5 s safety read: each pass's last event arrives within a
-    # second of the pass becoming visible
+    # woken by NOTIFY at the pass's commit, not by the 5 s safety read (which would spread the delays over
+    # 0-5 s): each pass's last event arrives soon after the pass becomes visible, with room for a loaded machine
     delays = [received - seen[line["seq"]] for line, received in after if line["seq"] in seen]
-    assert len(delays) >= 2 and max(delays) < 1.5, delays
+    assert len(delays) >= 2 and max(delays) < 3.0, delays
 
 
 def test_the_sequence_numbers_new_and_changed_minutes_only(tmp_path):
