@@ -14,7 +14,9 @@ them only when it is worth it, first rule that applies:
 3. **cached empty**: tardis-machine's cache was found holding minutes of the day empty for the stream's
    filter set (see :mod:`gapless.silence`): once, at once, with a fresh filter set;
 4. **gap reached**: a missing run that has ended (live data or replay after it) lies wholly before the
-   horizon: one request heals it (and upgrades the live minutes before it on the way);
+   horizon, and the day's last request did not reach its end: one request heals it (and upgrades the live
+   minutes before it on the way); if it is still missing :data:`FRONTIER_REFRESH_US` after a request that
+   reached it (a failed run), once more;
 5. **frontier**: a gap still running at the horizon (no live recording covers the present), once history
    can fill at least a whole minute of it, at most every :data:`FRONTIER_REFRESH_US`;
 6. **hourly upgrade**: minutes that only live data covers are upgraded to replay at most every
@@ -142,7 +144,7 @@ class HealingPlanner:
             why = self._why(last, day, a, b, c, missing, found, evidence, now_us)
             if why is None:
                 return []
-            self.memory.asked(key, now_us, why)
+            self.memory.asked(key, now_us, why, b)
         log.info("%s %s %s: asking history from %s (%s)", exchange, symbol, data_type.name, iso(day), _TEXT[why])
         return not_replay
 
@@ -162,8 +164,11 @@ class HealingPlanner:
             return "cold"
         if found and last.asked_at <= max(found):
             return "cached_empty"
-        # a gap that has ended (something covers the minute after it) and that history reaches whole
-        if any(x < b and y <= b and y < c for x, y in missing):
+        # a gap that has ended (something covers the minute after it) and that history reaches whole: asked once
+        # history reaches past it; again only after FRONTIER_REFRESH_US if the request that reached it did not heal
+        # it (still in flight in another process, or failed)
+        ended = [y for x, y in missing if x < b and y <= b and y < c]
+        if any(y > last.asked_until for y in ended) or (ended and since >= self.frontier_refresh):
             return "gap_reached"
         # a gap running past the horizon, of which history can now fill at least a whole minute (a request that
         # reaches only into its first minute heals nothing: e.g. the newest minute of a quiet live stream)

@@ -1,5 +1,5 @@
 """The healing planner's memory: per book-derived stream and UTC day, when history was last asked from 00:00,
-why, and how many times (the ``healing_state`` table; see :mod:`gapless.healing`).
+how far that request reached, why, and how many times (the ``healing_state`` table; see :mod:`gapless.healing`).
 
 Kept in the database, so every process that heals the same database follows one schedule: a service, a
 restart of it, a new :class:`~gapless.service.Gapless` object and every ``get_data_without_gap`` call beside
@@ -21,6 +21,7 @@ class Asked:
     asked_at: int  # µs, the planner's clock
     reason: str
     requests: int  # from-00:00 requests planned for that day so far
+    asked_until: int  # µs: how far that request could claim (the history horizon then)
 
 
 class HealingMemory:
@@ -48,22 +49,22 @@ class HealingMemory:
             return self._local.get(key)
         model = self.storage.models["healing_state"]
         row = model.get_or_none(_where(model, key))
-        return Asked(row.asked_at, row.reason, row.requests) if row is not None else None
+        return Asked(row.asked_at, row.reason, row.requests, row.asked_until) if row is not None else None
 
-    def asked(self, key, now_us, reason):
-        """Remember that a from-00:00 request of ``key`` was planned at ``now_us`` for ``reason``."""
+    def asked(self, key, now_us, reason, until):
+        """Remember that a from-00:00 request of ``key`` reaching ``until`` was planned at ``now_us`` for ``reason``."""
         previous = self.get(key)
-        count = (previous.requests if previous else 0) + 1
+        values = dict(asked_at=now_us, reason=reason, requests=(previous.requests if previous else 0) + 1,
+                      asked_until=until)
         if self.storage is None:
-            self._local[key] = Asked(now_us, reason, count)
+            self._local[key] = Asked(**values)
             return
         model = self.storage.models["healing_state"]
         if previous is None:
             exchange, symbol, data_type, day = key
-            model.insert(exchange=exchange, symbol=symbol, data_type=data_type, day=day, asked_at=now_us,
-                         reason=reason, requests=count).execute()
+            model.insert(exchange=exchange, symbol=symbol, data_type=data_type, day=day, **values).execute()
         else:
-            model.update(asked_at=now_us, reason=reason, requests=count).where(_where(model, key)).execute()
+            model.update(**values).where(_where(model, key)).execute()
 
 
 def _where(model, key):

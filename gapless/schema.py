@@ -12,8 +12,8 @@ Data tables, one per data-type family (``book_snapshot_<depth>``, ``trade``, ``t
 * ``dirty_series``: ranges whose minute aggregates changed since the published series last looked;
 * ``replay_ledger``: ranges of history that were asked for and did not come back covered, with why and
   when to ask again (see :mod:`gapless.ledger`);
-* ``healing_state``: per book-derived stream and UTC day, when history was last asked from 00:00, why and how
-  many times (see :mod:`gapless.healing_state`); a table of its own, made on older databases when a writer
+* ``healing_state``: per book-derived stream and UTC day, when history was last asked from 00:00, how far that
+  request reached, why and how many times (see :mod:`gapless.healing_state`); a table of its own, made on older databases when a writer
   opens them (no schema version change), absent to readers of a database no writer has opened since;
 * ``minute_series`` / ``minute_compare`` / ``stream_status``: the published series, its per-minute
   replay/live comparison, and per-stream results of the last pass; each published minute carries its
@@ -149,8 +149,8 @@ def make_models(database):
         retry_at=BigIntegerField(),
         anchored=BooleanField(default=False)), ("exchange", "symbol", "data_type", "start"))
     models["healing_state"] = bookkeeping("healing_state", dict(
-        **stream(), day=BigIntegerField(), asked_at=BigIntegerField(), reason=CharField(max_length=32),
-        requests=IntegerField(default=0)), ("exchange", "symbol", "data_type", "day"))
+        **stream(), day=BigIntegerField(), asked_at=BigIntegerField(), asked_until=BigIntegerField(),
+        reason=CharField(max_length=32), requests=IntegerField(default=0)), ("exchange", "symbol", "data_type", "day"))
     models["minute_series"] = bookkeeping("minute_series", dict(
         **stream(), minute=BigIntegerField(), source=CharField(max_length=8), missing=BooleanField(), **values,
         seq=BigIntegerField(default=0), revision=IntegerField(default=0)),
