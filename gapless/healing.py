@@ -9,7 +9,8 @@ again, and tardis-machine rebuilds the book from 00:00 on its side for it. Per s
 them only when it is worth it, first rule that applies:
 
 1. **day over**: once the day is over, its live minutes once (then, if minutes are still not replay, again only
-   after waits that double from the day's end, at least :data:`FRONTIER_REFRESH_US`);
+   after waits that double from the day's end, at least :data:`FRONTIER_REFRESH_US`, or at once for minutes found
+   cached empty, rule 3);
 2. **cold**: nothing was ever asked for that day (the first start): everything history can deliver now;
 3. **cached empty**: tardis-machine's cache was found holding minutes of the day empty for the stream's
    filter set (see :mod:`gapless.silence`): once, at once, with a fresh filter set;
@@ -155,6 +156,8 @@ class HealingPlanner:
         if b == day_end:
             if last is None or last.asked_at < day_end:
                 return "day_over"
+            if found and last.asked_at <= max(found):
+                return "cached_empty"
             # asked since the day ended and minutes are still not replay (a failed run, a ledger retry due): again
             # only after waits doubling from the day's end
             if since >= max(self.frontier_refresh, last.asked_at - day_end):
