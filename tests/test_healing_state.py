@@ -224,3 +224,36 @@ def test_status_reads_a_database_without_the_healing_state_table_and_a_writer_ad
         assert main(argv, now=clock.now) == 0
         shown = json.loads(capsys.readouterr().out)["streams"][0]["history_from_midnight"]
         assert shown["reason"] == "cold" and shown["requests"] == 1, shown
+
+
+# -- the memory itself, on both backends ----------------------------------------------------------------------
+def test_two_planners_on_one_database_follow_one_schedule(database_url):
+    """Two planners on two connections to one database (two processes): what one asked, the other does not ask
+    again; the day is asked once more when it is over, by whichever decides first."""
+    from gapless.healing import HealingPlanner
+    from gapless.healing_state import HealingMemory
+
+    day = us(DAY)
+    stores = [Storage(database_url), Storage(database_url)]
+    planners = [HealingPlanner(HealingMemory(store)) for store in stores]
+
+    def sources_of(symbol, data_type, a, b):  # the series as published: live since 01:00, missing before
+        return ["live" if t >= day + HOUR else "missing" for t in range(a, b, MINUTE)]
+
+    def ask(planner, now):
+        window = (now - 2 * HOUR, now - now % MINUTE)
+        wanted = planner.wanted(sources_of, "deribit", [BTC], ["quote"], window[0], now - 2 * MINUTE, now,
+                                end=window[1])
+        return sorted(wanted)
+
+    try:
+        first = us(DAY + timedelta(hours=3))
+        assert ask(planners[0], first) != []  # nothing asked for the day yet: cold
+        for minutes in (1, 2, 30):  # the other process, later: the same schedule, nothing new to ask
+            assert ask(planners[1], first + minutes * MINUTE) == []
+        over = us(DAY + timedelta(days=1, minutes=5))
+        assert ask(planners[1], over) != []  # the day is over: once
+        assert ask(planners[0], over + MINUTE) == []
+    finally:
+        for store in stores:
+            store.close()
