@@ -45,6 +45,8 @@ class Gapless:
     ``(exchange, symbols, data_types)``). ``start()``/``stop()`` (or ``with Gapless(...) as g:``) for
     long-lived library use; ``run()`` for the service. ``series()``, ``coverage()``, ``gaps()`` and
     ``status()`` read the database; a second process can read the same database while this one writes.
+    ``upgrade``: ``"daily"`` (default) or ``"hourly"``, when live minutes of quotes and book snapshots become replay
+    (``GAPLESS_UPGRADE``; see :mod:`gapless.healing`).
     """
 
     def __init__(self, exchange=None, symbols=None, data_types=None, lookback="1d",
