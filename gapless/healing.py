@@ -8,9 +8,10 @@ only be asked from 00:00 of the day (the day's initial book snapshot), so every 
 again, and tardis-machine rebuilds the book from 00:00 on its side for it. Per stream and day, a pass asks for
 them only when it is worth it, first rule that applies:
 
-1. **day over**: once the day is over, its live minutes once (then, if minutes are still not replay, again only
-   after waits that double from the day's end, at least :data:`FRONTIER_REFRESH_US`, or at once for minutes found
-   cached empty, rule 3);
+1. **day over**: once the day is over, its live minutes once; if minutes are still not replay after that (a run
+   that failed or is still in flight elsewhere; a sampled stream's last minute, whose sample comes with the next
+   day's first event: the ledger's quiet tail), again only after waits that double from the day's end, at least
+   :data:`DAY_OVER_RETRY_US`, or at once for minutes found cached empty (rule 3);
 2. **cold**: nothing was ever asked for that day (the first start): everything history can deliver now;
 3. **cached empty**: tardis-machine's cache was found holding minutes of the day empty for the stream's
    filter set (see :mod:`gapless.silence`): once, at once, with a fresh filter set;
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 UPGRADE_MODES = ("daily", "hourly")  # GAPLESS_UPGRADE
 UPGRADE_INTERVAL_US = 60 * MINUTE_US
 FRONTIER_REFRESH_US = 15 * MINUTE_US
+DAY_OVER_RETRY_US = 2 * MINUTE_US  # the replay ledger's first backoff (gapless.ledger.BACKOFF_BASE_US)
 
 
 def _runs(sources, start, keep):
@@ -158,9 +160,10 @@ class HealingPlanner:
                 return "day_over"
             if found and last.asked_at <= max(found):
                 return "cached_empty"
-            # asked since the day ended and minutes are still not replay (a failed run, a ledger retry due): again
-            # only after waits doubling from the day's end
-            if since >= max(self.frontier_refresh, last.asked_at - day_end):
+            # asked since the day ended and minutes are still not replay (a run that failed or is still in flight
+            # in another process, a quiet tail the ledger lets ask again past the day's end): again only after waits
+            # doubling from the day's end, at least DAY_OVER_RETRY_US
+            if since >= max(DAY_OVER_RETRY_US, last.asked_at - day_end):
                 return "day_over"
             return None
         if last is None:
