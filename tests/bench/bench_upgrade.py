@@ -4,14 +4,14 @@ library calls beside a running service ask for.
 Run by hand (not collected by pytest):
 
     .venv/bin/python tests/bench/bench_upgrade.py [--pass-minutes 5] [--book-rate 2] [--calls 4]
-        [--skip-day | --only-calls]
+        [--data-type quote] [--skip-day | --only-calls]
 
 tardis-machine replays book-derived types only from 00:00 of the day, so every such request downloads the day
 so far. Everything runs on the double's manual clock in this process: the services record live and make one
 healing pass every ``--pass-minutes`` of market time, as their scheduler would. Printed, in the same run:
 
-  * a simulated day (00:35 to 00:35 the next day) of raw ``quote``, two services side by side on one double, one
-    stream each: BTC-PERPETUAL with the default upgrade (daily), ETH-PERPETUAL with ``upgrade="hourly"``. Per
+  * a simulated day (00:35 to 00:35 the next day) of raw ``quote`` (or ``--data-type``, e.g. ``quote_1m``), two
+    services side by side on one double, one stream each: BTC-PERPETUAL with the default upgrade (daily), ETH-PERPETUAL with ``upgrade="hourly"``. Per
     stream: the day's from-00:00 requests and the replay lines they downloaded, against the lines of the day;
   * ``--calls`` ``get_data_without_gap`` calls a simulated minute apart, then a ``Gapless`` object started and
     stopped twice, beside a running service on the same SQLite database (raw ``quote``): the from-00:00
@@ -43,15 +43,15 @@ def us(when):
     return int(when.timestamp()) * 1_000_000
 
 
-def from_midnight(tm, symbol, day=None):
-    """Replay requests of ``symbol``'s quotes that started at 00:00 (of ``day`` when given)."""
-    return [r for r in tm.requests if r.options and r.from_ is not None and "quote" in r.options[0]["dataTypes"]
+def from_midnight(tm, symbol, day=None, data_type="quote"):
+    """Replay requests of ``symbol``'s ``data_type`` that started at 00:00 (of ``day`` when given)."""
+    return [r for r in tm.requests if r.options and r.from_ is not None and data_type in r.options[0]["dataTypes"]
             and symbol in r.options[0]["symbols"] and r.from_.time() == datetime.min.time()
             and (day is None or r.from_.date() == day.date())]
 
 
-def service(tm, symbols, database_url, **options):
-    return Gapless("deribit", symbols, ["quote"], database_url=database_url, tardis_url=tm.http_url,
+def service(tm, symbols, database_url, data_type="quote", **options):
+    return Gapless("deribit", symbols, [data_type], database_url=database_url, tardis_url=tm.http_url,
                    tardis_ws_url=tm.ws_url, lookback="30m", history_delay="15m", rebuild_interval="3600s",
                    workers=0, now=tm.clock.now_us, recorder_options=dict(RECORDER), **options)
 
@@ -63,8 +63,8 @@ def steady_day(args, directory):
     with FakeTardisMachine(clock=clock, market=MarketConfig(book_rate=args.book_rate, trade_rate=args.book_rate / 2),
                            availability_delay=timedelta(seconds=60)) as tm:
         modes = {"BTC-PERPETUAL": "daily", "ETH-PERPETUAL": "hourly"}
-        services = [service(tm, [symbol], "sqlite:///%s" % os.path.join(directory, mode + ".db"), upgrade=mode)
-                    for symbol, mode in modes.items()]
+        services = [service(tm, [symbol], "sqlite:///%s" % os.path.join(directory, mode + ".db"), args.data_type,
+                            upgrade=mode) for symbol, mode in modes.items()]
         for s in services:
             s.recorder.start()
         began = time.monotonic()
@@ -78,13 +78,13 @@ def steady_day(args, directory):
             for s in services:
                 s.stop()
         wall = time.monotonic() - began
-        print("a simulated day of raw quote, a pass every %g min, book changes %g/s per symbol (%.0f s wall):"
-              % (args.pass_minutes, args.book_rate, wall))
+        print("a simulated day of %s, a pass every %g min, book changes %g/s per symbol (%.0f s wall):"
+              % (args.data_type, args.pass_minutes, args.book_rate, wall))
         for symbol, mode in modes.items():
-            options = {"exchange": "deribit", "symbols": [symbol], "dataTypes": ["quote"], "from": DAY.isoformat(),
+            options = {"exchange": "deribit", "symbols": [symbol], "dataTypes": [args.data_type], "from": DAY.isoformat(),
                        "to": (DAY + timedelta(days=1)).isoformat()}
             lines = len(tm.expected_replay(options, ignore_availability=True))
-            asked = from_midnight(tm, symbol, DAY)
+            asked = from_midnight(tm, symbol, DAY, args.data_type)
             got = sum(r.lines_sent for r in asked)
             print("  %-6s (%s): %2d from-00:00 request(s) for the day, %9d lines downloaded = %5.2fx the day's %d"
                   % (mode, symbol, len(asked), got, got / lines, lines))
@@ -128,6 +128,7 @@ def main():
     parser.add_argument("--pass-minutes", type=float, default=5.0, help="market minutes between healing passes")
     parser.add_argument("--book-rate", type=float, default=2.0, help="the double's book changes per second per symbol")
     parser.add_argument("--calls", type=int, default=4)
+    parser.add_argument("--data-type", default="quote", help="the book-derived type of the simulated day")
     parser.add_argument("--skip-day", action="store_true")
     parser.add_argument("--only-calls", action="store_true", help="only the library calls (runs on older code too)")
     args = parser.parse_args()
