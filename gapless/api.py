@@ -18,7 +18,7 @@ class GapWarning(UserWarning):
 
 def get_data_without_gap(exchange=None, symbols=None, data_types=None, lookback="1d",
                          recording_warmup_seconds=1200.0, *, streams=None, database_url=None, tardis_url=None, tardis_ws_url=None, api_key=None, history_delay=None,
-                         workers=0, concurrency=None, poll_seconds=2.0, now=None, recorder_options=None):
+                         workers=0, concurrency=None, poll_seconds=2.0, now=None, recorder_options=None, upgrade=None):
     """Record, download history and wait until the minute series is gapless up to now; return it.
 
     Blocks. Starts recording ``exchange``'s ``symbols`` and ``data_types`` (lists or comma-separated),
@@ -32,7 +32,9 @@ def get_data_without_gap(exchange=None, symbols=None, data_types=None, lookback=
 
     Returns a dict ``{(symbol, data_type): DataFrame}`` (``{(exchange, symbol, data_type): DataFrame}`` with
     several exchanges): one frame per stream, indexed by minute start (tz-aware UTC), with the stream's value columns plus ``source`` ("replay", "live" or "missing")
-    and ``missing`` (bool). Settings not given here come from ``GAPLESS_*`` variables / ``.env``.
+    and ``missing`` (bool). Settings not given here come from ``GAPLESS_*`` variables / ``.env`` (e.g.
+    ``upgrade="hourly"``: ``GAPLESS_UPGRADE``). A running service on the same database is not asked again for what
+    it already asks: when book days were last asked from 00:00 is kept in the database (see :mod:`gapless.healing`).
     Downloads run in the calling process unless ``workers`` > 0 (worker processes re-import the
     caller's main module, which must then be guarded by ``if __name__ == "__main__":``).
     """
@@ -41,7 +43,7 @@ def get_data_without_gap(exchange=None, symbols=None, data_types=None, lookback=
     settings = load_settings(exchange=exchange, symbols=_joined(symbols), data_types=_joined(data_types),
                              streams=_streams_text(streams), lookback=lookback, database_url=database_url, tardis_url=tardis_url,
                              tardis_ws_url=tardis_ws_url, api_key=api_key, history_delay=history_delay,
-                             workers=workers, concurrency=concurrency)
+                             workers=workers, concurrency=concurrency, upgrade=upgrade)
     for message in settings.warnings:
         log.warning(message)
     options = {"now": now} if now else {}

@@ -127,6 +127,8 @@ def _service_flags(parser):
     parser.add_argument("--workers", type=int, help="parallel download processes (GAPLESS_WORKERS)")
     parser.add_argument("--concurrency", type=int, help="replay requests in flight at once (GAPLESS_CONCURRENCY)")
     parser.add_argument("--plot", help="rewrite this coverage picture (.png) after every rebuild (GAPLESS_PLOT)")
+    parser.add_argument("--upgrade", help="when live minutes of quotes and book snapshots become replay: daily "
+                                          "(default) or hourly (GAPLESS_UPGRADE)")
     parser.add_argument("--metrics-addr", help="serve /metrics and /health on host:port, e.g. 127.0.0.1:9108 "
                                                "(GAPLESS_METRICS_ADDR; default: no listener)")
 
@@ -135,7 +137,7 @@ def _settings(args):
     overrides = {key: getattr(args, key, None) for key in (
         "tardis_url", "tardis_ws_url", "database_url", "api_key", "exchange", "log_level", "workers", "concurrency",
         "lookback",
-        "history_delay", "rebuild_interval", "export", "plot", "metrics_addr")}
+        "history_delay", "rebuild_interval", "export", "plot", "metrics_addr", "upgrade")}
     overrides["symbols"] = getattr(args, "symbols", None)
     overrides["data_types"] = getattr(args, "data_types", None)
     overrides["streams"] = getattr(args, "streams", None)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields, replace
 from .datatypes import parse_data_types
 from .streams import StreamGroup, parse_exchange, parse_streams, parse_symbols  # noqa: F401 (re-exported)
 from .exceptions import ConfigurationError, UsageError
+from .healing import UPGRADE_MODES
 from .urls import parse_host_port, redact_url, validate_http_url
 from .timeutil import DAY_US, US, parse_duration_us
 
@@ -35,6 +36,8 @@ DEFAULTS = {
     "lookback": ("GAPLESS_LOOKBACK", "1d"),
     "history_delay": ("GAPLESS_HISTORY_DELAY", "15m"),
     "rebuild_interval": ("GAPLESS_REBUILD_INTERVAL", "60s"),
+    # when live minutes of book-derived types are upgraded to replay (gapless.healing): daily or hourly
+    "upgrade": ("GAPLESS_UPGRADE", "daily"),
     "export": ("GAPLESS_EXPORT", ""),
     "workers": ("GAPLESS_WORKERS", "1"),
     "concurrency": ("GAPLESS_CONCURRENCY", "8"),
@@ -70,6 +73,7 @@ class Settings:
     test_clock: str
     plot: str = ""
     metrics_addr: str = ""
+    upgrade: str = "daily"
     warnings: tuple = field(default=(), compare=False)
 
     def __repr__(self):
@@ -200,12 +204,13 @@ def _validate(values, warnings):
             raise ConfigurationError("%s: %r is not '<start epoch s>,<wall epoch s>,<speed>'"
                                      % (label("test_clock"), test_clock)) from None
     plot, metrics_addr = _monitoring(values)
+    upgrade = parse_upgrade(text("upgrade"), label("upgrade"))
     return Settings(tardis_url=tardis_url, tardis_ws_url=ws_url, database_url=database_url,
                     api_key=str(text("api_key") or "").strip(), exchange=exchange, symbols=symbols,
                     data_types=data_types, streams=streams, lookback=lookback, history_delay=history_delay,
                     rebuild_interval=rebuild_interval, export=export, workers=workers, concurrency=concurrency,
                     log_level=log_level,
-                    test_clock=test_clock, plot=plot, metrics_addr=metrics_addr, warnings=warnings)
+                    test_clock=test_clock, plot=plot, metrics_addr=metrics_addr, upgrade=upgrade, warnings=warnings)
 
 
 def _monitoring(values):
@@ -221,6 +226,15 @@ def _monitoring(values):
             raise ConfigurationError(str(exc)) from None
         address = "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
     return plot, address
+
+
+def parse_upgrade(value, label="GAPLESS_UPGRADE"):
+    """``daily`` or ``hourly`` (see :mod:`gapless.healing`); anything else raises :class:`ConfigurationError`
+    naming ``label``."""
+    text = str(value if value is not None else "").strip().lower()
+    if text not in UPGRADE_MODES:
+        raise ConfigurationError("%s: %r is not %s" % (label, value, " or ".join(UPGRADE_MODES)))
+    return text
 
 
 def make_clock(spec=""):

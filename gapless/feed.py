@@ -125,7 +125,15 @@ class Feed:
         now_us = self.now()
         return self.planner.wanted(self._sources_of(use_published), self.exchange, self.symbols, self.data_types,
                                    start, limit, now_us, self._held_of(now_us, limit), end=end,
-                                   cached_of=self._cached_of)
+                                   cached_of=self._cached_of, disagrees=self._disagrees)
+
+    def _disagrees(self, symbol, data_type):
+        """True when the last publishing pass (of any process) found replay and live minutes of the stream to disagree
+        (``stream_status.disagreements``): evidence that its live minutes should become history soon."""
+        model = self.storage.models["stream_status"]
+        row = model.get_or_none((model.exchange == self.exchange) & (model.symbol == symbol)
+                                & (model.data_type == data_type))
+        return bool(row is not None and row.disagreements)
 
     def _cached_of(self, symbol, data_type):
         """What tardis-machine's cache holds empty for a stream: ``[(start, end, found at)]`` (the replay ledger)."""

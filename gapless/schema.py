@@ -12,6 +12,9 @@ Data tables, one per data-type family (``book_snapshot_<depth>``, ``trade``, ``t
 * ``dirty_series``: ranges whose minute aggregates changed since the published series last looked;
 * ``replay_ledger``: ranges of history that were asked for and did not come back covered, with why and
   when to ask again (see :mod:`gapless.ledger`);
+* ``healing_state``: per book-derived stream and UTC day, when history was last asked from 00:00, how far that
+  request reached, why and how many times (see :mod:`gapless.healing_state`); a table of its own, made on older databases when a writer
+  opens them (no schema version change), absent to readers of a database no writer has opened since;
 * ``minute_series`` / ``minute_compare`` / ``stream_status``: the published series, its per-minute
   replay/live comparison, and per-stream results of the last pass; each published minute carries its
   publish sequence number (``seq``, database-wide, kept in ``gapless_meta`` as ``publish_seq``) and its
@@ -28,7 +31,7 @@ from .trade_keys import rewrite_fallback_keys
 SCHEMA_VERSION = 4
 FAMILY_TABLES = ("trade", "trade_bar", "book_change", "derivative_ticker")
 BOOKKEEPING_TABLES = ("coverage", "meta", "dirty_rows", "dirty_series", "minute_agg", "replay_ledger",
-                      "minute_series", "minute_compare", "stream_status")
+                      "minute_series", "minute_compare", "stream_status", "healing_state")
 
 # value columns of the minute store and of the published series (the union over data-type families)
 QUOTE_VALUES = ("bid_price", "bid_amount", "ask_price", "ask_amount", "mid_open", "mid_high", "mid_low",
@@ -145,6 +148,9 @@ def make_models(database):
         attempts=IntegerField(default=1), asked_at=BigIntegerField(), asked_end=BigIntegerField(),
         retry_at=BigIntegerField(),
         anchored=BooleanField(default=False)), ("exchange", "symbol", "data_type", "start"))
+    models["healing_state"] = bookkeeping("healing_state", dict(
+        **stream(), day=BigIntegerField(), asked_at=BigIntegerField(), asked_until=BigIntegerField(),
+        reason=CharField(max_length=32), requests=IntegerField(default=0)), ("exchange", "symbol", "data_type", "day"))
     models["minute_series"] = bookkeeping("minute_series", dict(
         **stream(), minute=BigIntegerField(), source=CharField(max_length=8), missing=BooleanField(), **values,
         levels=TextField(null=True),  # deeper book levels (depth > 1) as a JSON list, as in minute_agg

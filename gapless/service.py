@@ -14,11 +14,12 @@ import threading
 import time
 from datetime import timedelta
 
-from .config import make_clock, parse_lookback
+from .config import make_clock, parse_lookback, parse_upgrade
 from .exceptions import GaplessError, RequestRejectedError
 from .feed import Feed
 from .final import FinalMinutes
 from .healing import HealingPlanner
+from .healing_state import HealingMemory
 from .monitor import Monitor
 from .publish import rebuild
 from .published import published_frames
@@ -44,13 +45,15 @@ class Gapless:
     ``(exchange, symbols, data_types)``). ``start()``/``stop()`` (or ``with Gapless(...) as g:``) for
     long-lived library use; ``run()`` for the service. ``series()``, ``coverage()``, ``gaps()`` and
     ``status()`` read the database; a second process can read the same database while this one writes.
+    ``upgrade``: ``"daily"`` (default) or ``"hourly"``, when live minutes of quotes and book snapshots become replay
+    (``GAPLESS_UPGRADE``; see :mod:`gapless.healing`).
     """
 
     def __init__(self, exchange=None, symbols=None, data_types=None, lookback="1d",
                  database_url="sqlite:///gapless.db", tardis_url="http://localhost:8000",
                  tardis_ws_url="ws://localhost:8001", api_key=None, history_delay="15m", rebuild_interval="60s",
                  export=None, workers=0, concurrency=8, now=None, recorder_options=None, downloader_options=None,
-                 metrics_addr=None, plot=None, streams=None):
+                 metrics_addr=None, plot=None, streams=None, upgrade="daily"):
         # the same checks as the command line: names reach URLs, logs and SQL parameters
         if streams is None:
             if exchange is None or symbols is None or data_types is None:
@@ -61,6 +64,7 @@ class Gapless:
                                                         self.groups[0].data_types)
         self.lookback = parse_lookback(parse_duration_us(lookback, "lookback"), "lookback")
         self.rebuild_interval = parse_duration_us(rebuild_interval, "rebuild_interval") / 1e6
+        self.upgrade = parse_upgrade(upgrade, "upgrade")
         self.export = export or None
         self.tardis_url = validate_http_url(tardis_url, "tardis_url")
         self.api_key = api_key or None
@@ -71,7 +75,9 @@ class Gapless:
         self._heal_lock = threading.Lock()
         self._publish_lock = threading.Lock()  # the tick's passes and the early ones (gapless.final) take turns
         self._scheduler = None
-        self.planner = HealingPlanner()
+        # when book days were last asked from 00:00 is kept in the database: every process healing it (a restart,
+        # a library call beside a running service) continues one schedule (see gapless.healing)
+        self.planner = HealingPlanner(HealingMemory(self.storage), upgrade=self.upgrade)
         # operators' view (metrics listener, systemd notifications, picture): see gapless.monitor
         self.monitor = Monitor("+".join(g.exchange for g in self.groups), metrics_addr=metrics_addr, plot_path=plot,
                                telemetry=self.telemetry, components=self.components)
@@ -99,7 +105,8 @@ class Gapless:
                    api_key=settings.api_key or None, history_delay=as_delta(settings.history_delay),
                    rebuild_interval=as_delta(settings.rebuild_interval), export=settings.export or None,
                    workers=settings.workers, concurrency=settings.concurrency,
-                   metrics_addr=settings.metrics_addr or None, plot=settings.plot or None, **kwargs)
+                   metrics_addr=settings.metrics_addr or None, plot=settings.plot or None, upgrade=settings.upgrade,
+                   **kwargs)
 
     # -- one exchange, as before ----------------------------------------------------------------
     @property

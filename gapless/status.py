@@ -21,7 +21,14 @@ last pass. The JSON form (``status --json``) is stable:
                   "disagreements": {"compared": int, "count": int, "max_difference": float,
                                     "worst_minute": ISO or null, "worst_column": str or null,
                                     "rebuilt_at": ISO} or null,
+                  "history_from_midnight": {"day": "YYYY-MM-DD", "last_asked": ISO, "reason": str,
+                                            "requests": int} or null,
                   "error": str or null}]}
+
+``history_from_midnight`` (book-derived types): the newest day asked from 00:00, when last and why (``cold``,
+``day_over``, ``cached_empty``, ``gap_reached``, ``frontier``, ``upgrade``, ``disagreement``: see
+:mod:`gapless.healing`), and how many such requests that day has cost; null before the first, or on a database
+no service has opened since it learned to keep them.
 
 Gap reasons, first that applies:
 
@@ -48,6 +55,7 @@ pointless now.
 """
 import numpy as np
 
+from .healing_state import latest_asked
 from .horizon import watermark_of
 from .intervals import mask_runs
 from .series import Reader, covered_minutes
@@ -145,6 +153,7 @@ def stream_status(reader, exchange, symbol, data_type, start, end, claim_limit, 
         "last_live_message": iso(last_live) if last_live else None,
         "last_live_message_age_seconds": round((now_us - last_live) / US, 3) if last_live else None,
         "disagreements": result["disagreements"] if result else None,
+        "history_from_midnight": latest_asked(storage, exchange, symbol, data_type),
         "error": result["error"] if result else None,
     }
 
@@ -237,6 +246,13 @@ def _delay_text(seconds):
     return "%d min %02d s" % divmod(seconds, 60) if seconds >= 60 else "%d s" % seconds
 
 
+def _midnight_text(asked):
+    if not asked:
+        return ""
+    return "; history from 00:00 of %s asked %d time(s), last at %s (%s)" % (
+        asked["day"], asked["requests"], asked["last_asked"], asked["reason"])
+
+
 def _stream_lines(stream, gaps_only):
     lines = []
     m = stream["minutes"]
@@ -245,12 +261,12 @@ def _stream_lines(stream, gaps_only):
         age = stream["last_live_message_age_seconds"]
         dis = stream["disagreements"]
         lines.append("  %s: %s; minutes replay %d, live %d, missing %d of %d; last live message %s; "
-                     "replay/live disagreements %s%s" % (
+                     "replay/live disagreements %s%s%s" % (
                          head, "GAPLESS" if stream["gapless"] else "%d gap(s)" % len(stream["gaps"]),
                          m["replay"], m["live"], m["missing"], m["total"],
                          "%.0fs ago" % age if age is not None else "never",
                          "%d of %d (largest %.6g)" % (dis["count"], dis["compared"], dis["max_difference"])
-                         if dis else "not compared yet",
+                         if dis else "not compared yet", _midnight_text(stream.get("history_from_midnight")),
                          "; PUBLISHING FAILED: %s" % stream["error"] if stream.get("error") else ""))
     for gap in stream["gaps"]:
         lines.append("%sgap %s .. %s (%d min): %s%s%s" % (

@@ -284,14 +284,15 @@ def _recorder(schedule, machine, database_url):
                     clock=lambda: machine.clock.now_us() / 1e6, **_RECORDER_OPTIONS)
 
 
-def advance(clock, machine, to_us, recorders):
-    """Move the clock to ``to_us`` in small steps and wait until the recorders stored what was sent.
+def advance(clock, machine, to_us, recorders, step_us=60_000_000):
+    """Move the clock to ``to_us`` in steps of at most ``step_us`` and wait until the recorders stored what was sent.
 
-    First the recorders must be connected: a subscription made after the clock moved would start later.
+    First the recorders must be connected: a subscription made after the clock moved would start later. A step
+    sends everything due in it at once: keep it well below the double's 5 MiB send buffer at the market's rates.
     """
     _settle(machine, recorders)
     while clock.now_us() < to_us:
-        clock.set(min(to_us, clock.now_us() + 60_000_000))
+        clock.set(min(to_us, clock.now_us() + step_us))
         _settle(machine, recorders)
 
 
