@@ -55,7 +55,7 @@ replay ledger, with why: ``history_outage``, ``unproven_start``, ``quiet_tail`` 
 """
 import numpy as np
 
-from .storage import Claim
+from .runs import Claim
 from .timeutil import MINUTE_US, US, ceil_to, floor_to
 
 LATENCY_MARGIN_US = 5 * US

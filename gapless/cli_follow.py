@@ -9,7 +9,6 @@ import signal
 import sys
 import threading
 
-from .aggregate import value_columns
 from .exceptions import UsageError
 from .timeutil import parse_time_arg
 
@@ -114,6 +113,7 @@ def _jsonl_writer():
 
 
 def _csv_writer(keys):
+    from .aggregate import value_columns  # here: pandas is not for every command's start (see gapless.cli)
     values = []
     for name in sorted({k[2] for k in keys}):
         values += [c for c in value_columns(name) if c not in values]

@@ -11,6 +11,28 @@ from .timeutil import MINUTE_US, iso
 
 
 @dataclass(frozen=True)
+class Claim:
+    """A coverage statement: ``[start, end)`` of one stream from one source is stored.
+
+    ``segment`` identifies one continuous piece of one download run or live connection; claims
+    for the same (segment, stream) replace each other, so a segment's end can grow batch by batch.
+    """
+
+    exchange: str
+    symbol: str
+    data_type: str
+    source: str
+    segment: str
+    start: int
+    end: int
+    end_reason: str = None
+    is_open: bool = False
+    owner: str = None  # "host:pid" of the live recorder that writes an open segment
+    limit_end: int = None  # the end this segment's run could have claimed (replay: the request's claim end)
+    sealed_until: int = None  # local time up to which the run delivered every line (None: unknown)
+
+
+@dataclass(frozen=True)
 class ReplayRequest:
     """One replay run to make: streams = symbols x data types, ``[start, claim_end + 1 minute)``."""
 

@@ -21,13 +21,13 @@ import os
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
 
 from peewee import SqliteDatabase
 
 from .convert import table_columns
 from .dberrors import DRIVER_ERRORS, clean_error
 from .exceptions import DatabaseUrlError
+from .runs import Claim  # noqa: F401 (defined with the runs that make claims; imported from here too)
 from .storage_write import WritePath
 from .schema import (BOOKKEEPING_TABLES, FAMILY_TABLES, INDEX_STATEMENTS, SCHEMA_VERSION, make_models, upgrade_rows,
                      upgrade_statements)
@@ -37,28 +37,6 @@ log = logging.getLogger(__name__)
 
 
 SOURCES = ("replay", "live")
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A coverage statement: ``[start, end)`` of one stream from one source is stored.
-
-    ``segment`` identifies one continuous piece of one download run or live connection; claims
-    for the same (segment, stream) replace each other, so a segment's end can grow batch by batch.
-    """
-
-    exchange: str
-    symbol: str
-    data_type: str
-    source: str
-    segment: str
-    start: int
-    end: int
-    end_reason: str = None
-    is_open: bool = False
-    owner: str = None  # "host:pid" of the live recorder that writes an open segment
-    limit_end: int = None  # the end this segment's run could have claimed (replay: the request's claim end)
-    sealed_until: int = None  # local time up to which the run delivered every line (None: unknown)
 
 
 def _connect(url, timeout):
