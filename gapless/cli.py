@@ -169,6 +169,20 @@ def _time_range(args, now_us):
 
 def cmd_download(args, settings, now_us):
     """``download``: fetch replay for the range; exit 1 if some slices stay incomplete."""
+    from .fetch_workers import ProcessFetchers, fetcher_config
+    # the download workers start first: their start overlaps this process's imports and planning
+    fetchers = None
+    if settings.workers:
+        fetchers = ProcessFetchers(fetcher_config(settings.tardis_url, settings.api_key or None), settings.workers,
+                                   -(-settings.concurrency // settings.workers))
+    try:
+        return _download(args, settings, now_us, fetchers)
+    finally:
+        if fetchers is not None:
+            fetchers.close()
+
+
+def _download(args, settings, now_us, fetchers):
     from .download import Downloader
     from .replay import ReplayClient
     from .storage import Storage
@@ -189,7 +203,7 @@ def cmd_download(args, settings, now_us):
         for group in settings.streams:
             downloader = Downloader(storage, settings.tardis_url, api_key=settings.api_key or None,
                                     workers=settings.workers, concurrency=settings.concurrency,
-                                    progress=False if args.no_progress else None)
+                                    progress=False if args.no_progress else None, fetchers=fetchers)
             reports.append(downloader.download(group.exchange, group.symbols, parse_data_types(group.data_types),
                                                start, end))
     finally:

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field, fields
 from . import ledger
 from .datatypes import parse_data_type, parse_data_types
 from .exceptions import GaplessError, RequestRejectedError
-from .fetch import ProcessFetchers, Stopped, ThreadFetchers
+from .fetch import Stopped, ThreadFetchers
+from .fetch_workers import DEFAULT_BATCH_ROWS, DEFAULT_TIMEOUT, ProcessFetchers, fetcher_config
 from .plan import plan_wanted
 from .replay import redact_options, replay_options
 from .timeutil import MINUTE_US, US
@@ -77,9 +78,9 @@ class Downloader:
     :class:`~gapless.exceptions.RequestRejectedError`.
     """
 
-    def __init__(self, storage, tardis_url, api_key=None, workers=1, batch_rows=5000, max_attempts=6,
-                 backoff_base=1.0, backoff_cap=30.0, timeout=(5.0, 60.0), progress=None, stop_event=None,
-                 now=None, concurrency=DEFAULT_CONCURRENCY):
+    def __init__(self, storage, tardis_url, api_key=None, workers=1, batch_rows=DEFAULT_BATCH_ROWS, max_attempts=6,
+                 backoff_base=1.0, backoff_cap=30.0, timeout=DEFAULT_TIMEOUT, progress=None, stop_event=None,
+                 now=None, concurrency=DEFAULT_CONCURRENCY, fetchers=None):
         self.storage = storage
         self.tardis_url = tardis_url
         self.api_key = api_key
@@ -103,6 +104,9 @@ class Downloader:
         self.settled = None  # gapless.silence.SettledMinutes: silent minutes earlier runs found quiet
         self.history_ends = None  # where history is expected to end (µs), when requests may reach past it
         self.check_answers = None  # gapless.silence.CheckAnswers of the feed: checks asked once
+        # started gapless.fetch_workers.ProcessFetchers to use instead of starting workers per run (the caller
+        # made them with the same fetcher_config and closes them)
+        self.fetchers = fetchers
 
     def download(self, exchange, symbols, data_types, start, end):
         """Download what replay coverage lacks in ``[start, end)`` (µs). Returns a :class:`DownloadReport`."""
@@ -197,12 +201,13 @@ class Downloader:
     # -- the writer loop ----------------------------------------------------------------------
     def _drive(self, requests, report, bar):
         """Submit the requests to concurrent fetchers, write what they send, retry what failed."""
-        config = {"tardis_url": self.tardis_url, "api_key": self.api_key, "timeout": self.timeout,
-                  "batch_rows": self.batch_rows}
+        config = fetcher_config(self.tardis_url, self.api_key, self.timeout, self.batch_rows)
         if self.workers == 0 and self.check_answers is not None:
             config["answers"] = self.check_answers  # shared by the fetcher threads (not picklable to workers)
         concurrency = max(1, min(self.concurrency, len(requests)))
-        if self.workers == 0:
+        if self.fetchers is not None:
+            fetchers = self.fetchers
+        elif self.workers == 0:
             fetchers = ThreadFetchers(config, concurrency)
         else:
             workers = min(self.workers, concurrency)
@@ -259,7 +264,8 @@ class Downloader:
                 retries, delay = self._after_failure(request, failure, report)
                 delayed.extend((time.monotonic() + delay, r) for r in retries)
         finally:
-            fetchers.close()
+            if fetchers is not self.fetchers:
+                fetchers.close()
 
     def _finished(self, request, report, planned):
         report.finished += 1

@@ -7,19 +7,16 @@ parsing run in *fetchers*; the one writer (the caller, see :class:`gapless.downl
 
 * :class:`ThreadFetchers`: threads in the calling process (no child processes in a library user's
   process; parsing shares the GIL, which is fine while the server, not parsing, is the limit);
-* :class:`ProcessFetchers`: ``workers`` spawned processes, each running ``concurrency / workers`` threads
-  (parsing on several cores).
+* :class:`~gapless.fetch_workers.ProcessFetchers`: ``workers`` spawned processes, each running
+  ``concurrency / workers`` threads (parsing on several cores).
 """
-import gc
 import logging
-import multiprocessing
 import queue
-import signal
 import threading
 
 from .exceptions import GaplessError, ServerError
+from .fetch_workers import ProcessFetchers, close_fetchers  # noqa: F401 (ProcessFetchers: imported from here too)
 from .ingest import RunParser
-from .redaction import install_secret_filter
 from .replay import ReplayClient, replay_options
 from .silence import SilenceCheck
 
@@ -107,73 +104,4 @@ class ThreadFetchers:
 
     def close(self, timeout=5.0):
         """Stop the fetchers (after their current batch) and join them."""
-        _close(self, self.threads, timeout)
-
-
-class ProcessFetchers:
-    """``workers`` spawned processes with ``threads`` fetcher threads each."""
-
-    def __init__(self, config, workers, threads):
-        context = multiprocessing.get_context("spawn")
-        self.tasks = context.Queue()
-        self.results = context.Queue(maxsize=max(4, workers * threads * 4))
-        self.abort = context.Event()
-        self.processes = [context.Process(target=_worker_main, args=(self.tasks, self.results, self.abort, config,
-                                                                    threads),
-                                          name="gapless-download-%d" % i, daemon=True) for i in range(workers)]
-        for process in self.processes:
-            process.start()
-        self.threads = threads
-
-    def alive(self):
-        """True while a worker process runs."""
-        return any(p.is_alive() for p in self.processes)
-
-    def close(self, timeout=5.0):
-        """Stop the workers (after their current batch), join them, close the queues."""
-        _close(self, self.processes, timeout, stops=len(self.processes) * self.threads)
-        for process in self.processes:
-            if process.is_alive():
-                process.terminate()
-                process.join(1.0)
-        self.tasks.close()
-        self.results.close()
-
-
-def _close(fetchers, runners, timeout, stops=None):
-    import time
-    fetchers.abort.set()
-    for _ in range(stops or len(runners)):
-        fetchers.tasks.put(None)
-    deadline = time.monotonic() + timeout
-    # drain, so a fetcher blocked on a full result queue can finish; joined in short turns, so a pass whose
-    # fetchers are already idle ends at once instead of waiting out a blocking get
-    while any(r.is_alive() for r in runners) and time.monotonic() < deadline:
-        try:
-            while True:
-                fetchers.results.get_nowait()
-        except queue.Empty:
-            pass
-        for runner in runners:
-            runner.join(timeout=0.005)
-    for runner in runners:
-        runner.join(timeout=max(0.0, deadline - time.monotonic()))
-
-
-def _worker_main(tasks, results, abort, config, threads):
-    """Body of a download worker process: ``threads`` fetchers sending batches to the writer."""
-    # the parent stops us through ``abort``; a Ctrl-C or SIGTERM for the process group must not kill a
-    # worker halfway through a batch
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    # parsing allocates millions of short-lived dicts and no reference cycles: the cyclic GC only costs
-    gc.disable()
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(processName)s %(message)s")
-    install_secret_filter([config["api_key"]])
-    runners = [threading.Thread(target=_fetch_loop, name="gapless-fetch-%d" % i, args=(
-        tasks, results, abort, config, ReplayClient(config["tardis_url"], timeout=tuple(config["timeout"]))))
-        for i in range(threads)]
-    for runner in runners:
-        runner.start()
-    for runner in runners:
-        runner.join()
+        close_fetchers(self, self.threads, timeout)
