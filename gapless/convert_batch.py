@@ -4,8 +4,7 @@ Per-message conversion (:class:`~gapless.convert_message.Converter`) costs sever
 path converts a batch column by column and falls back to the per-message path for any group it does
 not handle.
 """
-from itertools import chain, repeat
-from operator import itemgetter
+from itertools import chain
 
 import numpy as np
 
@@ -29,10 +28,8 @@ class BatchConverter(Converter):
         """
         if not messages:
             return {}, []
-        # map over dict.get / itemgetter: the loops run in C (a list comprehension costs a Python frame step
-        # per message, which was a third of the conversion)
-        kinds = list(map(dict.get, messages, repeat("type")))
-        names = list(map(dict.get, messages, repeat("name")))
+        kinds = [m.get("type") for m in messages]
+        names = [m.get("name") for m in messages]
         if len(set(kinds)) == 1 and len(set(names)) == 1:
             groups = {(kinds[0], names[0]): messages}  # the common case: one stream type per batch
         else:
@@ -73,35 +70,9 @@ class BatchConverter(Converter):
             blocks.setdefault(table, []).append(RowBlock.from_rows(table, rows))
         return {table: RowBlock.concat(table, parts) for table, parts in blocks.items()}, malformed
 
-    def snapshot_block(self, parsed):
-        """Convert :class:`~gapless.convert_arrow.SnapshotLines` (one name, parsed without a dict per line)
-        into a :class:`RowBlock` of its ``book_snapshot_<depth>`` table, numbering ``seq`` like
-        :meth:`convert_many` does."""
-        n = parsed.n
-        exchanges, symbols = parsed.exchanges, parsed.symbols
-        self._single_stream = exchanges.__class__ is str and symbols.__class__ is str
-        ts, lts = _Stamps(parsed.timestamps.tolist()), _Stamps(parsed.local_timestamps.tolist())
-        ts.array, lts.array = parsed.timestamps, parsed.local_timestamps
-        seqs = self._seqs([exchanges] * n if exchanges.__class__ is str else exchanges,
-                          [symbols] * n if symbols.__class__ is str else symbols, parsed.name, ts, lts)
-        levels = [column for side in parsed.levels for column in side]
-        return RowBlock("book_snapshot_%d" % self.data_type(parsed.name).depth, [
-            _as_column(exchanges), _as_column(symbols), Const("book_snapshot"), Const(parsed.name),
-            Const(self.source), parsed.timestamps, parsed.local_timestamps, seqs] + levels, n)
-
-    def snapshot_depth(self, name):
-        """Levels per side kept for a book snapshot ``name``; ``ValueError`` for any other name."""
-        try:
-            data_type = self.data_type(name)
-        except MalformedMessage as exc:
-            raise ValueError(str(exc)) from None
-        if data_type.family != "book_snapshot":
-            raise ValueError("name %r is not a book snapshot" % (name,))
-        return data_type.depth
-
     def _common(self, group):
-        exchanges = list(map(_EXCHANGE, group))
-        symbols = list(map(_SYMBOL, group))
+        exchanges = [m["exchange"] for m in group]
+        symbols = [m["symbol"] for m in group]
         streams = set()
         for column in (exchanges, symbols):
             values = set(column)
@@ -110,8 +81,8 @@ class BatchConverter(Converter):
                     raise _FastPathMiss()
             streams.add(len(values))
         self._single_stream = streams == {1}
-        ts = _timestamps(list(map(_TIMESTAMP, group)))
-        lts = _timestamps(list(map(_LOCAL_TIMESTAMP, group)))
+        ts = _timestamps([m["timestamp"] for m in group])
+        lts = _timestamps([m["localTimestamp"] for m in group])
         return exchanges, symbols, ts, lts
 
     def _seqs(self, exchanges, symbols, name, ts, lts):
@@ -171,15 +142,13 @@ class BatchConverter(Converter):
         n = len(group)
         seqs = self._seqs(exchanges, symbols, name, ts, lts)
         columns = []
-        for side in (list(map(_BIDS, group)), list(map(_ASKS, group))):
+        for side in ([m["bids"] for m in group], [m["asks"] for m in group]):
             if set(map(type, side)) != {list}:
                 raise _FastPathMiss()
             for i in range(depth):
                 levels = [s[i] if len(s) > i else _EMPTY for s in side]
-                if set(map(type, levels)) != _DICT:
-                    raise _FastPathMiss()
-                columns.append(list(map(dict.get, levels, repeat("price"))))
-                columns.append(list(map(dict.get, levels, repeat("amount"))))
+                columns.append([level.get("price") for level in levels])
+                columns.append([level.get("amount") for level in levels])
         _check_numbers(columns, optional=True)
         return RowBlock("book_snapshot_%d" % depth, [
             _column(exchanges), _column(symbols), Const("book_snapshot"), Const(name), Const(self.source),
@@ -222,10 +191,6 @@ class _FastPathMiss(Exception):
 
 
 _EMPTY = {}
-_DICT = {dict}
-_EXCHANGE, _SYMBOL = itemgetter("exchange"), itemgetter("symbol")
-_TIMESTAMP, _LOCAL_TIMESTAMP = itemgetter("timestamp"), itemgetter("localTimestamp")
-_BIDS, _ASKS = itemgetter("bids"), itemgetter("asks")
 _SIDES = frozenset(("buy", "sell", "unknown"))
 _NUMBER_TYPES = frozenset((int, float))
 _OPTIONAL_NUMBER_TYPES = frozenset((int, float, type(None)))
@@ -248,10 +213,6 @@ def _timestamps(texts):
     stamps = _Stamps(array.tolist())
     stamps.array = array
     return stamps
-
-
-def _as_column(values):
-    return Const(values) if values.__class__ is str else values
 
 
 def _column(values):

@@ -23,9 +23,7 @@ import numpy as np
 import orjson
 
 from .claims import LATENCY_MARGIN_US, SKEW_BOUND_US, ClaimTracker
-from .convert import BatchConverter, RowBlock
-from .convert_arrow import parse_snapshot_lines
-from .convert_message import parse_lines
+from .convert import BatchConverter
 from .datatypes import parse_data_type
 from .runs import Batch, ReplayRequest  # noqa: F401 (the run's types, imported from here by older code)
 from .timeutil import MINUTE_US, iso, parse_timestamp_us
@@ -35,8 +33,6 @@ log = logging.getLogger(__name__)
 
 _TS = itemgetter(5)
 _LTS = itemgetter(6)
-_TYPE = itemgetter("type")
-_LOCAL_TIMESTAMP = itemgetter("localTimestamp")
 _STR = {str}
 _AFTER_EVERYTHING = 2 ** 62
 
@@ -54,9 +50,8 @@ class RunParser:
     until :meth:`close`, and :meth:`flush` cuts a batch on demand (the recorder commits by time).
     """
 
-    def __init__(self, request, batch_rows=5000, source="replay", live=False, columnar=True):
+    def __init__(self, request, batch_rows=5000, source="replay", live=False):
         self.request = request
-        self.columnar = columnar  # False: every list takes the dict path (tests hold both to the same rows)
         self.batch_rows = batch_rows
         self.source = source
         self.live = live
@@ -65,9 +60,7 @@ class RunParser:
         self._expected = {(s, d) for s in request.symbols for d in request.data_types}
         self._skip = {(s, d): us for s, d, us in request.skip_before}
         self.claims = ClaimTracker(request, self._types, source, live, uuid.uuid4().hex[:16])
-        self._pending = []  # message dicts, converted when the batch is cut
-        self._pending_blocks = []  # rows converted already (book snapshots parsed into columns), before them
-        self._pending_block_rows = 0
+        self._pending = []
         self._last_lts_text = None
         self._arrival = request.start  # latest localTimestamp seen
         self._lines = self._malformed = self._errors = 0
@@ -80,57 +73,40 @@ class RunParser:
     def feed(self, lines):
         """Consume a list of lines; return the batches that became complete.
 
-        The common case (only data messages) is handled for the whole list at once: a list of plain book
-        snapshots is parsed into columns without a dict per line (:mod:`gapless.convert_arrow`), other data
-        messages are parsed in one call; a list with a control message, an unparseable line or an odd field
-        goes line by line.
+        The common case (only data messages) is handled for the whole list at once; a list with a
+        control message, an unparseable line or an odd field goes line by line.
         """
-        parsed = None
-        if self.columnar and not self._pending:  # a block after pending dicts would be numbered before them
-            parsed = parse_snapshot_lines(lines, self.converter.snapshot_depth)
-        if parsed is not None and self._in_order(parsed.local_texts):
-            block = self.converter.snapshot_block(parsed)
-            if self.claims.first_arrival is None:
-                self.claims.segment_line(int(block.columns[6][0]), int(block.columns[5][0]))
-            return self._take(block, parsed.local_texts)
         try:
-            messages = parse_lines(lines)  # one parse for the list (see parse_lines)
-            kinds = list(map(_TYPE, messages))  # map with itemgetter: C loops, no Python frame per line
-            texts = list(map(_LOCAL_TIMESTAMP, messages))
-            if "disconnect" in kinds or "error" in kinds or set(map(type, texts)) != _STR or \
-                    not self._in_order(texts):
+            messages = [orjson.loads(line) for line in lines]
+            kinds = [m["type"] for m in messages]
+            texts = [m["localTimestamp"] for m in messages]
+            if "disconnect" in kinds or "error" in kinds or set(map(type, texts)) != _STR:
+                raise _LineByLine()
+            # arrival order, checked on the ISO texts (one format per server, so text order is time
+            # order); any doubt, e.g. a different precision, goes the exact line-by-line way
+            if (self._last_lts_text is not None and texts and texts[0] < self._last_lts_text) or \
+                    any(map(str.__gt__, texts[:-1], texts[1:])):
                 raise _LineByLine()
             if messages and self.claims.first_arrival is None:
                 self.claims.segment_line(parse_timestamp_us(texts[0]), _exchange_time(messages[0]))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError, _LineByLine):
             return self._feed_line_by_line(lines)
-        return self._take(messages, texts)
-
-    def _in_order(self, texts):
-        """Arrival order, checked on the ISO texts (one format per server, so text order is time order); any
-        doubt, e.g. a different precision, goes the exact line-by-line way."""
-        return not ((self._last_lts_text is not None and texts and texts[0] < self._last_lts_text) or
-                    any(map(str.__gt__, texts[:-1], texts[1:])))
-
-    def _take(self, items, texts):
-        """Add checked data (message dicts, or a converted :class:`RowBlock`) to the pending batch, cutting
-        batches as they fill."""
-        n = len(texts)
+        n = len(messages)
         if not n:
             return []
         self._lines += n
         batches = []
         start = 0
-        while self._pending_count() + n - start >= self.batch_rows:
+        while len(self._pending) + n - start >= self.batch_rows:
             # cut at the first arrival-time change after the batch is full, never inside a packet
-            cut = start + max(0, self.batch_rows - self._pending_count())
+            cut = start + max(0, self.batch_rows - len(self._pending))
             previous = texts[cut - 1] if cut > start else self._last_lts_text
             while cut < n and texts[cut] == previous:
                 previous = texts[cut]
                 cut += 1
             if cut >= n:
                 break
-            self._add_pending(items, start, cut)
+            self._pending.extend(messages[start:cut])
             try:
                 progress = parse_timestamp_us(texts[cut])
                 self._line_minutes.add(progress - progress % MINUTE_US)
@@ -138,23 +114,13 @@ class RunParser:
                 progress = None  # a malformed message follows: fall back to what arrived
             batches.append(self._flush(progress_us=progress))
             start = cut
-        self._add_pending(items, start, n)
+        self._pending.extend(messages[start:] if start else messages)
         self._last_lts_text = texts[-1]
         try:
             self._arrival = max(self._arrival, parse_timestamp_us(texts[-1]))
         except ValueError:
             pass  # the converter reports the line when the batch is flushed
         return batches
-
-    def _pending_count(self):
-        return len(self._pending) + self._pending_block_rows
-
-    def _add_pending(self, items, start, stop):
-        if items.__class__ is RowBlock:
-            self._pending_blocks.append(items.slice(start, stop) if start or stop < items.n else items)
-            self._pending_block_rows += stop - start
-        else:
-            self._pending.extend(items[start:stop] if start or stop < len(items) else items)
 
     def _feed_line_by_line(self, lines):
         batches = []
@@ -186,7 +152,7 @@ class RunParser:
                     # tardis-machine sends in arrival order: the stamping host's clock stepped back
                     batches.append(self._clock_step(lts, lts_text))
                     pending = self._pending
-                if len(pending) + self._pending_block_rows >= self.batch_rows and lts > self._arrival:
+                if len(pending) >= self.batch_rows and lts > self._arrival:
                     # a new arrival time: the batch may end here without splitting a packet
                     self._line_minutes.add(lts - lts % MINUTE_US)
                     batches.append(self._flush(progress_us=lts))
@@ -291,13 +257,9 @@ class RunParser:
             self._samples.append("%s: %r" % (reason, sample))
 
     def _flush(self, progress_us, end_reason=None, closing=False, evidence_bound=None, sealed=None):
-        messages, blocks = self._pending, self._pending_blocks
-        self._pending, self._pending_blocks = [], []
+        messages = self._pending
+        self._pending = []
         rows, malformed = self.converter.convert_many(messages) if messages else ({}, [])
-        if blocks:  # converted before the messages (see feed): their rows come first
-            for table in {b.table for b in blocks}:
-                parts = [b for b in blocks if b.table == table] + ([rows[table]] if table in rows else [])
-                rows[table] = RowBlock.concat(table, parts)
         for message, reason in malformed:
             self._bad(orjson.dumps(message), reason)
         # packets that arrived entirely before the bound are complete (see _gather_evidence)
@@ -309,11 +271,10 @@ class RunParser:
             progress_us = self._arrival
         claims = self.claims.claims(progress_us, end_reason=end_reason,
                                     is_open=self.live and not closing and end_reason is None, sealed=sealed)
-        batch = Batch(rows=rows, claims=claims, lines=self._lines,
-                      messages=len(messages) + self._pending_block_rows - len(malformed),
+        batch = Batch(rows=rows, claims=claims, lines=self._lines, messages=len(messages) - len(malformed),
                       malformed=self._malformed, errors=self._errors, progress_us=progress_us,
                       samples=self._samples, silent=[] if self.live else self._silent_until(progress_us))
-        self._lines = self._malformed = self._errors = self._pending_block_rows = 0
+        self._lines = self._malformed = self._errors = 0
         self._samples = []
         return batch
 

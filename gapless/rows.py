@@ -129,11 +129,6 @@ class RowBlock:
                     break
         return found
 
-    def slice(self, start, stop):
-        """A block of rows ``start`` to ``stop`` (not included)."""
-        return RowBlock(self.table, [c if c.__class__ is Const else c[start:stop] for c in self.columns],
-                        max(0, min(stop, self.n) - start))
-
     def select(self, keep):
         """A block of the rows whose index is in ``keep`` (a boolean NumPy mask)."""
         indices = np.flatnonzero(keep)
@@ -158,8 +153,6 @@ class RowBlock:
             parts = [b.columns[i] for b in blocks]
             if all(p.__class__ is Const for p in parts) and len({repr(p.value) for p in parts}) == 1:
                 columns.append(parts[0])
-            elif all(isinstance(p, np.ndarray) for p in parts):
-                columns.append(np.concatenate(parts))  # stays an array: cheap to send between processes
             else:
                 merged = []
                 for b in blocks:
