@@ -328,7 +328,7 @@ def cmd_plot(args, settings, now_us):
 
 def _group_frames(storage, groups, start, end, **kwargs):
     """Series of every group: keyed ``(symbol, data_type)`` with one exchange, else ``(exchange, symbol, data_type)``."""
-    from .series import series
+    from .stitch import series
     frames = {}
     for g in groups:
         for (symbol, data_type), frame in series(storage, g.exchange, g.symbols, parse_data_types(g.data_types),

@@ -25,7 +25,7 @@ from .schema import QUOTE_VALUES, TICKER_VALUES, TRADE_VALUES
 from .timeutil import MINUTE_US, ceil_minute, floor_minute
 
 SOURCES = ("replay", "live")
-__all__ = ["value_columns", "minute_index", "covered_minutes", "source_minutes", "stream_series", "series",
+__all__ = ["value_columns", "minute_index", "covered_minutes", "source_minutes", "stream_series",
            "to_long", "Reader", "SOURCES"]
 
 
@@ -274,26 +274,6 @@ def stream_series(storage, exchange, symbol, data_type, start, end, source, read
     frame["source"] = np.where(missing, "missing", source)
     frame["missing"] = missing
     return frame
-
-
-def series(storage, exchange, symbols, data_types, start, end, sources=SOURCES, reader=None):
-    """Minute series of several streams: ``{(symbol, data_type): DataFrame}`` (see :func:`stream_series`).
-
-    With several ``sources`` (default replay then live) each minute comes from the first source that
-    knows it (see :func:`gapless.stitch.combine`).
-    """
-    from .stitch import combine
-    types = [_type(d) for d in data_types]
-    if reader is None:
-        with Reader(storage, [(exchange, s, d.name) for s in symbols for d in types]) as reader:
-            return series(storage, exchange, symbols, types, start, end, sources, reader)
-    result = {}
-    for symbol in symbols:
-        for data_type in types:
-            frames = [stream_series(storage, exchange, symbol, data_type, start, end, source, reader)
-                      for source in sources]
-            result[(symbol, data_type.name)] = combine(frames)
-    return result
 
 
 def to_long(frames, exchange):

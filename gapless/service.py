@@ -24,7 +24,7 @@ from .monitor import Monitor
 from .publish import rebuild
 from .published import published_frames
 from .redaction import protect_url_loggers, url_password
-from .series import series as compute_series
+from .stitch import series as compute_series
 from .status import SETTLE_US, status_report
 from .storage import Storage
 from .streams import parse_streams

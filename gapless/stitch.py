@@ -2,8 +2,9 @@
 
 For each stream, a minute takes replay where replay knows it (covers it whole and knows its state),
 else live where live knows it, else the minute is missing. :func:`stitch_stream` is the only function
-that makes this decision; the series (library and command line), the published series, ``status`` and
-``gaps``, and healing all read it, so they can never disagree about a minute.
+that makes this decision; the series (library and command line, :func:`series`), the published series,
+``status`` and ``gaps``, and healing all read it, so they can never disagree about a minute. Imports flow one
+way: this module reads per-source minutes from :mod:`gapless.series`, never the other way round.
 
 Where both sources know a minute their values are compared (tardis-machine computes both the same way);
 disagreements are counted and reported, not hidden.
@@ -15,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .datatypes import parse_data_type
-from .series import Reader, minute_index, source_values
+from .series import SOURCES, Reader, minute_index, source_values, stream_series
 from .timeutil import ceil_minute, floor_minute
 
 log = logging.getLogger(__name__)
@@ -138,3 +139,22 @@ def stitched(storage, exchange, symbols, data_types, start, end, reader=None):
             frames[(symbol, data_type.name)] = result.frame
             comparisons[(symbol, data_type.name)] = result.comparison
     return frames, comparisons
+
+
+def series(storage, exchange, symbols, data_types, start, end, sources=SOURCES, reader=None):
+    """Minute series of several streams: ``{(symbol, data_type): DataFrame}`` (see :func:`stream_series`).
+
+    With several ``sources`` (default replay then live) each minute comes from the first source that
+    knows it (see :func:`combine`).
+    """
+    types = [parse_data_type(d) if isinstance(d, str) else d for d in data_types]
+    if reader is None:
+        with Reader(storage, [(exchange, s, d.name) for s in symbols for d in types]) as reader:
+            return series(storage, exchange, symbols, types, start, end, sources, reader)
+    result = {}
+    for symbol in symbols:
+        for data_type in types:
+            frames = [stream_series(storage, exchange, symbol, data_type, start, end, source, reader)
+                      for source in sources]
+            result[(symbol, data_type.name)] = combine(frames)
+    return result

@@ -5,7 +5,7 @@ import pytest
 
 from gapless.convert import Converter, table_columns
 from gapless.download import Downloader
-from gapless.series import series
+from gapless.stitch import series
 from gapless.timeutil import MINUTE_US, iso
 from tests.fake_tardis import FakeClock, FakeTardisMachine, MarketConfig, Outage
 from tests.support import us

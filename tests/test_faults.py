@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from gapless.download import Downloader
-from gapless.series import series
+from gapless.stitch import series
 from gapless.timeutil import MINUTE_US, ceil_minute, floor_minute, iso
 from tests.fake_tardis import FakeClock, FakeTardisMachine, MarketConfig
 from tests.invariants import (assert_coverage_truthful, assert_live_is_a_prefix_per_connection,

@@ -17,7 +17,7 @@ import pytest
 
 from gapless.download import Downloader
 from gapless.recorder import Recorder
-from gapless.series import series
+from gapless.stitch import series
 from gapless.status import status_report
 from gapless.storage import Storage
 from gapless.timeutil import MINUTE_US, US, ceil_minute, floor_minute, iso, parse_timestamp_us

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from gapless.download import Downloader
-from gapless.series import series
+from gapless.stitch import series
 from gapless.storage import Storage
 from gapless.timeutil import US, parse_time_arg, to_us
 from tests.fake_tardis import FakeClock, FakeTardisMachine, MarketConfig

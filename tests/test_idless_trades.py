@@ -16,7 +16,7 @@ from gapless.download import Downloader
 from gapless.ingest import ReplayRequest, RunParser
 from gapless.recorder import Recorder
 from gapless.schema import SCHEMA_VERSION
-from gapless.series import series
+from gapless.stitch import series
 from gapless.storage import Storage
 from gapless.timeutil import iso, parse_timestamp_us
 from tests.fake_tardis import ManualClock, FakeTardisMachine, MarketConfig

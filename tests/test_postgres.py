@@ -96,7 +96,7 @@ READER = """
 import sys, time, json
 sys.path.insert(0, %r)
 from gapless.storage import Storage
-from gapless.series import series
+from gapless.stitch import series
 store = Storage(sys.argv[1], create=False)
 deadline, reads, errors = time.time() + float(sys.argv[2]), 0, []
 from gapless.timeutil import MINUTE_US

@@ -19,7 +19,7 @@ from gapless import get_data_without_gap
 from gapless.config import load_settings
 from gapless.download import Downloader
 from gapless.exceptions import GaplessError, UsageError
-from gapless.series import series
+from gapless.stitch import series
 from gapless.service import Gapless
 from gapless.status import status_report
 from gapless.publish import rebuild

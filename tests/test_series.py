@@ -3,7 +3,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gapless.series import series, stream_series
+from gapless.series import stream_series
+from gapless.stitch import series
 from gapless.storage import Claim
 from gapless.timeutil import MINUTE_US
 from tests.support import fixture_messages, ingest_fixture, sqlite_store, us

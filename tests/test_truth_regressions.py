@@ -12,7 +12,7 @@ from gapless.cli import main
 from gapless.download import Downloader
 from gapless.exceptions import UsageError
 from gapless.recorder import Recorder
-from gapless.series import series
+from gapless.stitch import series
 from gapless.service import Gapless
 from gapless.storage import Storage
 from gapless.timeutil import MINUTE_US, iso

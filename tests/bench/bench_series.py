@@ -6,7 +6,7 @@ Run by hand (not collected by pytest):
 
 Downloads ``--days`` of BTC-PERPETUAL and ETH-PERPETUAL ``quote_1m`` and ``trade_bar_1m`` from the fake
 tardis-machine (its own process) into a fresh database, then prints:
-  * the time to read the week back into minute DataFrames (``gapless.series.series``, replay and live
+  * the time to read the week back into minute DataFrames (``gapless.stitch.series``, replay and live
     sources, 2 symbols x 2 data types) — target under 1 s;
   * the time of one full rebuild (stitch, compare, publish into ``minute_series`` in one transaction)
     of the same 4 streams, and with a CSV export.
@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import fresh_database, start_double  # noqa: E402
 
 from gapless.download import Downloader  # noqa: E402
-from gapless.series import series  # noqa: E402
+from gapless.stitch import series  # noqa: E402
 from gapless.publish import rebuild  # noqa: E402
 from gapless.storage import Storage  # noqa: E402
 from gapless.timeutil import DAY_US, floor_day, iso, to_us  # noqa: E402
