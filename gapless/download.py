@@ -21,8 +21,7 @@ from dataclasses import dataclass, field, fields
 
 from . import ledger
 from .datatypes import parse_data_type, parse_data_types
-from .exceptions import GaplessError, RequestRejectedError
-from .fetch import Stopped, ThreadFetchers
+from .exceptions import GaplessError, RequestRejectedError, Stopped
 from .fetch_workers import DEFAULT_BATCH_ROWS, DEFAULT_TIMEOUT, ProcessFetchers, fetcher_config
 from .plan import plan_wanted
 from .replay import redact_options, replay_options
@@ -208,6 +207,7 @@ class Downloader:
         if self.fetchers is not None:
             fetchers = self.fetchers
         elif self.workers == 0:
+            from .fetch import ThreadFetchers  # here: with worker processes this process never parses
             fetchers = ThreadFetchers(config, concurrency)
         else:
             workers = min(self.workers, concurrency)

@@ -64,3 +64,7 @@ class StorageError(GaplessError):
 
 class DatabaseUrlError(StorageError, UsageError):
     """The database URL is malformed, unsupported, or points to something that is not a gapless database."""
+
+
+class Stopped(GaplessError):
+    """A download was asked to stop (not an error of the server: nothing to retry)."""

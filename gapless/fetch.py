@@ -14,17 +14,13 @@ import logging
 import queue
 import threading
 
-from .exceptions import GaplessError, ServerError
+from .exceptions import ServerError, Stopped
 from .fetch_workers import ProcessFetchers, close_fetchers  # noqa: F401 (ProcessFetchers: imported from here too)
 from .ingest import RunParser
 from .replay import ReplayClient, replay_options
 from .silence import SilenceCheck
 
 log = logging.getLogger(__name__)
-
-
-class Stopped(GaplessError):
-    """The download was asked to stop."""
 
 
 def fetch_run(request, client, api_key, batch_rows, emit, should_stop=lambda: False, answers=None):
