@@ -107,6 +107,10 @@ class Downloader:
         # made them with the same fetcher_config and closes them)
         self.fetchers = fetchers
 
+    def fetcher_config(self):
+        """The configuration of this downloader's fetchers (shared ones must have been started with it)."""
+        return fetcher_config(self.tardis_url, self.api_key, self.timeout, self.batch_rows)
+
     def download(self, exchange, symbols, data_types, start, end):
         """Download what replay coverage lacks in ``[start, end)`` (µs). Returns a :class:`DownloadReport`."""
         data_types = parse_data_types(data_types)
@@ -200,11 +204,11 @@ class Downloader:
     # -- the writer loop ----------------------------------------------------------------------
     def _drive(self, requests, report, bar):
         """Submit the requests to concurrent fetchers, write what they send, retry what failed."""
-        config = fetcher_config(self.tardis_url, self.api_key, self.timeout, self.batch_rows)
+        config = self.fetcher_config()
         if self.workers == 0 and self.check_answers is not None:
             config["answers"] = self.check_answers  # shared by the fetcher threads (not picklable to workers)
         concurrency = max(1, min(self.concurrency, len(requests)))
-        if self.fetchers is not None:
+        if self.fetchers is not None and not self.fetchers.closed:
             fetchers = self.fetchers
         elif self.workers == 0:
             from .fetch import ThreadFetchers  # here: with worker processes this process never parses
@@ -213,22 +217,20 @@ class Downloader:
             workers = min(self.workers, concurrency)
             fetchers = ProcessFetchers(config, workers, -(-concurrency // workers))
         in_flight, delayed, progress_state = {}, [], {}
-        next_id = 0
 
         def submit(request):
-            nonlocal next_id
             if self.settled is not None:
                 request = dataclasses.replace(request, settled=self.settled.of(request))
             if self.history_ends is not None and request.request_end > self.history_ends:
                 request = dataclasses.replace(request, past_edge=True)
-            next_id += 1
-            in_flight[next_id] = request
+            task_id = fetchers.next_task_id()
+            in_flight[task_id] = request
             report.attempts += 1
             report.requests += request.attempt == 1
             log.debug("replay %s", redact_options(replay_options(request.exchange, request.symbols,
                                                                  request.data_types, request.start,
                                                                  request.request_end, self.api_key)))
-            fetchers.tasks.put((next_id, request))
+            fetchers.tasks.put((task_id, request))
 
         try:
             for request in requests:
@@ -252,6 +254,9 @@ class Downloader:
                         raise GaplessError("all download fetchers died") from None
                     continue
                 request = in_flight.get(task_id)
+                if request is None:  # shared fetchers: a task of an earlier run that ended early (never ours)
+                    log.debug("ignoring a %s of task %s, not of this run", kind, task_id)
+                    continue
                 if kind == "batch":
                     self._write(payload, report, bar, progress_state, request)
                     continue
@@ -264,7 +269,9 @@ class Downloader:
                 retries, delay = self._after_failure(request, failure, report)
                 delayed.extend((time.monotonic() + delay, r) for r in retries)
         finally:
-            if fetchers is not self.fetchers:
+            # shared fetchers still busy with this run's tasks (it ended early: an error), or told to abort (a stop),
+            # are of no use to a later run: they are closed, and their owner starts new ones
+            if fetchers is not self.fetchers or in_flight or fetchers.abort.is_set():
                 fetchers.close()
 
     def _finished(self, request, report, planned):

@@ -7,11 +7,13 @@ rules decide (:mod:`gapless.healing`). The service (:class:`gapless.service.Gapl
 exchange and publishes all their streams together.
 """
 import logging
+import threading
 
 from . import ledger
 from .claims import LATENCY_MARGIN_US
 from .download import Downloader
 from .exceptions import GaplessError
+from .fetch_workers import ProcessFetchers
 from .horizon import HistoryHorizon
 from .runs import ReplayRequest
 from .plan import Anchors
@@ -56,6 +58,8 @@ class Feed:
         self.recorder = Recorder(storage, tardis_ws_url, self.exchange, self.symbols, self.data_types,
                                  clock=lambda: now() / 1e6, **(recorder_options or {}))
         self._downloader_options = dict(downloader_options or {})
+        self._fetchers = None  # download worker processes kept across passes (see _shared_fetchers)
+        self._fetchers_lock = threading.Lock()  # held by the run that uses them
         self.last_download = None
         self.probe_requests = 0
 
@@ -95,7 +99,16 @@ class Feed:
         # a refusal near the present means "not available yet": the next pass asks less, no retry storm
         downloader.should_retry = lambda request, failure: not (
             getattr(failure, "refused", False) and request.request_end >= self.now() - EDGE_US)
-        report = downloader.download_wanted(self.exchange, self._wanted(start, limit, end, use_published))
+        wanted = self._wanted(start, limit, end, use_published)
+        # one run at a time on the shared workers (they have one results queue); a run beside it (a library call
+        # while the scheduler's pass downloads) starts workers of its own, as every run did before
+        shared = self._fetchers_lock.acquire(blocking=False)
+        try:
+            downloader.fetchers = self._shared_fetchers(downloader) if shared else None
+            report = downloader.download_wanted(self.exchange, wanted)
+        finally:
+            if shared:
+                self._fetchers_lock.release()
         if self.horizon.probe_due(self.now()):
             self.measure_history_delay()  # a refusal near the edge: history fell behind; find out how far
         if report.requests:
@@ -109,6 +122,28 @@ class Feed:
             self.monitor.downloaded(report, self.exchange)
         self.last_download = report
         return report
+
+    def _shared_fetchers(self, downloader):
+        """The feed's download worker processes, started once and kept across passes (each start costs about
+        0.3 s of CPU); new ones when they were closed, died, or the downloader wants others. None: threads."""
+        if downloader.workers == 0:
+            return None
+        key = (tuple(sorted(downloader.fetcher_config().items())), downloader.workers,
+               -(-downloader.concurrency // downloader.workers))
+        current = self._fetchers
+        if current is not None and (current.closed or current.key != key or not current.alive()):
+            current.close()
+            current = None
+        if current is None:
+            current = self._fetchers = ProcessFetchers(downloader.fetcher_config(), key[1], key[2])
+        return current
+
+    def close_downloads(self):
+        """Stop the feed's download worker processes (the service's stop, after its last pass)."""
+        with self._fetchers_lock:
+            if self._fetchers is not None:
+                self._fetchers.close()
+                self._fetchers = None
 
     def _sources_of(self, use_published=True):
         def sources_of(symbol, data_type, a, b):

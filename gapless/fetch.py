@@ -10,6 +10,7 @@ parsing run in *fetchers*; the one writer (the caller, see :class:`gapless.downl
 * :class:`~gapless.fetch_workers.ProcessFetchers`: ``workers`` spawned processes, each running
   ``concurrency / workers`` threads (parsing on several cores).
 """
+import itertools
 import logging
 import queue
 import threading
@@ -93,6 +94,11 @@ class ThreadFetchers:
             for i in range(concurrency)]
         for thread in self.threads:
             thread.start()
+        self._task_ids = itertools.count(1)
+
+    def next_task_id(self):
+        """A task id never used before by these fetchers."""
+        return next(self._task_ids)
 
     def alive(self):
         """True while a fetcher can still answer."""

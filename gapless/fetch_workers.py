@@ -5,7 +5,9 @@ A worker is a spawned interpreter; it imports the parsing and HTTP code (:mod:`g
 step, and their start (about a quarter of a second) runs while the command imports, opens the database and
 plans, instead of before the first request.
 """
+import atexit
 import gc
+import itertools
 import logging
 import multiprocessing
 import os
@@ -26,12 +28,18 @@ def fetcher_config(tardis_url, api_key=None, timeout=DEFAULT_TIMEOUT, batch_rows
 class ProcessFetchers:
     """``workers`` spawned processes with ``threads`` fetcher threads each.
 
-    Starting takes a while (a new interpreter imports the parsing code), so a caller that knows it will
-    download can start them first thing and hand them to :class:`gapless.download.Downloader`
-    (``fetchers=``), and the start overlaps its own imports and planning.
+    Starting takes a while (a new interpreter imports the parsing code: about 0.3 s of CPU), so a caller that
+    knows it will download can start them first thing and hand them to :class:`gapless.download.Downloader`
+    (``fetchers=``): ``gapless download`` overlaps the start with its own imports and planning, a service's feed
+    keeps them across its passes. Task ids are unique over the fetchers' life, so a result of a run that ended
+    early can never be taken for one of a later run's. They are closed at the latest when the interpreter
+    exits, and a worker whose parent died ends itself.
     """
 
     def __init__(self, config, workers, threads):
+        self.key = (tuple(sorted(config.items())), workers, threads)  # what they were started for
+        self.closed = False
+        self._task_ids = itertools.count(1)
         context = multiprocessing.get_context("spawn")
         self.tasks = context.Queue()
         self.results = context.Queue(maxsize=max(4, workers * threads * 4))
@@ -42,6 +50,13 @@ class ProcessFetchers:
         for process in self.processes:
             process.start()
         self.threads = threads
+        # before multiprocessing's own exit handler (atexit runs the last registered first), which would join
+        # the workers without a timeout: they ignore SIGTERM, so an unclosed pool would hang the exit
+        atexit.register(self.close)
+
+    def next_task_id(self):
+        """A task id never used before by these fetchers."""
+        return next(self._task_ids)
 
     def alive(self):
         """True while a worker process runs."""
@@ -49,10 +64,14 @@ class ProcessFetchers:
 
     def close(self, timeout=5.0):
         """Stop the workers (after their current batch), join them, close the queues."""
+        if self.closed:
+            return
+        self.closed = True
+        atexit.unregister(self.close)
         close_fetchers(self, self.processes, timeout, stops=len(self.processes) * self.threads)
         for process in self.processes:
-            if process.is_alive():
-                process.terminate()
+            if process.is_alive():  # stuck past the timeout; SIGTERM is ignored by design (see _worker_main)
+                process.kill()
                 process.join(1.0)
         self.tasks.close()
         self.results.close()
@@ -87,6 +106,9 @@ def _worker_main(tasks, results, abort, config, threads):
     # parsing allocates millions of short-lived dicts and no reference cycles: the cyclic GC only costs
     gc.disable()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(processName)s %(message)s")
+    parent = multiprocessing.parent_process()
+    if parent is not None:  # a parent killed outright (SIGKILL) never closes us: do not outlive it
+        threading.Thread(target=_end_with, args=(parent,), name="gapless-parent-watch", daemon=True).start()
     from .fetch import _fetch_loop  # the heavy imports (parsing, HTTP) happen here, in the worker
     from .redaction import install_secret_filter
     from .replay import ReplayClient
@@ -104,4 +126,9 @@ def _worker_main(tasks, results, abort, config, threads):
     results.close()
     results.join_thread()
     logging.shutdown()
+    os._exit(0)
+
+
+def _end_with(parent):
+    parent.join()
     os._exit(0)

@@ -156,6 +156,7 @@ class Gapless:
                 log.exception("scheduler shutdown failed")
             self._scheduler = None
         for feed in self.feeds:
+            feed.close_downloads()
             feed.recorder.stop(max(1.0, deadline - time.monotonic()))
         self.monitor.stop()
         self.storage.close()

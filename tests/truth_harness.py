@@ -60,6 +60,8 @@ class Schedule:
     # ((at, data type, symbols, minutes back), ...): another client of the server asks minutes too early, through
     # a stream's filter set (in "empty" mode tardis-machine's cache then holds them empty for good)
     early_asks: tuple = ()
+    upgrade: str = "daily"  # when the service upgrades live minutes of book-derived types (GAPLESS_UPGRADE)
+    workers: int = 0  # download worker processes (GAPLESS_WORKERS; 0: fetcher threads in the service's process)
 
     def describe(self):
         """One line to reproduce the example by hand."""
@@ -120,7 +122,12 @@ def draw(seed):
         types = tuple(sorted(set(schedule.data_types) | {"trade"}))
         schedule = replace(schedule, exchange="kraken", arrival_spread_ms=1, second_recorder=tuple(second),
                            data_types=types)
-    return replace(schedule, early_asks=_early_asks(seed, schedule))
+    # the service's settings, from their own draws (every other part of a seed stays what it was): upgrades at
+    # a different time must not change truth, and the worker processes (the default outside the harness) must
+    # store what the threads store
+    settings = random.Random("settings/%d" % seed)
+    return replace(schedule, early_asks=_early_asks(seed, schedule), upgrade=settings.choice(("daily", "hourly")),
+                   workers=1 if settings.random() < 0.25 else 0)
 
 
 def _early_asks(seed, schedule):
@@ -270,7 +277,7 @@ def _service(schedule, machine, database_url, lookback, data_types):
     return Gapless(schedule.exchange, list(schedule.symbols), list(data_types),
                    lookback="%ds" % (lookback // 1_000_000),
                    database_url=database_url, tardis_url=machine.http_url, tardis_ws_url=machine.ws_url,
-                   history_delay="15m", rebuild_interval="3600s", workers=0,
+                   history_delay="15m", rebuild_interval="3600s", workers=schedule.workers, upgrade=schedule.upgrade,
                    now=machine.clock.now_us, recorder_options=dict(_RECORDER_OPTIONS))
 
 
