@@ -986,3 +986,63 @@ def test_exchange_without_trade_ids_live_and_replay():
     as_model = sorted((parse_ts_us(m["timestamp"]) // 1000, m["price"], m["amount"], m["side"]) for m in replayed)
     assert as_model == sorted((t["timestamp"], t["price"], t["amount"], t["side"]) for t in truth)
     assert all(t["id"] is None for t in truth)
+
+
+# -- liquidations (issue 19: the double first) -----------------------------------------------------------
+def _liquidation_side(trade):
+    """tardis-machine.md: the trade's direction when the taker was liquidated ("T"), else the opposite."""
+    from tests.fake_tardis.market import liquidation_kind
+    kind = liquidation_kind(trade["symbol"], trade["id"])
+    if kind is None:
+        return None
+    return trade["side"] if kind == "T" else {"buy": "sell", "sell": "buy"}[trade["side"]]
+
+
+def test_a_liquidation_follows_its_trade_with_the_same_fill_timestamps_and_tardis_side_rule():
+    with machine(70, market=MarketConfig(book_rate=2.0, trade_rate=2.0)) as tm:
+        both = [json.loads(x) for x in replay(tm, opts("2026-11-25T00:00", "2026-11-25T01:00",
+                                                         ["trade", "liquidation"])).text.splitlines()]
+        alone = [json.loads(x) for x in replay(tm, opts("2026-11-25T00:00", "2026-11-25T01:00",
+                                                          ["liquidation"])).text.splitlines()]
+    liquidations = [m for m in both if m["type"] == "liquidation"]
+    trades = [m for m in both if m["type"] == "trade"]
+    assert trades and 0 < len(liquidations) < len(trades) / 20  # rare
+    assert {m["side"] for m in liquidations} == {"buy", "sell"}
+    for i, m in enumerate(both):
+        if m["type"] != "liquidation":
+            continue
+        trade = both[i - 1]  # right after its trade
+        assert trade["type"] == "trade" and trade["id"] == m["id"]
+        assert {k: trade[k] for k in ("symbol", "exchange", "price", "amount", "timestamp", "localTimestamp")} == \
+            {k: m[k] for k in ("symbol", "exchange", "price", "amount", "timestamp", "localTimestamp")}
+        assert m["side"] == _liquidation_side(trade)
+        assert list(m) == ["type", "symbol", "exchange", "id", "price", "amount", "side", "timestamp",
+                           "localTimestamp"]
+    # every flagged trade has its liquidation, and asking liquidations alone gives exactly those lines
+    assert [t["id"] for t in trades if _liquidation_side(t)] == [m["id"] for m in liquidations]
+    assert [m for m in alone if m["type"] != "disconnect"] == [m for m in liquidations]
+
+
+def test_live_liquidations_are_the_replays():
+    with machine(2, market=MarketConfig(book_rate=5, trade_rate=40)) as tm:
+        ws = ws_connect(tm, live_opts(("liquidation",)))
+        deadline = time.monotonic() + 2.0
+        live = recv_until(ws, lambda m: time.monotonic() > deadline, limit=100_000)[:-1]
+        ws.close()
+        truth = {(m["symbol"], m["id"]): m
+                 for m in tm.expected_replay(opts("2026-11-25T00:00", "2026-11-25T00:05", ["liquidation"]),
+                                             ignore_availability=True) if m["type"] == "liquidation"}
+    got = [m for m in live if m["type"] == "liquidation"]
+    assert got and {m["type"] for m in live} <= {"liquidation", "disconnect"}
+    for m in got:
+        r = truth[(m["symbol"], m["id"])]
+        assert {k: v for k, v in m.items() if k != "localTimestamp"} == \
+            {k: v for k, v in r.items() if k != "localTimestamp"}
+
+
+def test_liquidations_share_the_trade_streams_filter_set_in_the_cache():
+    from tests.fake_tardis.slices import filter_key
+    trade, liquidation, both = (parse_options(json.dumps(opts(types=types)), replay=True, default_symbols=BOTH)[0]
+                                for types in (["trade"], ["liquidation"], ["trade", "liquidation"]))
+    assert filter_key(trade) == filter_key(liquidation) == filter_key(both)
+    assert liquidation.needs_trades and not liquidation.trade

@@ -16,6 +16,7 @@ their events are simply not generated.
 from __future__ import annotations
 
 import threading
+import zlib
 from collections import OrderedDict
 from datetime import datetime
 
@@ -133,3 +134,21 @@ class Market:
 
 def _dt_ms(dt: datetime) -> int:
     return int(dt.timestamp()) * 1000 + dt.microsecond // 1000
+
+
+LIQUIDATION_EVERY = 60  # about one trade in this many is a liquidation (rare: most minutes have none)
+
+
+def liquidation_kind(symbol: str, trade_id: str) -> str | None:
+    """Whether a trade of the model (its printed id) was a liquidation, and whose: ``"T"`` (the taker was liquidated), ``"M"``
+    or ``"MT"`` (the maker), or None. A pure function of the trade (no draw of the model's generator: every
+    other part of the market stays what it was)."""
+    h = zlib.crc32(("liquidation/%s/%s" % (symbol, trade_id)).encode())
+    if h % LIQUIDATION_EVERY:
+        return None
+    return ("T", "M", "MT")[(h // LIQUIDATION_EVERY) % 3]
+
+
+def liquidation_side(kind: str, buy: bool) -> str:
+    """tardis' side of a liquidation: the trade's direction when the taker was liquidated, else the opposite."""
+    return ("buy" if buy else "sell") if kind == "T" else ("sell" if buy else "buy")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from bisect import bisect_left, insort
 
-from .market import Segment
+from .market import Segment, liquidation_kind, liquidation_side
 from .options import StreamSpec
 from .render import cents_str, fmt_local, fmt_ms, js_number, price_str
 
@@ -210,6 +210,7 @@ class Normalizer:
         self.syms = {s: _Sym(s, spec, params_of(s)) for s in spec.symbols}
         self.out: list[tuple[int, str]] = []
         self._want_change, self._want_trade, self._want_ticker = spec.book_change, spec.trade, spec.ticker
+        self._want_liquidation = spec.liquidation
 
     # -- helpers ---------------------------------------------------------------------
     def _factor(self, symbol: str, ex_ms: int):
@@ -343,11 +344,18 @@ class Normalizer:
                 pf = pf * f
                 ps = js_number(pf)
             amount, buy = v.t_amt[j], v.t_buy[j]
+            trade_id = f'"id":"{prefix}{v.t_id[j]}",' if self.trade_ids else ""  # JSON drops an undefined id
             if self._want_trade:
-                trade_id = f'"id":"{prefix}{v.t_id[j]}",' if self.trade_ids else ""  # JSON drops an undefined id
                 out.append((loc_us, f'{{"type":"trade",{st.head}{trade_id}"price":{ps},'
                                     f'"amount":{amount},"side":"{"buy" if buy else "sell"}",'
                                     f'"timestamp":"{exs}","localTimestamp":"{loc}"}}'))
+            if self._want_liquidation:
+                # right after its trade, with the same timestamps (tardis-machine.md, "Liquidations")
+                kind = liquidation_kind(st.symbol, f"{prefix}{v.t_id[j]}")
+                if kind is not None:
+                    out.append((loc_us, f'{{"type":"liquidation",{st.head}{trade_id}"price":{ps},'
+                                        f'"amount":{amount},"side":"{liquidation_side(kind, buy)}",'
+                                        f'"timestamp":"{exs}","localTimestamp":"{loc}"}}'))
             for b in bars:
                 if b.trades and b.kind == "time" and ex // b.interval > b.open_ts // b.interval:
                     b.ts = (b.open_ts // b.interval + 1) * b.interval

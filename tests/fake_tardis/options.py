@@ -55,6 +55,7 @@ class StreamSpec:
     from_us: int | None
     to_us: int | None
     raw: str  # canonical JSON of the original object (cache keys, records)
+    liquidation: bool = False  # derived from the trades channel (see market.liquidation_kind)
 
     @property
     def needs_book(self) -> bool:
@@ -63,8 +64,8 @@ class StreamSpec:
 
     @property
     def needs_trades(self) -> bool:
-        """Whether trades feed this stream."""
-        return self.trade or bool(self.bars)
+        """Whether trades feed this stream (liquidations come from the trades channel too: same filter set)."""
+        return self.trade or self.liquidation or bool(self.bars)
 
 
 def parse_time_us(value) -> int:
@@ -88,6 +89,8 @@ def parse_data_type(dt: str):
         return "book_change", None
     if dt == "derivative_ticker":
         return "ticker", None
+    if dt == "liquidation":
+        return "liquidation", None
     if dt == "quote":
         return "book", BookSpec("quote", 1, 0)
     m = _QUOTE_RE.match(dt)
@@ -112,6 +115,8 @@ def _normalizer_name(kinds: set[str]) -> str:
     # built for an unknown exchange names the error ("normalizeTrades: x not supported")
     if {"trade", "bar"} & kinds:
         return "normalizeTrades"
+    if "liquidation" in kinds:
+        return "normalizeLiquidations"
     if {"book_change", "book"} & kinds:
         return "normalizeBookChanges"
     return "normalizeDerivativeTickers"
@@ -156,6 +161,7 @@ def _parse_one(obj, *, replay: bool, default_symbols) -> StreamSpec:
         symbols=tuple(dict.fromkeys(symbols)),
         data_types=tuple(seen),
         trade="trade" in kinds,
+        liquidation="liquidation" in kinds,
         book_change="book_change" in kinds,
         ticker="ticker" in kinds,
         books=tuple(s for k, s in parsed if k == "book"),
