@@ -112,6 +112,11 @@ def _worker_main(tasks, results, abort, config, threads):
     from .fetch import _fetch_loop  # the heavy imports (parsing, HTTP) happen here, in the worker
     from .redaction import install_secret_filter
     from .replay import ReplayClient
+    from .silence import CheckAnswers
+
+    # the feed's CheckAnswers cannot cross into a process: each worker keeps its own, for as long as it lives
+    # (a feed keeps its workers across passes), so a check is not asked again by every pass (seed 77014)
+    config = dict(config, answers=config.get("answers") or CheckAnswers())
 
     install_secret_filter([config["api_key"]])
     runners = [threading.Thread(target=_fetch_loop, name="gapless-fetch-%d" % i, args=(

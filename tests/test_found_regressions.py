@@ -22,7 +22,12 @@
   ``history_cached_empty`` ledger entry and was healed fresh. The later trade_bar_10s runs were cut by the
   minute's settled verdict but reported nothing, so they were asked through the poisoned filter set for good
   and the bars stayed live (the whole seed, ~70 s, is left to ``tests/bench/truth_batch.py --first 67016
-  --count 1``; the test below pins the mechanism in 2 s).
+  --count 1``; the test below pins the mechanism in 2 s);
+* harness seed 77014 (the first seeds drawn with download worker processes, the default outside the harness):
+  a silence check through a stream's own filter set was asked again by the next pass without backing off.
+  The feed's answers to such checks (``CheckAnswers``) are shared by fetcher threads only; worker processes
+  had none, so every run asked for itself. Each worker now keeps its own, for as long as it lives (a feed
+  keeps its workers across passes).
 """
 import json
 from datetime import datetime, timedelta, timezone
@@ -259,3 +264,13 @@ class SimpleRequest:
     def __init__(self, start, end):
         self.start, self.request_end = start, end
         self.data_types, self.symbols = ("trade",), tuple(SYMBOLS)
+
+
+@pytest.mark.slow
+def test_harness_seed_77014_a_check_asked_by_a_download_worker_is_not_asked_again_by_the_next_pass(tmp_path):
+    """The whole example (about 40 s): worker processes, a silent symbol near the edge, restarts."""
+    from tests.truth_checks import check
+    from tests.truth_harness import draw, run
+    schedule = draw(77014)
+    assert schedule.workers == 1 and "SOL-PERPETUAL" in schedule.symbols
+    check(run(schedule, tmp_path))
