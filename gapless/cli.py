@@ -169,12 +169,12 @@ def _time_range(args, now_us):
 
 def cmd_download(args, settings, now_us):
     """``download``: fetch replay for the range; exit 1 if some slices stay incomplete."""
-    from .fetch_workers import ProcessFetchers, fetcher_config
+    from .fetch_workers import ProcessFetchers, fetcher_config, threads_per_worker
     # the download workers start first: their start overlaps this process's imports and planning
     fetchers = None
     if settings.workers:
         fetchers = ProcessFetchers(fetcher_config(settings.tardis_url, settings.api_key or None), settings.workers,
-                                   -(-settings.concurrency // settings.workers))
+                                   threads_per_worker(settings.concurrency, settings.workers))
     try:
         return _download(args, settings, now_us, fetchers)
     finally:

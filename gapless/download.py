@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, fields
 from . import ledger
 from .datatypes import parse_data_type, parse_data_types
 from .exceptions import GaplessError, RequestRejectedError, Stopped
-from .fetch_workers import DEFAULT_BATCH_ROWS, DEFAULT_TIMEOUT, ProcessFetchers, fetcher_config
+from .fetch_workers import DEFAULT_BATCH_ROWS, DEFAULT_TIMEOUT, ProcessFetchers, fetcher_config, threads_per_worker
 from .plan import plan_wanted
 from .replay import redact_options, replay_options
 from .timeutil import MINUTE_US, US
@@ -215,7 +215,7 @@ class Downloader:
             fetchers = ThreadFetchers(config, concurrency)
         else:
             workers = min(self.workers, concurrency)
-            fetchers = ProcessFetchers(config, workers, -(-concurrency // workers))
+            fetchers = ProcessFetchers(config, workers, threads_per_worker(concurrency, workers))
         in_flight, delayed, progress_state = {}, [], {}
 
         def submit(request):

@@ -13,7 +13,7 @@ from . import ledger
 from .claims import LATENCY_MARGIN_US
 from .download import Downloader
 from .exceptions import GaplessError
-from .fetch_workers import ProcessFetchers
+from .fetch_workers import ProcessFetchers, pool_key, threads_per_worker
 from .horizon import HistoryHorizon
 from .runs import ReplayRequest
 from .plan import Anchors
@@ -128,14 +128,15 @@ class Feed:
         0.3 s of CPU); new ones when they were closed, died, or the downloader wants others. None: threads."""
         if downloader.workers == 0:
             return None
-        key = (tuple(sorted(downloader.fetcher_config().items())), downloader.workers,
-               -(-downloader.concurrency // downloader.workers))
+        config, workers = downloader.fetcher_config(), downloader.workers
+        threads = threads_per_worker(downloader.concurrency, workers)
         current = self._fetchers
-        if current is not None and (current.closed or current.key != key or not current.alive()):
+        if current is not None and (current.closed or current.key != pool_key(config, workers, threads)
+                                    or not current.alive()):
             current.close()
             current = None
         if current is None:
-            current = self._fetchers = ProcessFetchers(downloader.fetcher_config(), key[1], key[2])
+            current = self._fetchers = ProcessFetchers(config, workers, threads)
         return current
 
     def close_downloads(self):

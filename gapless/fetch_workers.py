@@ -25,6 +25,16 @@ def fetcher_config(tardis_url, api_key=None, timeout=DEFAULT_TIMEOUT, batch_rows
     return {"tardis_url": tardis_url, "api_key": api_key, "timeout": timeout, "batch_rows": batch_rows}
 
 
+def threads_per_worker(concurrency, workers):
+    """Fetcher threads each of ``workers`` processes runs so that ``concurrency`` requests can be in flight."""
+    return -(-concurrency // workers)
+
+
+def pool_key(config, workers, threads):
+    """What a pool of worker processes is started for: a pool of another key cannot serve the same runs."""
+    return tuple(sorted(config.items())), workers, threads
+
+
 class ProcessFetchers:
     """``workers`` spawned processes with ``threads`` fetcher threads each.
 
@@ -37,7 +47,7 @@ class ProcessFetchers:
     """
 
     def __init__(self, config, workers, threads):
-        self.key = (tuple(sorted(config.items())), workers, threads)  # what they were started for
+        self.key = pool_key(config, workers, threads)
         self.closed = False
         self._task_ids = itertools.count(1)
         context = multiprocessing.get_context("spawn")
