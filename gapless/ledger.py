@@ -5,7 +5,8 @@ After every complete replay run, what it asked for and did not claim is recorded
 its entry is due, so no range is downloaded over and over without new evidence:
 
 * ``history_outage``: tardis' own recording has a hole (a ``disconnect`` in the replay); asked once more
-  after the day is over (a later upload may fill it), then not again for :data:`OUTAGE_GIVE_UP_US`;
+  after the day is over (a later upload may fill it), with a fresh filter set (a minute the stream's filter set
+  holds empty just after the hole's end looks like more hole), then not again for :data:`OUTAGE_GIVE_UP_US`;
 * ``unproven_start``: nothing proved the history recorder up at the range's start (no line in the
   look-behind); asked again at once when the history before it becomes covered (the start is then
   anchored), else with exponential backoff;

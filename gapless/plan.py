@@ -10,7 +10,9 @@
 * Requests never cross a UTC day (except a quiet tail asked past its end); streams needing the same
   range share one request.
 * What the replay ledger holds back is not asked for (see :mod:`gapless.ledger`); what it says
-  tardis-machine's cache holds empty (``history_cached_empty``) is asked with a fresh filter set.
+  tardis-machine's cache holds empty (``history_cached_empty``) is asked with a fresh filter set. So is a
+  history outage once it is due again: through the stream's own filter set, a minute cached empty just after
+  the outage's end looks like more outage.
 """
 import time
 
@@ -57,8 +59,11 @@ def plan_wanted(storage, exchange, wanted, now_us=None, limit=None, proven_until
         reach = max((b for _, b in ranges), default=0)
         stream_entries = ledger.entries(storage, exchange, symbol, data_type.name)
         held, tails = ledger.held_back(stream_entries, now_us, anchors, reach)
-        # what tardis-machine's cache holds empty for the stream's filter set is asked with a fresh one
-        cached_empty = [(e["start"], e["end"]) for e in stream_entries if e["reason"] == "history_cached_empty"]
+        # what tardis-machine's cache holds empty for the stream's filter set is asked with a fresh one; so is a
+        # history outage's retry: a minute the cache holds empty right after the outage's end looks exactly
+        # like more outage through the stream's own filter set (the outage seems to end only at the next line)
+        cached_empty = [(e["start"], e["end"]) for e in stream_entries if e["reason"] == "history_cached_empty"
+                        or (e["reason"] == "history_outage" and e["retry_at"] <= now_us)]
         need = merge((floor_minute(a), ceil_minute(b)) for a, b in subtract(subtract(ranges, covered), held))
         if not need:
             continue

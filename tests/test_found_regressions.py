@@ -258,6 +258,48 @@ def test_a_minute_an_earlier_run_found_cached_empty_sends_every_stream_it_cuts_t
             store.close()
 
 
+def test_harness_seed_76009_a_minute_cached_empty_just_after_a_history_outage_heals_at_the_outage_retry(tmp_path):
+    """Harness seed 76009, in small: the history recorder is down 09:40:00-09:52:30 and another client asked
+    09:52 before it was available, so the stream's filter set holds it empty. Through that filter set the
+    outage seems to last until the first line in 09:53, whose minute can never be claimed whole. The outage's
+    one retry (after its day is over) asks with a fresh filter set: the recorder shows up at 09:52:30 and
+    09:53 becomes replay."""
+    from gapless import ledger
+    from gapless.download import Downloader
+    ten = DAY + timedelta(hours=10)
+    clock = ManualClock(ten - timedelta(minutes=7, seconds=30))
+    outage = Outage(ten - timedelta(minutes=20), ten - timedelta(minutes=7, seconds=30))
+    with FakeTardisMachine(clock=clock, market=MarketConfig(book_rate=1.0, trade_rate=1.0), replay_outages=[outage],
+                           availability_delay=timedelta(seconds=60), availability_mode="empty") as tm:
+        poisoned = ten - timedelta(minutes=8)  # 09:52, asked by another client before it is available
+        options = {"exchange": "deribit", "symbols": SYMBOLS, "from": poisoned.isoformat(),
+                   "to": (poisoned + timedelta(minutes=1)).isoformat(), "dataTypes": ["trade"]}
+        requests.get(tm.http_url + "/replay-normalized", params={"options": json.dumps(options)}, timeout=10)
+        assert tm.slices.poisoned("deribit", ["trades"], SYMBOLS) == [int(poisoned.timestamp()) * US]
+        after = int(poisoned.timestamp()) * US + MINUTE_US  # 09:53, wholly after the outage's end
+        store = Storage("sqlite:///%s" % (tmp_path / "g.db"))
+        a, b = int((ten - timedelta(minutes=30)).timestamp()) * US, int(ten.timestamp()) * US
+
+        def download():
+            downloader = Downloader(store, tm.http_url, workers=0, progress=False, now=clock.now_us)
+            downloader.download("deribit", SYMBOLS, ["trade"], a, b)
+            return [store.covered("deribit", symbol, "trade", "replay") for symbol in SYMBOLS]
+
+        def whole(covered):
+            return any(x <= after and y >= after + MINUTE_US for x, y in covered)
+
+        try:
+            clock.advance(20 * 60)
+            assert not any(whole(c) for c in download())  # the outage seems to end in 09:53
+            for symbol in SYMBOLS:
+                assert [e["reason"] for e in ledger.entries(store, "deribit", symbol, "trade")] == ["history_outage"]
+            clock.advance(16 * 3600)  # the day is over: the outage is due for its one retry
+            assert all(whole(c) for c in download())
+            assert any(s.startswith("GAPLESS-FRESH") for s in tm.requests[-1].options[0]["symbols"])
+        finally:
+            store.close()
+
+
 class SimpleRequest:
     """What :meth:`gapless.silence.SettledMinutes.of` reads of a request (the trades filter set of SYMBOLS)."""
 
