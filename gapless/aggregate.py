@@ -1,8 +1,8 @@
 """Minute aggregates: what the rows inside one minute say, nothing carried (pure functions, no storage).
 
 For books the state after the minute's last snapshot and the mid's open/high/low/close over its snapshots;
-for trades and bars the OHLC, volumes, count and vwap; for tickers the last value of each field. Used only
-by the minute store (:mod:`gapless.minutes`).
+for trades and bars the OHLC, volumes, count and vwap; for liquidations their count, volumes and vwap; for
+tickers the last value of each field. Used only by the minute store (:mod:`gapless.minutes`).
 
 Labels: a row belongs to the minute that contains its timestamp; a sampled row (``quote_1m``,
 ``trade_bar_10s`` ...) is stamped at its interval's END, so a stamp of exactly 13:31:00 belongs to 13:30.
@@ -14,7 +14,7 @@ import orjson
 import pandas as pd
 
 from .datatypes import parse_data_type
-from .schema import QUOTE_VALUES, TICKER_VALUES, TRADE_VALUES
+from .schema import LIQUIDATION_VALUES, QUOTE_VALUES, TICKER_VALUES, TRADE_VALUES
 from .timeutil import MINUTE_US
 
 AGG_META = ("n", "first_ts", "last_ts")
@@ -30,6 +30,8 @@ def value_columns(data_type):
         return TRADE_VALUES
     if data_type.family == "derivative_ticker":
         return TICKER_VALUES
+    if data_type.family == "liquidation":
+        return LIQUIDATION_VALUES
     raise ValueError("no minute series for %s" % (data_type.name,))
 
 
@@ -67,7 +69,7 @@ def source_columns(data_type):
     if data_type.family == "book_snapshot":
         levels = ["bids_0_price", "bids_0_amount", "asks_0_price", "asks_0_amount"]
         return ["timestamp", "local_timestamp", "seq"] + levels + list(deeper_level_columns(data_type.depth))
-    if data_type.family == "trade":
+    if data_type.family in ("trade", "liquidation"):
         return ["timestamp", "local_timestamp", "trade_id", "price", "amount", "side", "seq"]
     if data_type.family == "trade_bar":
         return ["timestamp", "open_timestamp", "open", "high", "low", "close", "volume", "buy_volume",
@@ -92,6 +94,8 @@ def aggregate(data_type, rows):
         return _trades(rows)
     if family == "trade_bar":
         return _bars(rows)
+    if family == "liquidation":
+        return _liquidations(rows)
     return _tickers(rows)
 
 
@@ -187,6 +191,13 @@ def _trades(rows):
     out = _frame(minute, first, last, ts, columns)
     out["levels"] = None
     return out
+
+
+def _liquidations(rows):
+    # the fills that liquidated someone: counted, their volume by side and their vwap (no prices of their own:
+    # the minute's prices are the trades')
+    out = _trades(rows).rename(columns={"trades": "liquidations"})
+    return out[list(AGG_META) + list(LIQUIDATION_VALUES) + ["levels"]]
 
 
 def _bars(rows):

@@ -19,7 +19,11 @@ local-time filter must not have cut messages: exchange and local clocks may diff
   stamped that much later cannot have arrived before it. A proven start is the same rule met by a line
   in the look-behind;
 * live (every connection): from the stream's own first row plus :data:`START_MARGIN_US` (each channel
-  subscribes on its own; for a trade bar its first trade, ``openTimestamp``).
+  subscribes on its own; for a trade bar its first trade, ``openTimestamp``);
+* a *follower* (``liquidation``, see :attr:`gapless.datatypes.DataType.claims_follow`) is claimed exactly where
+  its leader of the same symbol (``trade``: the channel tardis derives it from) is claimed in the same run, and
+  never from its own messages: they are rare, so their silence proves nothing. The run asks for the leader
+  too; where the leader is not a stream of its own, its rows are evidence only (observed, not stored).
 
 A sampled claim then starts at the next interval boundary: the interval in progress may be partial.
 
@@ -90,8 +94,11 @@ class ClaimTracker:
         self.run_id = run_id
         self.owner = owner
         self.expected = {(s, d) for s in request.symbols for d in request.data_types}
+        # types asked only as the evidence of another's claims (``trade`` for ``liquidation``): never claimed
+        self.evidence_only = set(types) - set(request.data_types)
         # a stream known from history before an anchored start exists: quiet in this run means quiet
         self.seen = set(tuple(k) for k in request.known) & self.expected if request.anchored and not live else set()
+        self._known = set(self.seen)
         self.segment_no = 0
         self.first_arrival = None  # first data line of the current segment (local time)
         self.proven = bool(request.anchored) and not live
@@ -281,12 +288,13 @@ class ClaimTracker:
             progress = self.exchange_seen if self._behind else min(progress, self.exchange_seen)
         raw_end = min(request.claim_end, progress - LATENCY_MARGIN_US)
         claims = []
-        for symbol, name in sorted(self.seen):
-            data_type = self.types[name]
-            start = self._start(symbol, name)
+        for symbol, name in sorted(self.claimable()):
+            # a follower (``liquidation``) is claimed exactly where its leader (``trade``) of the symbol is
+            basis = self.types[name].claims_follow or name
+            start = self._start(symbol, basis)
             if start is None:
                 continue
-            for suffix, a, b in self._spans(symbol, data_type, start, raw_end):
+            for suffix, a, b in self._spans(symbol, self.types[basis], start, raw_end):
                 if b <= a:
                     continue
                 claims.append(Claim(request.exchange, symbol, name, self.source,
@@ -294,6 +302,21 @@ class ClaimTracker:
                                     end_reason=end_reason, is_open=is_open, owner=self.owner,
                                     limit_end=request.claim_end, sealed_until=sealed))
         return claims
+
+    def claimable(self):
+        """The expected streams this run can claim: each one that sent data or is known, and each follower whose
+        leader sent data (never a follower from its own messages alone, nor an evidence-only stream)."""
+        streams = set()
+        for symbol, name in self.seen:
+            if name in self.evidence_only:
+                continue
+            if self.types[name].claims_follow is None or (symbol, name) in self._known:
+                streams.add((symbol, name))
+        for symbol, name in self.expected:
+            leader = self.types[name].claims_follow
+            if leader is not None and (symbol, leader) in self.seen:
+                streams.add((symbol, name))
+        return streams
 
     def _start(self, symbol, name):
         """The stream's claim start in this segment, or None while unknown."""
@@ -367,8 +390,9 @@ class ClaimTracker:
         self._remember(final_claims)
         request = self.request
         report = []
+        claimable = self.claimable()
         for stream in sorted(self.expected):
-            if stream not in self.seen:
+            if stream not in claimable:
                 report.append(stream + (request.claim_from, request.claim_end, "no_data"))
                 continue
             claimed = sorted(self.history.get(stream, []))

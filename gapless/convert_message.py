@@ -74,6 +74,7 @@ class Converter:
         self._types = {}
         self._seq = {}
         self._idless = IdlessCounter()
+        self._idless_liquidations = IdlessCounter()
 
     def data_type(self, name):
         """Cached :class:`~gapless.datatypes.DataType` for a message name."""
@@ -107,6 +108,8 @@ class Converter:
                 return self._trade_bar(m, exchange, symbol, ts, lts)
             if family == "derivative_ticker":
                 return self._ticker(m, exchange, symbol, ts, lts)
+            if family == "liquidation":
+                return self._liquidation(m, exchange, symbol, ts, lts)
             return self._book_change(m, exchange, symbol, ts, lts)
         except KeyError as exc:
             raise MalformedMessage("missing field %s" % exc) from None
@@ -150,18 +153,31 @@ class Converter:
         side = m.get("side") or "unknown"
         if side not in ("buy", "sell", "unknown"):
             raise MalformedMessage("bad trade side %r" % (side,))
+        return "trade", (exchange, symbol, "trade", "trade", self.source, ts, lts) + \
+            self._fill(m, exchange, symbol, ts, side, self._idless)
+
+    def _liquidation(self, m, exchange, symbol, ts, lts):
+        # a liquidation is also sent as a trade (when trades are asked): its own table, so nothing counts it twice
+        side = m.get("side")
+        if side not in ("buy", "sell"):
+            raise MalformedMessage("bad liquidation side %r" % (side,))
+        return "liquidation", (exchange, symbol, "liquidation", "liquidation", self.source, ts, lts) + \
+            self._fill(m, exchange, symbol, ts, side, self._idless_liquidations)
+
+    @staticmethod
+    def _fill(m, exchange, symbol, ts, side, idless):
+        """``(id, price, amount, side, seq)`` of a fill (a trade or a liquidation)."""
         price, amount = _req_num(m["price"]), _req_num(m["amount"])
-        trade_id = m.get("id")
+        fill_id = m.get("id")
         seq = None
-        if trade_id is None or trade_id == "":
+        if fill_id is None or fill_id == "":
             # no exchange id: a key made of what the exchange printed, the same whichever connection or
             # request received it (see gapless.trade_keys)
-            n, seq = self._idless.number(exchange, symbol, ts, price, amount, side)
-            trade_id = trade_key(price, amount, side, n)
-        elif trade_id.__class__ is not str:
-            trade_id = str(trade_id)
-        return "trade", (exchange, symbol, "trade", "trade", self.source, ts, lts, trade_id, price, amount, side,
-                         seq)
+            n, seq = idless.number(exchange, symbol, ts, price, amount, side)
+            fill_id = trade_key(price, amount, side, n)
+        elif fill_id.__class__ is not str:
+            fill_id = str(fill_id)
+        return fill_id, price, amount, side, seq
 
     def _trade_bar(self, m, exchange, symbol, ts, lts):
         name = m["name"]

@@ -19,7 +19,11 @@ FAMILY_OF_TYPE = {
     "trade_bar": "trade_bar",
     "book_change": "book_change",
     "derivative_ticker": "derivative_ticker",
+    "liquidation": "liquidation",
 }
+# a type whose coverage is that of another stream of the same symbol: liquidations are rare, so their own
+# silence proves nothing; tardis derives them from the trades channel, which proves it up (issue 19)
+CLAIMS_FOLLOW = {"liquidation": "trade"}
 
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000}
 _INTERVAL = r"(\d+)(ms|s|m)"
@@ -68,13 +72,18 @@ class DataType:
             return "trade"
         return None
 
+    @property
+    def claims_follow(self):
+        """The data type whose claims this one's copy (its own messages never prove coverage), or None."""
+        return CLAIMS_FOLLOW.get(self.family)
+
 
 def parse_data_type(name):
     """Parse one data type name; raise :class:`DataTypeError` naming it when it is not valid."""
     if not isinstance(name, str):
         raise DataTypeError("data type %r is not a string" % (name,))
     key = name.strip()
-    if key in ("trade", "book_change", "derivative_ticker"):
+    if key in ("trade", "book_change", "derivative_ticker", "liquidation"):
         return DataType(key, key, key)
     match = _QUOTE.match(key)
     if match:
@@ -94,7 +103,7 @@ def parse_data_type(name):
             raise DataTypeError("data type %r: a trade bar needs an interval > 0" % (name,))
         return DataType(key, "trade_bar", "trade_bar", interval_ms=interval)
     raise DataTypeError(
-        "unknown data type %r (expected trade, book_change, derivative_ticker, quote, quote_<N><ms|s|m>, "
+        "unknown data type %r (expected trade, liquidation, book_change, derivative_ticker, quote, quote_<N><ms|s|m>, "
         "book_snapshot_<depth>_<N><ms|s|m> or trade_bar_<N><ms|s|m>)" % (name,))
 
 
@@ -158,6 +167,17 @@ def _interval_text(ms):
         if ms % size == 0:
             return "%d%s" % (ms // size, unit)
     return "%dms" % ms
+
+
+def asked_types(names):
+    """The data types to ask tardis-machine for so that ``names`` can be claimed: each type whose claims follow
+    another's brings that one along (``liquidation`` asks ``trade`` too; its rows serve as evidence only)."""
+    names = list(names)
+    for name in list(names):
+        leader = CLAIMS_FOLLOW.get(name)
+        if leader is not None and leader not in names:
+            names.append(leader)
+    return names
 
 
 def data_type_of_message(message):

@@ -24,7 +24,7 @@ import orjson
 
 from .claims import LATENCY_MARGIN_US, SKEW_BOUND_US, ClaimTracker
 from .convert import BatchConverter
-from .datatypes import parse_data_type
+from .datatypes import asked_types, parse_data_type
 from .runs import Batch, ReplayRequest  # noqa: F401 (the run's types, imported from here by older code)
 from .timeutil import MINUTE_US, iso, parse_timestamp_us
 from .trade_keys import vouched
@@ -56,8 +56,10 @@ class RunParser:
         self.source = source
         self.live = live
         self.converter = BatchConverter(source)
-        self._types = {name: parse_data_type(name) for name in request.data_types}
-        self._expected = {(s, d) for s in request.symbols for d in request.data_types}
+        asked = asked_types(request.data_types)  # with the leaders of followers (``trade`` for ``liquidation``)
+        self._types = {name: parse_data_type(name) for name in asked}
+        self._expected = {(s, d) for s in request.symbols for d in asked}
+        self._evidence_only = set(asked) - set(request.data_types)  # observed for claims, never stored
         self._skip = {(s, d): us for s, d, us in request.skip_before}
         self.claims = ClaimTracker(request, self._types, source, live, uuid.uuid4().hex[:16])
         self._pending = []
@@ -242,7 +244,7 @@ class RunParser:
         batch = self._flush(progress_us=progress, end_reason=end_reason, evidence_bound=_AFTER_EVERYTHING,
                             sealed=progress)
         batch.unclaimed = self.claims.unclaimed(batch.claims)
-        missing = sorted(self._expected - self.claims.seen)
+        missing = sorted(self.claims.expected - self.claims.claimable())
         if missing:
             log.warning("%s: no data at all for %s in [%s, %s); not claiming coverage (unknown symbol, no data yet, "
                         "or a market quiet for the whole range)", self.request.exchange,
@@ -318,6 +320,16 @@ class RunParser:
             latest_arrival = int(arrivals.max())
             if latest_arrival > self._arrival:
                 self._arrival = latest_arrival
+            if self._evidence_only and names & self._evidence_only:
+                # the leader of a follower, asked only as its evidence: observed above, not stored
+                keep = np.fromiter((d not in self._evidence_only for d in block.column(3)), dtype=bool,
+                                   count=len(block))
+                block = block.select(keep)
+                streams = {k for k in streams if k[1] not in self._evidence_only}
+                if not block:
+                    rows[table] = block
+                    continue
+                ts = block.array(5)
             if table == "trade":
                 keep = vouched(block, self._whole_since())
                 if keep is not None:  # trades without ids this run may have seen only part of (gapless.trade_keys)

@@ -4,8 +4,8 @@
 ``source`` column per minute and the value columns, as :meth:`Gapless.series` returns them) and the
 gaps (dicts with ``symbol``, ``data_type``, ``start``, ``end``, ``reason`` as ``Gapless.gaps()`` and
 ``status`` give them). For each stream it draws the price (``mid_close`` for quotes and snapshots,
-``close`` for trades and bars, ``mark_price``/``last_price`` for tickers) above a band with one cell per
-minute in a fixed colour per source:
+``close`` for trades and bars, ``mark_price``/``last_price`` for tickers; the volume for liquidations) above
+a band with one cell per minute in a fixed colour per source:
 
 =========  ===========  =========
 replay     green        ``#2ca02c``
@@ -30,7 +30,7 @@ from .timeutil import MINUTE_US, iso, parse_time_arg
 
 COLOURS = {"replay": "#2ca02c", "live": "#1f77b4", "missing": "#d62728"}
 CODES = {"replay": 0, "live": 1, "missing": 2}
-PRICE_COLUMNS = ("mid_close", "close", "mark_price", "last_price")
+PRICE_COLUMNS = ("mid_close", "close", "mark_price", "last_price", "volume")  # volume: liquidations
 DPI = 100
 PIXELS_PER_MINUTE = 6
 MIN_WIDTH, MAX_WIDTH = 1000, 3600

@@ -279,6 +279,8 @@ def _carry_extent(reader, key, data_type, lo, hi, end):
     every field it did not change itself: a ticker change may reach the end of that interval.
     """
     reach = hi
+    if data_type.family == "liquidation":
+        return lo, min(reach, end)  # nothing carries from one liquidation minute to the next
     for source in ("replay", "live"):
         holding = [b for a, b in reader.covered(key[0], key[1], key[2], source) if a <= hi < b]
         if not holding:

@@ -22,7 +22,7 @@ from urllib.parse import quote
 import orjson
 import websocket
 
-from .datatypes import parse_data_types
+from .datatypes import asked_types, parse_data_types
 from .exceptions import StorageError
 from .ingest import ReplayRequest, RunParser
 from .owners import OWNER, owner_is_gone
@@ -41,7 +41,7 @@ _FAST_FAMILIES = ("book_snapshot", "book_change", "derivative_ticker")
 
 def stream_url(ws_url, exchange, symbols, data_types):
     """The ``/ws-stream-normalized`` URL with disconnect and error messages switched on."""
-    options = {"exchange": exchange, "symbols": list(symbols), "dataTypes": list(data_types),
+    options = {"exchange": exchange, "symbols": list(symbols), "dataTypes": asked_types(data_types),
                "withDisconnectMessages": True, "withErrorMessages": True}
     return "%s/ws-stream-normalized?options=%s" % (ws_url.rstrip("/"), quote(orjson.dumps(options).decode(), safe=""))
 

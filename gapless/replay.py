@@ -14,6 +14,7 @@ from urllib.parse import quote
 import orjson
 import requests
 
+from .datatypes import asked_types
 from .exceptions import IncompleteStreamError, RequestRejectedError, ServerError, ServerUnreachableError
 from .timeutil import iso
 from .urls import validate_http_url
@@ -49,7 +50,7 @@ def replay_options(exchange, symbols, data_types, start_us, end_us, api_key=None
         "symbols": list(symbols) + ([fresh_symbol(fresh)] if fresh else []),
         "from": iso(start_us),
         "to": iso(end_us),
-        "dataTypes": list(data_types),
+        "dataTypes": asked_types(data_types),  # with the leaders of followers (trade for liquidation)
         "withDisconnectMessages": True,
     }
     if api_key:

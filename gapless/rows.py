@@ -11,6 +11,8 @@ import numpy as np
 COMMON_COLUMNS = ("exchange", "symbol", "dtype", "name", "source", "timestamp", "local_timestamp")
 # seq: the arrival order among the trades of one timestamp, kept for trades without an exchange id
 TRADE_COLUMNS = COMMON_COLUMNS + ("trade_id", "price", "amount", "side", "seq")
+# a liquidation is a fill with Deribit's liquidation flag: a trade's fields, its trade id included
+LIQUIDATION_COLUMNS = TRADE_COLUMNS
 TRADE_BAR_COLUMNS = COMMON_COLUMNS + (
     "open_timestamp", "close_timestamp", "interval", "kind", "open", "high", "low", "close",
     "volume", "buy_volume", "sell_volume", "trades", "vwap")
@@ -43,7 +45,7 @@ def table_columns(table):
     if table.startswith("book_snapshot_"):
         return snapshot_columns(int(table.rsplit("_", 1)[1]))
     return {"trade": TRADE_COLUMNS, "trade_bar": TRADE_BAR_COLUMNS, "book_change": BOOK_CHANGE_COLUMNS,
-            "derivative_ticker": TICKER_COLUMNS}[table]
+            "derivative_ticker": TICKER_COLUMNS, "liquidation": LIQUIDATION_COLUMNS}[table]
 
 
 class Const:

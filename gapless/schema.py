@@ -1,7 +1,7 @@
 """The database schema: every table gapless keeps, as Peewee models, and the upgrade between versions.
 
 Data tables, one per data-type family (``book_snapshot_<depth>``, ``trade``, ``trade_bar``, ``book_change``,
-``derivative_ticker``), keyed by their natural key so re-inserting is a no-op. Bookkeeping tables:
+``derivative_ticker``, ``liquidation``), keyed by their natural key so re-inserting is a no-op. Bookkeeping tables:
 
 * ``coverage``: which ``[start, end)`` of which stream is stored, per source and segment (a download run
   or a live connection); written in the same transaction as the rows it covers;
@@ -28,8 +28,8 @@ from peewee import (AutoField, BigIntegerField, BooleanField, CharField, Composi
 from .convert import table_columns
 from .trade_keys import rewrite_fallback_keys
 
-SCHEMA_VERSION = 4
-FAMILY_TABLES = ("trade", "trade_bar", "book_change", "derivative_ticker")
+SCHEMA_VERSION = 5
+FAMILY_TABLES = ("trade", "trade_bar", "book_change", "derivative_ticker", "liquidation")
 BOOKKEEPING_TABLES = ("coverage", "meta", "dirty_rows", "dirty_series", "minute_agg", "replay_ledger",
                       "minute_series", "minute_compare", "stream_status", "healing_state")
 
@@ -38,7 +38,9 @@ QUOTE_VALUES = ("bid_price", "bid_amount", "ask_price", "ask_amount", "mid_open"
                 "mid_close")
 TRADE_VALUES = ("open", "high", "low", "close", "volume", "buy_volume", "sell_volume", "trades", "vwap")
 TICKER_VALUES = ("last_price", "open_interest", "funding_rate", "index_price", "mark_price")
-SERIES_VALUES = QUOTE_VALUES + TRADE_VALUES + TICKER_VALUES
+LIQUIDATION_VALUES = ("liquidations", "volume", "buy_volume", "sell_volume", "vwap")
+# new columns go at the end (schema 5: ``liquidations``): readers select them by name, followers by position
+SERIES_VALUES = QUOTE_VALUES + TRADE_VALUES + TICKER_VALUES + ("liquidations",)
 
 
 def make_models(database):
@@ -79,6 +81,11 @@ def make_models(database):
                                           amount=DoubleField(), side=CharField(max_length=8),
                                           seq=IntegerField(null=True)),
                             ("exchange", "symbol", "source", "timestamp", "trade_id"))
+    # liquidations (schema 5): a trade's fields, keyed like trades; a liquidation is also a trade, stored apart
+    models["liquidation"] = model("liquidation", dict(common(), trade_id=CharField(max_length=128),
+                                                      price=DoubleField(), amount=DoubleField(),
+                                                      side=CharField(max_length=8), seq=IntegerField(null=True)),
+                                  ("exchange", "symbol", "source", "timestamp", "trade_id"))
     models["trade_bar"] = model("trade_bar", dict(
         common(), open_timestamp=BigIntegerField(), close_timestamp=BigIntegerField(), interval=DoubleField(),
         kind=CharField(max_length=16), open=DoubleField(), high=DoubleField(), low=DoubleField(),
@@ -198,6 +205,10 @@ def upgrade_statements(version, is_sqlite):
         # deeper book levels were not published before (exports and the picture of book_snapshot_<d> with d > 1
         # failed on them); the upgrade's first pass publishes every stream afresh (dirty_rows)
         statements.append('ALTER TABLE "minute_series" ADD COLUMN "levels" TEXT')
+    if version < 5:
+        # liquidations (issue 19): their minute count; the other liquidation columns are the trades' ones
+        for table in ("minute_agg", "minute_series"):
+            statements.append('ALTER TABLE "%s" ADD COLUMN "liquidations" DOUBLE PRECISION' % table)
     return statements
 
 

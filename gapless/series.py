@@ -117,11 +117,14 @@ def source_values(reader, exchange, symbol, data_type, start, end, source):
         own[pos] = True
         last_ts[pos] = agg["last_ts"].to_numpy(dtype=np.int64)
         values[pos] = _agg_values(agg, data_type, columns)
-    seeds = _seeds(reader, key, stored_cols, data_type, start, block, intervals, own, last_ts, values, columns)
+    seeds = {} if data_type.family == "liquidation" else \
+        _seeds(reader, key, stored_cols, data_type, start, block, intervals, own, last_ts, values, columns)
     if data_type.family == "book_snapshot":
         known = _fill_book(values, columns, block, own, seeds)
     elif data_type.family in ("trade", "trade_bar"):
         known = _fill_trades(values, columns, block, own, seeds)
+    elif data_type.family == "liquidation":
+        known = _fill_counts(values, columns, block, own)
     else:
         known = _fill_tickers(values, block, seeds)
     return values, known, columns
@@ -245,6 +248,15 @@ def _fill_trades(values, columns, block, own, seeds):
     for column in ("open", "high", "low", "close"):
         # a quiet minute: open = high = low = close = the last price (NaN if unknown inside coverage)
         values[quiet, columns.index(column)] = carried[quiet]
+    values[block < 0] = np.nan
+    return block >= 0
+
+
+def _fill_counts(values, columns, block, own):
+    # nothing carries: a covered minute without a liquidation is a true 0 (the trades channel was up), vwap NaN
+    quiet = (block >= 0) & ~own
+    for column in ("liquidations", "volume", "buy_volume", "sell_volume"):
+        values[quiet, columns.index(column)] = 0.0
     values[block < 0] = np.nan
     return block >= 0
 

@@ -26,6 +26,7 @@ COMPARED = {
     "trade": ("open", "high", "low", "close", "volume", "trades"),
     "trade_bar": ("open", "high", "low", "close", "volume", "trades"),
     "derivative_ticker": ("last_price", "open_interest", "funding_rate", "index_price", "mark_price"),
+    "liquidation": ("liquidations", "volume", "buy_volume", "sell_volume"),
 }
 RELATIVE_TOLERANCE = 1e-9
 PRIORITY = ("replay", "live")

@@ -197,8 +197,10 @@ def make_schema_2_database(url, rows):
     with store.write_transaction():
         db.execute_sql('ALTER TABLE "trade" DROP COLUMN "seq"')
         db.execute_sql('DROP INDEX "minute_series_seq"')  # schema 4's publish sequence did not exist either
-        for column in ("seq", "revision", "levels"):
+        for column in ("seq", "revision", "levels", "liquidations"):
             db.execute_sql('ALTER TABLE "minute_series" DROP COLUMN "%s"' % column)
+        db.execute_sql('ALTER TABLE "minute_agg" DROP COLUMN "liquidations"')  # schema 5's
+        db.execute_sql('DROP TABLE "liquidation"')
         db.cursor().executemany('INSERT INTO "trade" ("exchange", "symbol", "dtype", "name", "source", "timestamp", '
                                 '"local_timestamp", "trade_id", "price", "amount", "side") VALUES (%s)'
                                 % ", ".join([mark] * 11), rows)

@@ -13,6 +13,9 @@ segments' trades, book changes and tickers), not from the normalizer's output li
   with exchange time BEFORE the minute's end (the tardis rule: a snapshot stamped T is the
   book as of the last change before T): level 0 as bid/ask price/amount, ``mid_close``,
   and the deeper levels as ``bids_<k>_price`` ... (NaN where the book is shallower).
+* ``liquidation``: the trades the model marks as liquidations (``market.liquidation_kind``), with tardis'
+  side rule (``market.liquidation_side``): their count (``liquidations``), volume, buy/sell volume and vwap. A
+  minute without one has count and volumes 0 and vwap NaN.
 * ``derivative_ticker``: the last value of each field stamped before the minute's end.
   Like the book (and like gapless, which files a message stamped exactly at 13:31:00
   under the 13:31 row), the end is exclusive: an update stamped on the minute belongs
@@ -35,7 +38,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from tests.fake_tardis.market import KIND_TICKER, KIND_TRADE, SEGMENT_MS, Market, MarketConfig, symbol_params
+from tests.fake_tardis.market import (KIND_TICKER, KIND_TRADE, SEGMENT_MS, Market, MarketConfig, liquidation_kind,
+                                      liquidation_side, symbol_params)
 from tests.fake_tardis.options import parse_data_type
 from tests.fake_tardis.render import cents_str, price_str
 from tests.fake_tardis.streams import reconnect_snapshot_ms
@@ -48,6 +52,7 @@ MINUTE_US = 60_000_000
 TRADE_COLUMNS = ("open", "high", "low", "close", "volume", "buy_volume", "sell_volume", "trades", "vwap")
 QUOTE_COLUMNS = ("bid_price", "bid_amount", "ask_price", "ask_amount", "mid_close")
 TICKER_COLUMNS = ("last_price", "open_interest", "funding_rate", "index_price", "mark_price")
+LIQUIDATION_COLUMNS = ("liquidations", "volume", "buy_volume", "sell_volume", "vwap")
 
 
 # -- data types ------------------------------------------------------------------------------
@@ -64,6 +69,8 @@ def _family(data_type: str):
         return "book", spec.depth
     if kind == "ticker":
         return "ticker", None
+    if kind == "liquidation":
+        return "liquidation", None
     raise ValueError(f"{data_type}: no minute truth (book_change is not a minute series)")
 
 
@@ -74,6 +81,8 @@ def truth_columns(data_type: str) -> tuple[str, ...]:
         return TRADE_COLUMNS
     if family == "ticker":
         return TICKER_COLUMNS
+    if family == "liquidation":
+        return LIQUIDATION_COLUMNS
     deeper = [f"{side}_{k}_{field}" for side in ("bids", "asks") for k in range(1, depth) for field in ("price", "amount")]
     return QUOTE_COLUMNS + tuple(deeper)
 
@@ -176,6 +185,8 @@ def minute_truth(market, exchange: str, symbol: str, data_type: str, start_us: i
         values = _trade_minutes(market, exchange, symbol, minutes)
     elif family == "book":
         values = _book_minutes(market, exchange, symbol, minutes, depth)
+    elif family == "liquidation":
+        values = _liquidation_minutes(market, exchange, symbol, minutes)
     else:
         values = _ticker_minutes(market, exchange, symbol, minutes)
     index = pd.DatetimeIndex(pd.to_datetime(minutes * 1000, unit="us", utc=True), name="minute")
@@ -242,6 +253,32 @@ def _trade_minutes(market, exchange, symbol, minutes) -> np.ndarray:
                                  lambda seg: (lambda tr: (tr["ex"], tr["price"]))(_segment_trades(seg)))
             last = math.nan if found is None else float(found)
         out[i, 0:4] = last
+    return out
+
+
+def _liquidation_minutes(market, exchange, symbol, minutes) -> np.ndarray:
+    n = len(minutes)
+    out = np.full((n, len(LIQUIDATION_COLUMNS)), np.nan)
+    out[:, 0:4] = 0.0  # liquidations, volume, buy_volume, sell_volume
+    if not n:
+        return out
+    lo, hi = int(minutes[0]), int(minutes[-1]) + MINUTE_MS
+    prefix = symbol_params(symbol).id_prefix
+    for seg in _segments(market, exchange, symbol, lo, hi):
+        t = _segment_trades(seg)
+        for j in np.flatnonzero((t["ex"] >= lo) & (t["ex"] < hi)).tolist():
+            kind = liquidation_kind(symbol, prefix + str(int(t["id"][j])))
+            if kind is None:
+                continue
+            i = (int(t["ex"][j]) - lo) // MINUTE_MS
+            amount, price = float(t["amount"][j]), float(t["price"][j])
+            side = liquidation_side(kind, bool(t["buy"][j]))
+            out[i, 0] += 1
+            out[i, 1] += amount
+            out[i, 2 if side == "buy" else 3] += amount
+            out[i, 4] = (0.0 if out[i, 0] == 1 else out[i, 4]) + price * amount  # the notional until divided below
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out[:, 4] = np.where(out[:, 0] > 0, out[:, 4] / out[:, 1], np.nan)
     return out
 
 

@@ -7,7 +7,6 @@
 * no replay request is repeated without new evidence.
 """
 import re
-from collections import Counter
 
 import numpy as np
 import pandas as pd
@@ -20,14 +19,17 @@ REASONS = {"history_outage", "disconnect", "clock_step", "downtime", "unknown_st
            "awaiting_evidence", "not_downloaded"}
 EXACT = {"trade": ("open", "high", "low", "close", "volume", "buy_volume", "sell_volume", "trades"),
          "book": ("bid_price", "bid_amount", "ask_price", "ask_amount", "mid_close"),
-         "ticker": ("last_price", "open_interest", "funding_rate", "index_price", "mark_price")}
+         "ticker": ("last_price", "open_interest", "funding_rate", "index_price", "mark_price"),
+         "liquidation": ("liquidations", "volume", "buy_volume", "sell_volume")}
 PRICES = ("open", "high", "low", "close")
 
 
 def family(data_type):
-    """trade, book or ticker."""
+    """trade, book, liquidation or ticker."""
     if data_type.startswith(("trade",)):
         return "trade"
+    if data_type == "liquidation":
+        return "liquidation"
     if data_type.startswith(("quote", "book_snapshot")):
         return "book"
     return "ticker"
@@ -58,7 +60,7 @@ def false_minutes(machine, frames, exchange="deribit"):
             for i in np.flatnonzero(bad)[:3]:
                 found.append(((symbol, data_type), served.index[i], served["source"].iloc[i], column, got[i],
                               want[i]))
-        if kind == "trade":
+        if kind in ("trade", "liquidation"):
             got = served["vwap"].to_numpy(dtype=float)
             want = truth.loc[served.index, "vwap"].to_numpy(dtype=float)
             bad = ~(np.isclose(got, want, rtol=1e-9, atol=0) | (np.isnan(got) & np.isnan(want)))

@@ -33,6 +33,7 @@ DATA_TYPES = ("quote", "quote_1m", "quote_10s", "book_snapshot_5_1s", "trade", "
               "derivative_ticker", "book_change")
 DAY = datetime(2026, 11, 25, tzinfo=timezone.utc)
 IDLESS_SHARE = 0.25  # examples on an exchange without trade ids (issue 21)
+LIQUIDATION_SHARE = 0.3  # examples with Deribit's liquidation stream (issue 19)
 
 
 @dataclass
@@ -126,8 +127,13 @@ def draw(seed):
     # a different time must not change truth, and the worker processes (the default outside the harness) must
     # store what the threads store
     settings = random.Random("settings/%d" % seed)
-    return replace(schedule, early_asks=_early_asks(seed, schedule), upgrade=settings.choice(("daily", "hourly")),
-                   workers=1 if settings.random() < 0.25 else 0)
+    schedule = replace(schedule, early_asks=_early_asks(seed, schedule), upgrade=settings.choice(("daily", "hourly")),
+                       workers=1 if settings.random() < 0.25 else 0)
+    # Deribit's liquidations (issue 19), from their own draw: claimed only where the trades channel is, which the
+    # service asks along whether trade is a stream of its own or not
+    if schedule.exchange == "deribit" and random.Random("liquidation/%d" % seed).random() < LIQUIDATION_SHARE:
+        schedule = replace(schedule, data_types=tuple(sorted(set(schedule.data_types) | {"liquidation"})))
+    return schedule
 
 
 def _early_asks(seed, schedule):
