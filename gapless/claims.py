@@ -57,6 +57,8 @@ the same), unless it is *known*: its own replay coverage reaches the anchored st
 was quiet). What a complete run did not claim is reported (:meth:`ClaimTracker.unclaimed`) for the
 replay ledger, with why: ``history_outage``, ``unproven_start``, ``quiet_tail`` or ``no_data``.
 """
+import dataclasses
+
 import numpy as np
 
 from .runs import Claim
@@ -119,6 +121,7 @@ class ClaimTracker:
         # how far behind: its event came at most the latency margin before it arrived
         self._behind = False
         self._behind_bound = None
+        self._open_claims = {}  # live: {(segment, symbol, data type): the last claim written open}
 
     # -- observing rows --------------------------------------------------------------------------
     def segment_line(self, arrival, exchange=None):
@@ -301,7 +304,23 @@ class ClaimTracker:
                                     "%s:%d%s" % (self.run_id, self.segment_no, suffix), a, b,
                                     end_reason=end_reason, is_open=is_open, owner=self.owner,
                                     limit_end=request.claim_end, sealed_until=sealed))
+        if self.live:
+            self._close_the_rest(claims, end_reason, is_open, sealed)
         return claims
+
+    def _close_the_rest(self, claims, end_reason, is_open, sealed):
+        """A live claim written open stays open until written closed: when the segment closes, every piece it
+        ever wrote open is closed, also one with nothing to add now (a trade bar stream's quiet piece after a
+        trade in a later interval: empty at the close, and left open for good by a clean stop otherwise)."""
+        if is_open:
+            for c in claims:
+                self._open_claims[(c.segment, c.symbol, c.data_type)] = c
+            return
+        written = {(c.segment, c.symbol, c.data_type) for c in claims}
+        for key, c in self._open_claims.items():
+            if key not in written:
+                claims.append(dataclasses.replace(c, is_open=False, end_reason=end_reason, sealed_until=sealed))
+        self._open_claims = {}
 
     def claimable(self):
         """The expected streams this run can claim: each one that sent data or is known, and each follower whose

@@ -300,6 +300,49 @@ def test_harness_seed_76009_a_minute_cached_empty_just_after_a_history_outage_he
             store.close()
 
 
+def test_a_clean_stop_closes_the_quiet_piece_of_a_trade_bar_stream_that_has_nothing_to_add_at_the_close():
+    """Seen in test_faults_process' SIGKILL loop (2 runs in 6): after the last, undisturbed service stopped with exit
+    0, a live ``trade_bar_1m`` segment ``<run>:0:q`` was still open. The quiet piece after the pending interval was
+    written open; a trade in a later interval just before the stop made it empty at the close, so the closing
+    batch did not write it and it stayed open for good."""
+    import orjson
+    from gapless.ingest import RunParser
+    from gapless.runs import ReplayRequest
+
+    def at(second):
+        return "2026-11-25T10:%02d:%06.3fZ" % divmod(second, 60)
+
+    head = {"symbol": "BTC-PERPETUAL", "exchange": "deribit"}
+
+    def trade(second):
+        return orjson.dumps(dict(head, type="trade", id="T%d" % second, price=100.0, amount=10, side="buy",
+                                 timestamp=at(second), localTimestamp=at(second + 0.1)))
+
+    def bar(end, opened, arrival):
+        return orjson.dumps(dict(head, type="trade_bar", name="trade_bar_1m", interval=60000, kind="time", open=100.0,
+                                 high=100.0, low=100.0, close=100.0, volume=10, buyVolume=10, sellVolume=0, trades=1,
+                                 vwap=100.0, openTimestamp=at(opened), closeTimestamp=at(opened), timestamp=at(end),
+                                 localTimestamp=at(arrival + 0.1)))
+
+    def ticker(second):
+        return orjson.dumps(dict(head, type="derivative_ticker", lastPrice=100.0, timestamp=at(second),
+                                 localTimestamp=at(second + 0.1)))
+
+    request = ReplayRequest("deribit", ("BTC-PERPETUAL",), ("trade_bar_1m", "derivative_ticker"), 0, 2 ** 62)
+    parser = RunParser(request, source="live", live=True)
+    batches = parser.feed([ticker(20), trade(30)]) + [parser.flush()]
+    batches += parser.feed([trade(70), bar(60, 30, 70)]) + [parser.flush()]
+    batches += parser.feed([ticker(180)]) + [parser.flush()]  # 10:02-10:02:55 provably without a trade: ":q"
+    assert any(c.segment.endswith(":q") and c.is_open for c in batches[-1].claims)
+    batches += parser.feed([trade(200), bar(120, 70, 200)]) + [parser.close("stop")]  # pending 10:03 at the stop
+    last = {}
+    for batch in batches:
+        for claim in batch.claims:
+            last[(claim.segment, claim.symbol, claim.data_type)] = claim
+    assert len(last) == 3 and not [c for c in last.values() if c.is_open]
+    assert {c.end_reason for c in last.values()} == {"stop"}
+
+
 class SimpleRequest:
     """What :meth:`gapless.silence.SettledMinutes.of` reads of a request (the trades filter set of SYMBOLS)."""
 
