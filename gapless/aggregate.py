@@ -1,8 +1,8 @@
 """Minute aggregates: what the rows inside one minute say, nothing carried (pure functions, no storage).
 
-For books the state after the minute's last snapshot and the mid's open/high/low/close over its snapshots;
-for trades and bars the OHLC, volumes, count and vwap; for liquidations their count, volumes and vwap; for
-tickers the last value of each field. Used only by the minute store (:mod:`gapless.minutes`).
+For books (and book tickers) the state after the minute's last snapshot and the mid's open/high/low/close over
+its snapshots; for trades and bars the OHLC, volumes, count and vwap; for liquidations their count, volumes and
+vwap; for tickers the last value of each field. Used only by the minute store (:mod:`gapless.minutes`).
 
 Labels: a row belongs to the minute that contains its timestamp; a sampled row (``quote_1m``,
 ``trade_bar_10s`` ...) is stamped at its interval's END, so a stamp of exactly 13:31:00 belongs to 13:30.
@@ -18,6 +18,9 @@ from .schema import LIQUIDATION_VALUES, QUOTE_VALUES, TICKER_VALUES, TRADE_VALUE
 from .timeutil import MINUTE_US
 
 AGG_META = ("n", "first_ts", "last_ts")
+_BOOK_TICKER_LEVELS = {"bid_price": "bids_0_price", "bid_amount": "bids_0_amount", "ask_price": "asks_0_price",
+                       "ask_amount": "asks_0_amount"}
+_TOP_OF_BOOK = parse_data_type("quote")
 _TRAILING_DIGITS = re.compile(r"(\d+)$")
 
 
@@ -26,6 +29,8 @@ def value_columns(data_type):
     data_type = _as_type(data_type)
     if data_type.family == "book_snapshot":
         return QUOTE_VALUES + deeper_level_columns(data_type.depth)
+    if data_type.family == "book_ticker":
+        return QUOTE_VALUES
     if data_type.family in ("trade", "trade_bar"):
         return TRADE_VALUES
     if data_type.family == "derivative_ticker":
@@ -71,6 +76,8 @@ def source_columns(data_type):
         return ["timestamp", "local_timestamp", "seq"] + levels + list(deeper_level_columns(data_type.depth))
     if data_type.family in ("trade", "liquidation"):
         return ["timestamp", "local_timestamp", "trade_id", "price", "amount", "side", "seq"]
+    if data_type.family == "book_ticker":
+        return ["timestamp", "local_timestamp", "seq"] + list(_BOOK_TICKER_LEVELS)
     if data_type.family == "trade_bar":
         return ["timestamp", "open_timestamp", "open", "high", "low", "close", "volume", "buy_volume",
                 "sell_volume", "trades", "vwap"]
@@ -96,6 +103,10 @@ def aggregate(data_type, rows):
         return _bars(rows)
     if family == "liquidation":
         return _liquidations(rows)
+    if family == "book_ticker":
+        # the best levels of each ticker message, aggregated like a top-of-book snapshot: state at the close, mid
+        # over the messages (a side the message omitted is NaN there)
+        return _book(_TOP_OF_BOOK, rows.rename(columns=_BOOK_TICKER_LEVELS))
     return _tickers(rows)
 
 

@@ -9,7 +9,7 @@ from itertools import chain
 import numpy as np
 
 from .convert_message import MAX_ABS, Converter, MalformedMessage
-from .rows import TICKER_FIELDS, Const, RowBlock
+from .rows import BOOK_TICKER_FIELDS, TICKER_FIELDS, Const, RowBlock
 
 
 class BatchConverter(Converter):
@@ -53,6 +53,8 @@ class BatchConverter(Converter):
                     table, rows = "trade", self._trades_fast(group)
                 elif kind == "derivative_ticker":
                     table, rows = "derivative_ticker", self._tickers_fast(group)
+                elif kind == "book_ticker":
+                    table, rows = "book_ticker", self._fields_fast(group, "book_ticker", BOOK_TICKER_FIELDS)
             except (_FastPathMiss, MalformedMessage, KeyError, TypeError, ValueError, AttributeError,
                     IndexError, OverflowError):
                 table = rows = None
@@ -173,17 +175,20 @@ class BatchConverter(Converter):
                                   Const(None)], n)
 
     def _tickers_fast(self, group):
-        exchanges, symbols, ts, lts = self._common(group)
-        n = len(group)
-        name = "derivative_ticker"
-        seqs = self._seqs(exchanges, symbols, name, ts, lts)
-        columns = [[m.get(field) for m in group] for _, field in TICKER_FIELDS]
-        _check_numbers(columns, optional=True)
         if any("fundingTimestamp" in m for m in group):
             raise _FastPathMiss()
-        return RowBlock("derivative_ticker", [_column(exchanges), _column(symbols), Const(name), Const(name),
-                                              Const(self.source), ts.array, lts.array, seqs] + columns
-                        + [Const(None)], n)
+        block = self._fields_fast(group, "derivative_ticker", TICKER_FIELDS)
+        block.columns.append(Const(None))  # funding_timestamp
+        return block
+
+    def _fields_fast(self, group, name, fields):
+        """Messages of a type whose row is its optional number fields (tickers): one column per field."""
+        exchanges, symbols, ts, lts = self._common(group)
+        seqs = self._seqs(exchanges, symbols, name, ts, lts)
+        columns = [[m.get(field) for m in group] for _, field in fields]
+        _check_numbers(columns, optional=True)
+        return RowBlock(name, [_column(exchanges), _column(symbols), Const(name), Const(name),
+                               Const(self.source), ts.array, lts.array, seqs] + columns, len(group))
 
 
 class _FastPathMiss(Exception):

@@ -11,7 +11,7 @@ import math
 import orjson
 
 from .datatypes import FAMILY_OF_TYPE, DataTypeError, parse_data_type
-from .rows import TICKER_FIELDS
+from .rows import BOOK_TICKER_FIELDS, TICKER_FIELDS
 from .timeutil import parse_timestamp_us
 from .trade_keys import IdlessCounter, trade_key
 
@@ -110,6 +110,8 @@ class Converter:
                 return self._ticker(m, exchange, symbol, ts, lts)
             if family == "liquidation":
                 return self._liquidation(m, exchange, symbol, ts, lts)
+            if family == "book_ticker":
+                return self._book_ticker(m, exchange, symbol, ts, lts)
             return self._book_change(m, exchange, symbol, ts, lts)
         except KeyError as exc:
             raise MalformedMessage("missing field %s" % exc) from None
@@ -198,6 +200,14 @@ class Converter:
         funding = m.get("fundingTimestamp")
         row.append(_ts(funding) if funding is not None else None)
         return "derivative_ticker", tuple(row)
+
+    def _book_ticker(self, m, exchange, symbol, ts, lts):
+        # one message per exchange ticker; a side tardis omits (its best level is empty) is NULL, never 0
+        row = [exchange, symbol, "book_ticker", "book_ticker", self.source, ts, lts,
+               self._next_seq((exchange, symbol, "book_ticker"), ts, lts)]
+        for _, field in BOOK_TICKER_FIELDS:
+            row.append(_num(m.get(field)))
+        return "book_ticker", tuple(row)
 
     def _book_change(self, m, exchange, symbol, ts, lts):
         sides = []

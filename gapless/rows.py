@@ -21,6 +21,10 @@ TICKER_FIELDS = (("last_price", "lastPrice"), ("open_interest", "openInterest"),
                  ("funding_rate", "fundingRate"), ("index_price", "indexPrice"),
                  ("mark_price", "markPrice"), ("predicted_funding_rate", "predictedFundingRate"))
 TICKER_COLUMNS = COMMON_COLUMNS + ("seq",) + tuple(c for c, _ in TICKER_FIELDS) + ("funding_timestamp",)
+# book_ticker: the best bid and ask of one exchange ticker message (a side tardis omits, an empty best level, is NULL)
+BOOK_TICKER_FIELDS = (("bid_price", "bidPrice"), ("bid_amount", "bidAmount"), ("ask_price", "askPrice"),
+                      ("ask_amount", "askAmount"))
+BOOK_TICKER_COLUMNS = COMMON_COLUMNS + ("seq",) + tuple(c for c, _ in BOOK_TICKER_FIELDS)
 TIMESTAMP_COLUMNS = frozenset(("timestamp", "local_timestamp", "open_timestamp", "close_timestamp",
                                "funding_timestamp"))
 
@@ -45,7 +49,8 @@ def table_columns(table):
     if table.startswith("book_snapshot_"):
         return snapshot_columns(int(table.rsplit("_", 1)[1]))
     return {"trade": TRADE_COLUMNS, "trade_bar": TRADE_BAR_COLUMNS, "book_change": BOOK_CHANGE_COLUMNS,
-            "derivative_ticker": TICKER_COLUMNS, "liquidation": LIQUIDATION_COLUMNS}[table]
+            "derivative_ticker": TICKER_COLUMNS, "liquidation": LIQUIDATION_COLUMNS,
+            "book_ticker": BOOK_TICKER_COLUMNS}[table]
 
 
 class Const:

@@ -1,7 +1,7 @@
 """The database schema: every table gapless keeps, as Peewee models, and the upgrade between versions.
 
 Data tables, one per data-type family (``book_snapshot_<depth>``, ``trade``, ``trade_bar``, ``book_change``,
-``derivative_ticker``, ``liquidation``), keyed by their natural key so re-inserting is a no-op. Bookkeeping tables:
+``derivative_ticker``, ``liquidation``, ``book_ticker``), keyed by their natural key so re-inserting is a no-op. Bookkeeping tables:
 
 * ``coverage``: which ``[start, end)`` of which stream is stored, per source and segment (a download run
   or a live connection); written in the same transaction as the rows it covers;
@@ -29,7 +29,7 @@ from .convert import table_columns
 from .trade_keys import rewrite_fallback_keys
 
 SCHEMA_VERSION = 5
-FAMILY_TABLES = ("trade", "trade_bar", "book_change", "derivative_ticker", "liquidation")
+FAMILY_TABLES = ("trade", "trade_bar", "book_change", "derivative_ticker", "liquidation", "book_ticker")
 BOOKKEEPING_TABLES = ("coverage", "meta", "dirty_rows", "dirty_series", "minute_agg", "replay_ledger",
                       "minute_series", "minute_compare", "stream_status", "healing_state")
 
@@ -100,6 +100,10 @@ def make_models(database):
     ticker_fields = {c: DoubleField(null=True) for c in table_columns("derivative_ticker")[8:-1]}
     models["derivative_ticker"] = model("derivative_ticker", dict(
         common(), seq=IntegerField(), funding_timestamp=BigIntegerField(null=True), **ticker_fields), seq_key)
+    # book_ticker (schema 5): the best bid and ask of each exchange ticker message (NULL: the side was empty)
+    models["book_ticker"] = model("book_ticker", dict(
+        common(), seq=IntegerField(), **{c: DoubleField(null=True) for c in table_columns("book_ticker")[8:]}),
+        seq_key)
 
     def stream():
         return {"exchange": CharField(max_length=64), "symbol": CharField(max_length=128),

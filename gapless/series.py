@@ -119,7 +119,7 @@ def source_values(reader, exchange, symbol, data_type, start, end, source):
         values[pos] = _agg_values(agg, data_type, columns)
     seeds = {} if data_type.family == "liquidation" else \
         _seeds(reader, key, stored_cols, data_type, start, block, intervals, own, last_ts, values, columns)
-    if data_type.family == "book_snapshot":
+    if data_type.family in ("book_snapshot", "book_ticker"):
         known = _fill_book(values, columns, block, own, seeds)
     elif data_type.family in ("trade", "trade_bar"):
         known = _fill_trades(values, columns, block, own, seeds)

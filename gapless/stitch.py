@@ -27,6 +27,7 @@ COMPARED = {
     "trade_bar": ("open", "high", "low", "close", "volume", "trades"),
     "derivative_ticker": ("last_price", "open_interest", "funding_rate", "index_price", "mark_price"),
     "liquidation": ("liquidations", "volume", "buy_volume", "sell_volume"),
+    "book_ticker": ("bid_price", "bid_amount", "ask_price", "ask_amount"),
 }
 RELATIVE_TOLERANCE = 1e-9
 PRIORITY = ("replay", "live")
