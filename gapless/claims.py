@@ -95,7 +95,7 @@ class ClaimTracker:
         self.live = live
         self.run_id = run_id
         self.owner = owner
-        self.expected = {(s, d) for s in request.symbols for d in request.data_types}
+        self.expected = set(request.streams)
         # types asked only as the evidence of another's claims (``trade`` for ``liquidation``): never claimed
         self.evidence_only = set(types) - set(request.data_types)
         # a stream known from history before an anchored start exists: quiet in this run means quiet

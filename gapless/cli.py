@@ -201,11 +201,11 @@ def _download(args, settings, now_us, fetchers):
     reports = []
     try:
         for group in settings.streams:
-            downloader = Downloader(storage, settings.tardis_url, api_key=settings.api_key or None,
-                                    workers=settings.workers, concurrency=settings.concurrency,
-                                    progress=False if args.no_progress else None, fetchers=fetchers)
-            reports.append(downloader.download(group.exchange, group.symbols, parse_data_types(group.data_types),
-                                               start, end))
+            for symbols, types in group.filters:  # exactly the streams kept (an exchange in several groups)
+                downloader = Downloader(storage, settings.tardis_url, api_key=settings.api_key or None,
+                                        workers=settings.workers, concurrency=settings.concurrency,
+                                        progress=False if args.no_progress else None, fetchers=fetchers)
+                reports.append(downloader.download(group.exchange, symbols, parse_data_types(types), start, end))
     finally:
         storage.close()
     report = reports[0].merged(reports[1:])
@@ -274,7 +274,7 @@ def cmd_status(args, settings, now_us, gaps_only=False):
 
     storage = Storage(settings.database_url, create=False)
     try:
-        groups = [(g.exchange, g.symbols, g.data_types) for g in settings.streams]
+        groups = [(g.exchange, symbols, types) for g in settings.streams for symbols, types in g.filters]
         horizons = {g.exchange: stored_horizon(storage, g.exchange, settings.history_delay) for g in settings.streams}
         report = status_report(storage, groups, settings.lookback, horizons, now_us)
     finally:
@@ -331,9 +331,10 @@ def _group_frames(storage, groups, start, end, **kwargs):
     from .stitch import series
     frames = {}
     for g in groups:
-        for (symbol, data_type), frame in series(storage, g.exchange, g.symbols, parse_data_types(g.data_types),
-                                                 start, end, **kwargs).items():
-            frames[(symbol, data_type) if len(groups) == 1 else (g.exchange, symbol, data_type)] = frame
+        for symbols, types in g.filters:  # exactly the streams kept (an exchange in several groups)
+            for (symbol, data_type), frame in series(storage, g.exchange, symbols, parse_data_types(types), start, end,
+                                                     **kwargs).items():
+                frames[(symbol, data_type) if len(groups) == 1 else (g.exchange, symbol, data_type)] = frame
     return frames
 
 

@@ -55,8 +55,9 @@ class Feed:
         self.settled = SettledMinutes.restored(storage, self.exchange)
         self.check_answers = CheckAnswers()
         self._restore_horizon()
+        self.pairs = group.stream_pairs  # exactly the streams kept (groups of one exchange merge: gapless.streams)
         self.recorder = Recorder(storage, tardis_ws_url, self.exchange, self.symbols, self.data_types,
-                                 clock=lambda: now() / 1e6, **(recorder_options or {}))
+                                 clock=lambda: now() / 1e6, pairs=group.pairs, **(recorder_options or {}))
         self._downloader_options = dict(downloader_options or {})
         self._fetchers = None  # download worker processes kept across passes (see _shared_fetchers)
         self._fetchers_lock = threading.Lock()  # held by the run that uses them
@@ -161,7 +162,7 @@ class Feed:
         now_us = self.now()
         return self.planner.wanted(self._sources_of(use_published), self.exchange, self.symbols, self.data_types,
                                    start, limit, now_us, self._held_of(now_us, limit), end=end,
-                                   cached_of=self._cached_of, disagrees=self._disagrees)
+                                   cached_of=self._cached_of, disagrees=self._disagrees, pairs=self.pairs)
 
     def _disagrees(self, symbol, data_type):
         """True when the last publishing pass (of any process) found replay and live minutes of the stream to disagree
@@ -199,7 +200,7 @@ class Feed:
         state = self.horizon.state()
         limit = self.horizon.claim_limit(now_us)
         reach = self.planner.next_reach(self._sources_of(), self.symbols, self.data_types, start, limit, end,
-                                        self._held_of(now_us, limit))
+                                        self._held_of(now_us, limit), pairs=self.pairs)
         if reach is None:
             return None
         if state["mode"] == "error":
@@ -257,7 +258,7 @@ class Feed:
                                             minute, columns=["timestamp"]):
                 return True
             for name in self.data_types:
-                if name.startswith("trade_bar") and self.storage.last_row_before(
+                if name.startswith("trade_bar") and (symbol, name) in self.pairs and self.storage.last_row_before(
                         "trade_bar", self.exchange, symbol, name, "live", minute + MINUTE_US + 1, minute + 1,
                         columns=["timestamp"]):
                     return True

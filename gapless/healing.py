@@ -77,7 +77,7 @@ class HealingPlanner:
         self.frontier_refresh = frontier_refresh_us
 
     def wanted(self, sources_of, exchange, symbols, data_types, start, limit, now_us, held_of=None, end=None,
-               cached_of=None, disagrees=None):
+               cached_of=None, disagrees=None, pairs=None):
         """``{(symbol, DataType): [(start, end)]}`` to download this pass.
 
         ``sources_of(symbol, data_type, a, b)`` gives the per-minute sources ('replay', 'live', 'missing')
@@ -86,30 +86,29 @@ class HealingPlanner:
         series window's end (what lies between the history horizon and it tells whether a gap has ended).
         ``cached_of(symbol, data_type)``: ``[(start, end, found at)]`` that tardis-machine's cache holds empty for
         the stream's filter set (the replay ledger's ``history_cached_empty``). ``disagrees(symbol, data_type)``:
-        True when replay and live minutes of the stream were reported to disagree (rule 6).
+        True when replay and live minutes of the stream were reported to disagree (rule 6). ``pairs``: exactly these
+        ``(symbol, data_type)`` instead of every symbol x data type.
         """
         self._held_of = held_of or (lambda symbol, data_type: [])
         self._cached_of = cached_of or (lambda symbol, data_type: [])
         self._disagrees = disagrees or (lambda symbol, data_type: False)
         end = max(limit, end or limit)
         wanted = {}
-        for symbol in symbols:
-            for name in data_types:
-                data_type = parse_data_type(name)
-                if limit <= start:
-                    continue
-                if not data_type.book_derived:
-                    wanted[(symbol, data_type)] = [(start, limit)]
-                    continue
-                ranges = []
-                for day in range(floor_day(start), limit, DAY_US):
-                    ranges += self._book_day(sources_of, exchange, symbol, data_type, day, start, limit, end,
-                                             now_us)
-                if ranges:
-                    wanted[(symbol, data_type)] = ranges
+        for symbol, name in pairs or [(s, d) for s in symbols for d in data_types]:
+            data_type = parse_data_type(name)
+            if limit <= start:
+                continue
+            if not data_type.book_derived:
+                wanted[(symbol, data_type)] = [(start, limit)]
+                continue
+            ranges = []
+            for day in range(floor_day(start), limit, DAY_US):
+                ranges += self._book_day(sources_of, exchange, symbol, data_type, day, start, limit, end, now_us)
+            if ranges:
+                wanted[(symbol, data_type)] = ranges
         return wanted
 
-    def next_reach(self, sources_of, symbols, data_types, start, limit, end, held_of=None):
+    def next_reach(self, sources_of, symbols, data_types, start, limit, end, held_of=None, pairs=None):
         """The claim limit at which history will reach the next gap that has ended (None if no such gap).
 
         A pass planned for when the claim limit gets there heals it at once (e.g. the stretch between a
@@ -117,14 +116,13 @@ class HealingPlanner:
         """
         held_of = held_of or (lambda symbol, data_type: [])
         reach = None
-        for symbol in symbols:
-            for name in data_types:
-                if end <= start:
-                    continue
-                sources = sources_of(symbol, name, start, end)
-                for x, y in subtract(_runs(sources, start, ("missing",)), held_of(symbol, name)):
-                    if limit < y < end:  # ended (something covers the minute after it), not reached yet
-                        reach = y if reach is None else min(reach, y)
+        for symbol, name in pairs or [(s, d) for s in symbols for d in data_types]:
+            if end <= start:
+                continue
+            sources = sources_of(symbol, name, start, end)
+            for x, y in subtract(_runs(sources, start, ("missing",)), held_of(symbol, name)):
+                if limit < y < end:  # ended (something covers the minute after it), not reached yet
+                    reach = y if reach is None else min(reach, y)
         return reach
 
     def _book_day(self, sources_of, exchange, symbol, data_type, day, start, limit, end, now_us):

@@ -58,7 +58,7 @@ class RunParser:
         self.converter = BatchConverter(source)
         asked = asked_types(request.data_types)  # with the leaders of followers (``trade`` for ``liquidation``)
         self._types = {name: parse_data_type(name) for name in asked}
-        self._expected = {(s, d) for s in request.symbols for d in asked}
+        self._expected = {(s, d) for s, name in request.streams for d in asked_types([name])}
         self._evidence_only = set(asked) - set(request.data_types)  # observed for claims, never stored
         self._skip = {(s, d): us for s, d, us in request.skip_before}
         self.claims = ClaimTracker(request, self._types, source, live, uuid.uuid4().hex[:16])

@@ -26,6 +26,7 @@ from .datatypes import asked_types, parse_data_types
 from .exceptions import StorageError
 from .ingest import ReplayRequest, RunParser
 from .owners import OWNER, owner_is_gone
+from .streams import filters_of
 from .timeutil import US, iso
 
 log = logging.getLogger(__name__)
@@ -36,13 +37,20 @@ FOREVER_US = 2 ** 62
 HEARTBEAT = 5.0
 STALE_SEGMENT = 30.0
 FIRST_FRAME_GRACE = 15.0
-_FAST_FAMILIES = ("book_snapshot", "book_change", "derivative_ticker")
+_FAST_FAMILIES = ("book_snapshot", "book_change", "derivative_ticker", "book_ticker")
 
 
-def stream_url(ws_url, exchange, symbols, data_types):
-    """The ``/ws-stream-normalized`` URL with disconnect and error messages switched on."""
-    options = {"exchange": exchange, "symbols": list(symbols), "dataTypes": asked_types(data_types),
-               "withDisconnectMessages": True, "withErrorMessages": True}
+def stream_url(ws_url, exchange, symbols, data_types, filters=None):
+    """The ``/ws-stream-normalized`` URL with disconnect and error messages switched on.
+
+    ``filters``: ``[(symbols, data_types)]`` to subscribe exactly those products (an array of options objects,
+    which tardis-machine merges into one stream) instead of every symbol x data type.
+    """
+    def one(symbols, data_types):
+        return {"exchange": exchange, "symbols": list(symbols), "dataTypes": asked_types(data_types),
+                "withDisconnectMessages": True, "withErrorMessages": True}
+
+    options = [one(s, d) for s, d in filters] if filters and len(filters) > 1 else one(symbols, data_types)
     return "%s/ws-stream-normalized?options=%s" % (ws_url.rstrip("/"), quote(orjson.dumps(options).decode(), safe=""))
 
 
@@ -70,12 +78,14 @@ class Recorder:
     def __init__(self, storage, ws_url, exchange, symbols, data_types, batch_rows=5000, flush_interval=0.25,
                  connect_timeout=10.0, recv_timeout=0.5, backoff_base=0.5, backoff_cap=30.0, healthy_after=60.0,
                  ping_interval=20.0, dead_after=45.0, data_silence=None, health_interval=60.0,
-                 max_write_failures=40, stale_segment=STALE_SEGMENT, clock=time.time):
+                 max_write_failures=40, stale_segment=STALE_SEGMENT, clock=time.time, pairs=None):
         self.storage = storage
         self.ws_url = ws_url
         self.exchange = exchange
         self.symbols = tuple(symbols)
         self.data_types = tuple(dt if isinstance(dt, str) else dt.name for dt in data_types)
+        # exactly these (symbol, data type) pairs, when not every symbol x data type (see gapless.streams)
+        self.pairs = tuple(pairs or ())
         self.batch_rows = batch_rows
         self.flush_interval = flush_interval
         self.connect_timeout = connect_timeout
@@ -90,7 +100,8 @@ class Recorder:
         self.max_write_failures = max_write_failures
         self.stale_segment = stale_segment
         self.clock = clock
-        self.url = stream_url(ws_url, exchange, self.symbols, self.data_types)
+        self.url = stream_url(ws_url, exchange, self.symbols, self.data_types,
+                              filters_of(self.pairs) if self.pairs else None)
         self.error = None
         self._stop = threading.Event()
         self._thread = None
@@ -185,7 +196,7 @@ class Recorder:
         is left alone. Freshness is judged on the wall clock, the one ``updated_at`` is written with.
         """
         now = int(time.time() * US)
-        ours = {(s, d) for s in self.symbols for d in self.data_types}
+        ours = set(self.pairs) if self.pairs else {(s, d) for s in self.symbols for d in self.data_types}
         repaired = []
         for row in self.storage.open_segments("live"):
             if row["exchange"] != self.exchange or (row["symbol"], row["data_type"]) not in ours:
@@ -251,7 +262,7 @@ class Recorder:
             self._connected = True
         log.info("recorder %s: connected to %s for %s / %s", self.exchange, self.ws_url, ",".join(self.symbols),
                  ",".join(self.data_types))
-        request = ReplayRequest(self.exchange, self.symbols, self.data_types, 0, FOREVER_US)
+        request = ReplayRequest(self.exchange, self.symbols, self.data_types, 0, FOREVER_US, pairs=self.pairs)
         parser = RunParser(request, batch_rows=self.batch_rows, source="live", live=True)
         parser.run_id = "live-%s" % uuid.uuid4().hex[:16]
         parser.owner = OWNER

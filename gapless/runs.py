@@ -50,6 +50,7 @@ class ReplayRequest:
     fresh: bool = False  # asked with a filter set of its own: tardis-machine's cache cannot answer it
     past_edge: bool = False  # reaches past where history is expected to end: a refusal there is its end
     settled: tuple = ()  # ((local minute, verdict), ...) an earlier run of the same filter set settled
+    pairs: tuple = ()  # ((symbol, data_type), ...) exactly, when not every symbol x data type (a live connection)
 
     @property
     def claim_from(self):
@@ -64,7 +65,7 @@ class ReplayRequest:
     @property
     def streams(self):
         """``(symbol, data_type)`` pairs this run covers."""
-        return [(s, d) for s in self.symbols for d in self.data_types]
+        return list(self.pairs) if self.pairs else [(s, d) for s in self.symbols for d in self.data_types]
 
     def describe(self):
         """Short human description (no API key)."""

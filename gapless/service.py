@@ -277,9 +277,10 @@ class Gapless:
         end = window_end if end is None else to_us(end)
         frames = {}
         for g in self.groups:
-            for (symbol, data_type), frame in compute_series(self.storage, g.exchange, g.symbols, g.data_types, start,
-                                                             end, sources).items():
-                frames[self._key(g.exchange, symbol, data_type)] = frame
+            for symbols, types in g.filters:
+                for (symbol, data_type), frame in compute_series(self.storage, g.exchange, symbols, types, start, end,
+                                                                 sources).items():
+                    frames[self._key(g.exchange, symbol, data_type)] = frame
         return frames
 
     def follow(self, since=None, resume=None, timeout=None):
@@ -310,7 +311,7 @@ class Gapless:
 
     def status(self):
         """The status document, grouped by exchange (see :mod:`gapless.status`)."""
-        groups = [(g.exchange, g.symbols, g.data_types) for g in self.groups]
+        groups = [(g.exchange, symbols, types) for g in self.groups for symbols, types in g.filters]
         return status_report(self.storage, groups, self.lookback,
                              {feed.exchange: feed.horizon.state() for feed in self.feeds}, self.now())
 

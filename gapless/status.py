@@ -186,8 +186,9 @@ def rebuild_results(storage):
 def status_report(storage, groups, lookback_us, horizons, now_us, reader=None):
     """The whole status document.
 
-    ``groups``: ``[(exchange, symbols, data_types)]``; ``horizons``: ``{exchange: state dict}`` with
-    ``delay`` (µs) and optionally ``measured_at`` (µs) — see :class:`gapless.horizon.HistoryHorizon`.
+    ``groups``: ``[(exchange, symbols, data_types)]`` (an exchange may come in several: exactly their streams);
+    ``horizons``: ``{exchange: state dict}`` with ``delay`` (µs) and optionally ``measured_at`` (µs) — see
+    :class:`gapless.horizon.HistoryHorizon`.
     """
     if reader is None:
         with Reader(storage, [(e, s, d) for e, symbols, types in groups for s in symbols for d in types]) as reader:
@@ -200,11 +201,12 @@ def status_report(storage, groups, lookback_us, horizons, now_us, reader=None):
         delay = int(state.get("delay", 0))
         watermark = watermark_of(delay, state.get("mode", "error"), state.get("edge"), now_us)
         measured = state.get("measured_at")
-        exchanges.append({"exchange": exchange, "history_delay_seconds": delay // US,
-                          "history_delay_minutes": delay // MINUTE_US,
-                          "history_delay_measured_at": iso(measured) if measured else None,
-                          "history_watermark": iso(watermark),
-                          "history_not_yet_available": state.get("mode") or "unknown"})
+        if not any(e["exchange"] == exchange for e in exchanges):  # an exchange in several groups: listed once
+            exchanges.append({"exchange": exchange, "history_delay_seconds": delay // US,
+                              "history_delay_minutes": delay // MINUTE_US,
+                              "history_delay_measured_at": iso(measured) if measured else None,
+                              "history_watermark": iso(watermark),
+                              "history_not_yet_available": state.get("mode") or "unknown"})
         streams += [stream_status(reader, exchange, symbol, data_type, start, end, watermark - MINUTE_US, now_us,
                                   rebuilds)
                     for symbol in symbols for data_type in data_types]

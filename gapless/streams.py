@@ -8,6 +8,14 @@ One service may keep several exchanges, each with its own symbols and data types
 groups separated by ``;``, each ``exchange:symbols:data types`` with comma-separated lists. The
 single-exchange settings (``GAPLESS_EXCHANGE``, ``GAPLESS_SYMBOLS``, ``GAPLESS_DATA_TYPES``) are the
 shorthand for one group. Names are validated strictly: they reach URLs, logs and SQL parameters.
+
+An exchange may appear in several groups, to say different data types for different symbols::
+
+    deribit:BTC-PERPETUAL,ETH-PERPETUAL:quote_1m,liquidation;deribit:BTC-29JAN27-85000-C:option_summary
+
+Its groups merge into one :class:`StreamGroup` (one recorder, one history horizon) that keeps exactly the
+(symbol, data type) pairs listed: ``pairs``, and ``filters``, the fewest symbols x data types products that
+cover them (one filter object each in the websocket subscription).
 """
 import re
 from dataclasses import dataclass
@@ -21,19 +29,61 @@ SYMBOL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
 @dataclass(frozen=True)
 class StreamGroup:
-    """One exchange's symbols and data types (names validated, symbols upper-cased)."""
+    """One exchange's streams (names validated, symbols upper-cased): every symbol x data type, or exactly
+    ``pairs`` (``((symbol, data_type), ...)``) when the exchange was given in several groups."""
 
     exchange: str
     symbols: tuple
     data_types: tuple
+    pairs: tuple = ()
+
+    @property
+    def stream_pairs(self):
+        """``[(symbol, data_type)]`` kept, in the order given."""
+        return list(self.pairs) if self.pairs else [(s, d) for s in self.symbols for d in self.data_types]
 
     @property
     def streams(self):
         """``[(exchange, symbol, data_type)]``."""
-        return [(self.exchange, s, d) for s in self.symbols for d in self.data_types]
+        return [(self.exchange, s, d) for s, d in self.stream_pairs]
+
+    @property
+    def filters(self):
+        """``[(symbols, data_types)]``: the fewest products that hold exactly :attr:`stream_pairs`."""
+        return filters_of(self.stream_pairs)
 
     def __str__(self):
-        return "%s:%s:%s" % (self.exchange, ",".join(self.symbols), ",".join(self.data_types))
+        return ";".join("%s:%s:%s" % (self.exchange, ",".join(symbols), ",".join(types))
+                        for symbols, types in self.filters)
+
+
+def filters_of(pairs):
+    """``[(symbols, data_types)]`` products (symbols with the same data types together) covering ``pairs``."""
+    types_of = {}
+    for symbol, data_type in pairs:
+        types = types_of.setdefault(symbol, [])
+        if data_type not in types:
+            types.append(data_type)
+    products = {}
+    for symbol, types in types_of.items():
+        products.setdefault(tuple(types), []).append(symbol)
+    return [(tuple(symbols), types) for types, symbols in products.items()]
+
+
+def merged(groups):
+    """Groups of one exchange as one :class:`StreamGroup` holding exactly their pairs (a single group: itself)."""
+    if len(groups) == 1:
+        return groups[0]
+    symbols, types, pairs = [], [], []
+    for group in groups:
+        symbols += [s for s in group.symbols if s not in symbols]
+        types += [d for d in group.data_types if d not in types]
+        pairs += [p for p in group.stream_pairs if p not in pairs]
+    if len(pairs) == len(symbols) * len(types):
+        return StreamGroup(groups[0].exchange, tuple(symbols), tuple(types))  # a product after all
+    # in symbol order, then data type order (as a product would list them): the same group however it was written
+    pairs.sort(key=lambda p: (symbols.index(p[0]), types.index(p[1])))
+    return StreamGroup(groups[0].exchange, tuple(symbols), tuple(types), tuple(pairs))
 
 
 def parse_exchange(text, label="--exchange"):
@@ -81,7 +131,7 @@ def parse_streams(value, label="GAPLESS_STREAMS", series=True):
     """Groups from ``"exchange:symbols:types;..."`` text, or from a list of groups or 3-tuples.
 
     Raises :class:`~gapless.exceptions.ConfigurationError` naming the setting and the group that is wrong.
-    An exchange may appear once.
+    The groups of an exchange given more than once merge into one (see :func:`merged`), where it first appears.
     """
     if isinstance(value, StreamGroup):
         value = [value]
@@ -94,17 +144,21 @@ def parse_streams(value, label="GAPLESS_STREAMS", series=True):
                 raise ConfigurationError("%s: %r is not exchange:symbols:data_types (e.g. "
                                          "deribit:BTC-PERPETUAL,ETH-PERPETUAL:quote_1m,trade_bar_1m)" % (label, part))
             items.append(tuple(fields))
+    elif value and all(isinstance(g, StreamGroup) for g in value):
+        by_exchange = {}
+        for group in value:  # validated already
+            by_exchange.setdefault(group.exchange, []).append(group)
+        return tuple(merged(groups) for groups in by_exchange.values())
     else:
-        items = [(g.exchange, g.symbols, g.data_types) if isinstance(g, StreamGroup) else tuple(g) for g in value]
-    groups = []
+        items = [item for g in value for item in
+                 ([(g.exchange, symbols, types) for symbols, types in g.filters] if isinstance(g, StreamGroup)
+                  else [tuple(g)])]
+    by_exchange = {}
     for item in items:
         if len(item) != 3:
             raise ConfigurationError("%s: %r is not (exchange, symbols, data types)" % (label, item))
         group = make_group(*item, label="%s (%s)" % (label, item[0]), series=series)
-        if any(g.exchange == group.exchange for g in groups):
-            raise ConfigurationError("%s: exchange %r appears twice; list all its symbols and data types in one "
-                                     "group" % (label, group.exchange))
-        groups.append(group)
-    if not groups:
+        by_exchange.setdefault(group.exchange, []).append(group)
+    if not by_exchange:
         raise ConfigurationError("%s: no stream given" % label)
-    return tuple(groups)
+    return tuple(merged(groups) for groups in by_exchange.values())
