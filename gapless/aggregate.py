@@ -2,7 +2,8 @@
 
 For books (and book tickers) the state after the minute's last snapshot and the mid's open/high/low/close over
 its snapshots; for trades and bars the OHLC, volumes, count and vwap; for liquidations their count, volumes and
-vwap; for tickers the last value of each field. Used only by the minute store (:mod:`gapless.minutes`).
+vwap; for tickers the last value of each field; for option summaries the minute's last message. Used only by the
+minute store (:mod:`gapless.minutes`).
 
 Labels: a row belongs to the minute that contains its timestamp; a sampled row (``quote_1m``,
 ``trade_bar_10s`` ...) is stamped at its interval's END, so a stamp of exactly 13:31:00 belongs to 13:30.
@@ -14,7 +15,7 @@ import orjson
 import pandas as pd
 
 from .datatypes import parse_data_type
-from .schema import LIQUIDATION_VALUES, QUOTE_VALUES, TICKER_VALUES, TRADE_VALUES
+from .schema import LIQUIDATION_VALUES, OPTION_VALUES, QUOTE_VALUES, TICKER_VALUES, TRADE_VALUES
 from .timeutil import MINUTE_US
 
 AGG_META = ("n", "first_ts", "last_ts")
@@ -37,6 +38,8 @@ def value_columns(data_type):
         return TICKER_VALUES
     if data_type.family == "liquidation":
         return LIQUIDATION_VALUES
+    if data_type.family == "option_summary":
+        return OPTION_VALUES
     raise ValueError("no minute series for %s" % (data_type.name,))
 
 
@@ -78,6 +81,8 @@ def source_columns(data_type):
         return ["timestamp", "local_timestamp", "trade_id", "price", "amount", "side", "seq"]
     if data_type.family == "book_ticker":
         return ["timestamp", "local_timestamp", "seq"] + list(_BOOK_TICKER_LEVELS)
+    if data_type.family == "option_summary":
+        return ["timestamp", "local_timestamp", "seq"] + list(OPTION_VALUES)
     if data_type.family == "trade_bar":
         return ["timestamp", "open_timestamp", "open", "high", "low", "close", "volume", "buy_volume",
                 "sell_volume", "trades", "vwap"]
@@ -103,6 +108,8 @@ def aggregate(data_type, rows):
         return _bars(rows)
     if family == "liquidation":
         return _liquidations(rows)
+    if family == "option_summary":
+        return _last_message(rows, OPTION_VALUES)
     if family == "book_ticker":
         # the best levels of each ticker message, aggregated like a top-of-book snapshot: state at the close, mid
         # over the messages (a side the message omitted is NaN there)
@@ -237,6 +244,19 @@ def _bars(rows):
         "trades": np.add.reduceat(rows["trades"].to_numpy(dtype=float), first), "vwap": minute_vwap,
     }
     out = _frame(minute, first, last, ts, columns)
+    out["levels"] = None
+    return out
+
+
+def _last_message(rows, columns):
+    # each message is the instrument's whole state (a field it omits is absent, e.g. no bid: NaN), so the state at
+    # the close is the minute's last message as it is, nothing taken from earlier ones
+    rows = rows.sort_values(["timestamp", "local_timestamp", "seq"], kind="stable")
+    ts = rows["timestamp"].to_numpy(dtype=np.int64)
+    minute = labels(ts, False)
+    first, last = _groups(minute)
+    values = rows[list(columns)].to_numpy(dtype=float)[last]
+    out = _frame(minute, first, last, ts, {c: values[:, i] for i, c in enumerate(columns)})
     out["levels"] = None
     return out
 

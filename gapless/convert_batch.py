@@ -8,8 +8,8 @@ from itertools import chain
 
 import numpy as np
 
-from .convert_message import MAX_ABS, Converter, MalformedMessage
-from .rows import BOOK_TICKER_FIELDS, TICKER_FIELDS, Const, RowBlock
+from .convert_message import MAX_ABS, Converter, MalformedMessage, option_contract
+from .rows import BOOK_TICKER_FIELDS, OPTION_FIELDS, TICKER_FIELDS, Const, RowBlock
 
 
 class BatchConverter(Converter):
@@ -55,6 +55,8 @@ class BatchConverter(Converter):
                     table, rows = "derivative_ticker", self._tickers_fast(group)
                 elif kind == "book_ticker":
                     table, rows = "book_ticker", self._fields_fast(group, "book_ticker", BOOK_TICKER_FIELDS)
+                elif kind == "option_summary":
+                    table, rows = "option_summary", self._options_fast(group)
             except (_FastPathMiss, MalformedMessage, KeyError, TypeError, ValueError, AttributeError,
                     IndexError, OverflowError):
                 table = rows = None
@@ -179,6 +181,12 @@ class BatchConverter(Converter):
             raise _FastPathMiss()
         block = self._fields_fast(group, "derivative_ticker", TICKER_FIELDS)
         block.columns.append(Const(None))  # funding_timestamp
+        return block
+
+    def _options_fast(self, group):
+        block = self._fields_fast(group, "option_summary", OPTION_FIELDS)
+        contracts = [option_contract(m) for m in group]  # MalformedMessage: the per-message path isolates it
+        block.columns += [list(column) for column in zip(*contracts)]
         return block
 
     def _fields_fast(self, group, name, fields):

@@ -11,7 +11,7 @@ import math
 import orjson
 
 from .datatypes import FAMILY_OF_TYPE, DataTypeError, parse_data_type
-from .rows import BOOK_TICKER_FIELDS, TICKER_FIELDS
+from .rows import BOOK_TICKER_FIELDS, OPTION_FIELDS, TICKER_FIELDS
 from .timeutil import parse_timestamp_us
 from .trade_keys import IdlessCounter, trade_key
 
@@ -112,6 +112,8 @@ class Converter:
                 return self._liquidation(m, exchange, symbol, ts, lts)
             if family == "book_ticker":
                 return self._book_ticker(m, exchange, symbol, ts, lts)
+            if family == "option_summary":
+                return self._option_summary(m, exchange, symbol, ts, lts)
             return self._book_change(m, exchange, symbol, ts, lts)
         except KeyError as exc:
             raise MalformedMessage("missing field %s" % exc) from None
@@ -209,6 +211,13 @@ class Converter:
             row.append(_num(m.get(field)))
         return "book_ticker", tuple(row)
 
+    def _option_summary(self, m, exchange, symbol, ts, lts):
+        row = [exchange, symbol, "option_summary", "option_summary", self.source, ts, lts,
+               self._next_seq((exchange, symbol, "option_summary"), ts, lts)]
+        for _, field in OPTION_FIELDS:
+            row.append(_num(m.get(field)))
+        return "option_summary", tuple(row) + option_contract(m)
+
     def _book_change(self, m, exchange, symbol, ts, lts):
         sides = []
         for side in (m["bids"], m["asks"]):
@@ -219,6 +228,18 @@ class Converter:
         return "book_change", (exchange, symbol, "book_change", "book_change", self.source, ts, lts,
                                self._next_seq((exchange, symbol, "book_change"), ts, lts),
                                bool(m.get("isSnapshot", False)), sides[0], sides[1])
+
+
+def option_contract(m):
+    """``(option_type, strike_price, expiration_date µs, underlying_index)`` of an option_summary message."""
+    option_type = m.get("optionType")
+    if option_type not in ("call", "put"):
+        raise MalformedMessage("bad optionType %r" % (option_type,))
+    expiration = m.get("expirationDate")
+    index = m.get("underlyingIndex")
+    if index is not None and index.__class__ is not str:
+        raise MalformedMessage("bad underlyingIndex %r" % (index,))
+    return option_type, _req_num(m.get("strikePrice")), _ts(expiration) if expiration is not None else None, index
 
 
 def is_server_error_line(message):

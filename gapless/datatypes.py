@@ -21,6 +21,7 @@ FAMILY_OF_TYPE = {
     "derivative_ticker": "derivative_ticker",
     "liquidation": "liquidation",
     "book_ticker": "book_ticker",
+    "option_summary": "option_summary",
 }
 # a type whose coverage is that of another stream of the same symbol: liquidations are rare, so their own
 # silence proves nothing; tardis derives them from the trades channel, which proves it up (issue 19)
@@ -84,7 +85,7 @@ def parse_data_type(name):
     if not isinstance(name, str):
         raise DataTypeError("data type %r is not a string" % (name,))
     key = name.strip()
-    if key in ("trade", "book_change", "derivative_ticker", "liquidation", "book_ticker"):
+    if key in ("trade", "book_change", "derivative_ticker", "liquidation", "book_ticker", "option_summary"):
         return DataType(key, key, key)
     match = _QUOTE.match(key)
     if match:
@@ -104,7 +105,7 @@ def parse_data_type(name):
             raise DataTypeError("data type %r: a trade bar needs an interval > 0" % (name,))
         return DataType(key, "trade_bar", "trade_bar", interval_ms=interval)
     raise DataTypeError(
-        "unknown data type %r (expected trade, liquidation, book_change, derivative_ticker, book_ticker, quote, quote_<N><ms|s|m>, "
+        "unknown data type %r (expected trade, liquidation, book_change, derivative_ticker, book_ticker, option_summary, quote, quote_<N><ms|s|m>, "
         "book_snapshot_<depth>_<N><ms|s|m> or trade_bar_<N><ms|s|m>)" % (name,))
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from .aggregate import value_columns
+from .contract import contract_values
 from .follower_reasons import GapReasons
 from .published import deeper_levels
 from .schema import SERIES_VALUES
@@ -211,6 +212,8 @@ class Follower:
             columns = self._columns[data_type] = [c for c in value_columns(data_type) if c in values]
         picked = {c: (None if values[c] is None or (isinstance(values[c], float) and math.isnan(values[c]))
                       else values[c]) for c in columns}
+        if data_type == "option_summary" and source != "missing":
+            picked.update(contract_values(exchange, symbol))
         reason = self._reasons.reason((exchange, symbol, data_type), minute) if source == "missing" else None
         return MinuteEvent(seq=seq, exchange=exchange, symbol=symbol, data_type=data_type,
                            minute=pd.Timestamp(minute * 1000, tz="UTC"), source=source, revision=revision,

@@ -45,6 +45,7 @@ back (history outages, proven-empty tails) is not asked again without new eviden
 """
 import logging
 
+from .contract import clip_to_life
 from .datatypes import parse_data_type
 from .healing_state import HealingMemory
 from .intervals import mask_runs, subtract
@@ -94,8 +95,10 @@ class HealingPlanner:
         self._disagrees = disagrees or (lambda symbol, data_type: False)
         end = max(limit, end or limit)
         wanted = {}
+        window_limit = limit
         for symbol, name in pairs or [(s, d) for s in symbols for d in data_types]:
             data_type = parse_data_type(name)
+            _, limit = clip_to_life(exchange, symbol, start, window_limit)  # nothing after an option's expiration
             if limit <= start:
                 continue
             if not data_type.book_derived:

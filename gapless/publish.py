@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from .contract import clip_to_life
 from .datatypes import parse_data_type
 from .intervals import merge
 from .minutes import CHUNK_US
@@ -180,6 +181,7 @@ def _publish_stream(storage, reader, key, start, end, now_us, full, sequence):
     sql, run = _Statements(storage), storage.db.execute_sql
     previous = run(sql.status, key).fetchone()
     end = _stream_end(reader, key, end, previous[1] if previous else None, now_us)
+    start, end = clip_to_life(exchange, symbol, start, end)  # an option's minutes end at its expiration
     marks = run(sql.marks, key).fetchall()
     if full or previous is None or previous[1] <= start or previous[0] >= end:
         ranges = [(start, end)]

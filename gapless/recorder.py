@@ -37,7 +37,7 @@ FOREVER_US = 2 ** 62
 HEARTBEAT = 5.0
 STALE_SEGMENT = 30.0
 FIRST_FRAME_GRACE = 15.0
-_FAST_FAMILIES = ("book_snapshot", "book_change", "derivative_ticker", "book_ticker")
+_FAST_FAMILIES = ("book_snapshot", "book_change", "derivative_ticker", "book_ticker", "option_summary")
 
 
 def stream_url(ws_url, exchange, symbols, data_types, filters=None):

@@ -25,8 +25,17 @@ TICKER_COLUMNS = COMMON_COLUMNS + ("seq",) + tuple(c for c, _ in TICKER_FIELDS) 
 BOOK_TICKER_FIELDS = (("bid_price", "bidPrice"), ("bid_amount", "bidAmount"), ("ask_price", "askPrice"),
                       ("ask_amount", "askAmount"))
 BOOK_TICKER_COLUMNS = COMMON_COLUMNS + ("seq",) + tuple(c for c, _ in BOOK_TICKER_FIELDS)
+# option_summary: one option ticker message (IVs in percent, as Deribit sends them; an omitted field is NULL), then
+# the contract's own fields (the same in every message of the instrument)
+OPTION_FIELDS = (("best_bid_price", "bestBidPrice"), ("best_bid_amount", "bestBidAmount"), ("best_bid_iv", "bestBidIV"),
+                 ("best_ask_price", "bestAskPrice"), ("best_ask_amount", "bestAskAmount"), ("best_ask_iv", "bestAskIV"),
+                 ("last_price", "lastPrice"), ("open_interest", "openInterest"), ("mark_price", "markPrice"),
+                 ("mark_iv", "markIV"), ("delta", "delta"), ("gamma", "gamma"), ("vega", "vega"), ("theta", "theta"),
+                 ("rho", "rho"), ("underlying_price", "underlyingPrice"))
+OPTION_CONTRACT_COLUMNS = ("option_type", "strike_price", "expiration_date", "underlying_index")
+OPTION_SUMMARY_COLUMNS = COMMON_COLUMNS + ("seq",) + tuple(c for c, _ in OPTION_FIELDS) + OPTION_CONTRACT_COLUMNS
 TIMESTAMP_COLUMNS = frozenset(("timestamp", "local_timestamp", "open_timestamp", "close_timestamp",
-                               "funding_timestamp"))
+                               "funding_timestamp", "expiration_date"))
 
 
 def level_columns(depth):
@@ -50,7 +59,7 @@ def table_columns(table):
         return snapshot_columns(int(table.rsplit("_", 1)[1]))
     return {"trade": TRADE_COLUMNS, "trade_bar": TRADE_BAR_COLUMNS, "book_change": BOOK_CHANGE_COLUMNS,
             "derivative_ticker": TICKER_COLUMNS, "liquidation": LIQUIDATION_COLUMNS,
-            "book_ticker": BOOK_TICKER_COLUMNS}[table]
+            "book_ticker": BOOK_TICKER_COLUMNS, "option_summary": OPTION_SUMMARY_COLUMNS}[table]
 
 
 class Const:

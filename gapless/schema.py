@@ -1,7 +1,7 @@
 """The database schema: every table gapless keeps, as Peewee models, and the upgrade between versions.
 
 Data tables, one per data-type family (``book_snapshot_<depth>``, ``trade``, ``trade_bar``, ``book_change``,
-``derivative_ticker``, ``liquidation``, ``book_ticker``), keyed by their natural key so re-inserting is a no-op. Bookkeeping tables:
+``derivative_ticker``, ``liquidation``, ``book_ticker``, ``option_summary``), keyed by their natural key so re-inserting is a no-op. Bookkeeping tables:
 
 * ``coverage``: which ``[start, end)`` of which stream is stored, per source and segment (a download run
   or a live connection); written in the same transaction as the rows it covers;
@@ -26,10 +26,12 @@ from peewee import (AutoField, BigIntegerField, BooleanField, CharField, Composi
                     Model, SqliteDatabase, TextField)
 
 from .convert import table_columns
+from .rows import OPTION_FIELDS
 from .trade_keys import rewrite_fallback_keys
 
 SCHEMA_VERSION = 5
-FAMILY_TABLES = ("trade", "trade_bar", "book_change", "derivative_ticker", "liquidation", "book_ticker")
+FAMILY_TABLES = ("trade", "trade_bar", "book_change", "derivative_ticker", "liquidation", "book_ticker",
+                 "option_summary")
 BOOKKEEPING_TABLES = ("coverage", "meta", "dirty_rows", "dirty_series", "minute_agg", "replay_ledger",
                       "minute_series", "minute_compare", "stream_status", "healing_state")
 
@@ -39,8 +41,11 @@ QUOTE_VALUES = ("bid_price", "bid_amount", "ask_price", "ask_amount", "mid_open"
 TRADE_VALUES = ("open", "high", "low", "close", "volume", "buy_volume", "sell_volume", "trades", "vwap")
 TICKER_VALUES = ("last_price", "open_interest", "funding_rate", "index_price", "mark_price")
 LIQUIDATION_VALUES = ("liquidations", "volume", "buy_volume", "sell_volume", "vwap")
-# new columns go at the end (schema 5: ``liquidations``): readers select them by name, followers by position
-SERIES_VALUES = QUOTE_VALUES + TRADE_VALUES + TICKER_VALUES + ("liquidations",)
+OPTION_VALUES = tuple(c for c, _ in OPTION_FIELDS)
+# new columns go at the end (schema 5: liquidations and option summaries): readers select them by name, followers
+# by position
+SCHEMA_5_VALUES = ("liquidations",) + tuple(c for c in OPTION_VALUES if c not in TICKER_VALUES)
+SERIES_VALUES = QUOTE_VALUES + TRADE_VALUES + TICKER_VALUES + SCHEMA_5_VALUES
 
 
 def make_models(database):
@@ -100,6 +105,12 @@ def make_models(database):
     ticker_fields = {c: DoubleField(null=True) for c in table_columns("derivative_ticker")[8:-1]}
     models["derivative_ticker"] = model("derivative_ticker", dict(
         common(), seq=IntegerField(), funding_timestamp=BigIntegerField(null=True), **ticker_fields), seq_key)
+    # option_summary (schema 5): an option ticker message's numbers (NULL: omitted), and the contract's fields
+    option_numbers = {c: DoubleField(null=True) for c, _ in OPTION_FIELDS}
+    models["option_summary"] = model("option_summary", dict(
+        common(), seq=IntegerField(), **option_numbers, option_type=CharField(max_length=8),
+        strike_price=DoubleField(), expiration_date=BigIntegerField(null=True),
+        underlying_index=CharField(max_length=64, null=True)), seq_key)
     # book_ticker (schema 5): the best bid and ask of each exchange ticker message (NULL: the side was empty)
     models["book_ticker"] = model("book_ticker", dict(
         common(), seq=IntegerField(), **{c: DoubleField(null=True) for c in table_columns("book_ticker")[8:]}),
@@ -210,9 +221,10 @@ def upgrade_statements(version, is_sqlite):
         # failed on them); the upgrade's first pass publishes every stream afresh (dirty_rows)
         statements.append('ALTER TABLE "minute_series" ADD COLUMN "levels" TEXT')
     if version < 5:
-        # liquidations (issue 19): their minute count; the other liquidation columns are the trades' ones
+        # liquidations and option summaries (issue 19): the minute columns they do not share with other types
         for table in ("minute_agg", "minute_series"):
-            statements.append('ALTER TABLE "%s" ADD COLUMN "liquidations" DOUBLE PRECISION' % table)
+            for column in SCHEMA_5_VALUES:
+                statements.append('ALTER TABLE "%s" ADD COLUMN "%s" DOUBLE PRECISION' % (table, column))
     return statements
 
 

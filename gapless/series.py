@@ -125,6 +125,8 @@ def source_values(reader, exchange, symbol, data_type, start, end, source):
         known = _fill_trades(values, columns, block, own, seeds)
     elif data_type.family == "liquidation":
         known = _fill_counts(values, columns, block, own)
+    elif data_type.family == "option_summary":
+        known = _fill_state(values, block, own, seeds)
     else:
         known = _fill_tickers(values, block, seeds)
     return values, known, columns
@@ -259,6 +261,12 @@ def _fill_counts(values, columns, block, own):
         values[quiet, columns.index(column)] = 0.0
     values[block < 0] = np.nan
     return block >= 0
+
+
+def _fill_state(values, block, own, seeds):
+    # each message is the whole state: a quiet minute carries the last one as it is (no field from an older one)
+    values[:] = _carry(values, own, block, seeds)
+    return (block >= 0) & ~np.isnan(values).all(axis=1)
 
 
 def _fill_tickers(values, block, seeds):

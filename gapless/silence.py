@@ -53,9 +53,10 @@ PAST_STRETCH_US = 2 * MINUTE_US
 QUIET, CACHED_EMPTY, UNVERIFIED = "quiet", "history_cached_empty", "unverified_quiet"
 _AFTER_EVERYTHING = 2 ** 62
 _CHANNEL = {"book_snapshot": "book", "book_change": "book", "trade": "trades", "trade_bar": "trades",
-            "derivative_ticker": "ticker", "liquidation": "trades", "book_ticker": "ticker"}
+            "derivative_ticker": "ticker", "liquidation": "trades", "book_ticker": "ticker", "option_summary": "ticker"}
 _RAW = {"book_snapshot": "book_change", "book_change": "book_change", "trade": "trade", "trade_bar": "trade",
-        "derivative_ticker": "derivative_ticker", "liquidation": "trade", "book_ticker": "book_ticker"}
+        "derivative_ticker": "derivative_ticker", "liquidation": "trade", "book_ticker": "book_ticker",
+        "option_summary": "option_summary"}
 
 
 class SilenceCheck:
@@ -67,7 +68,7 @@ class SilenceCheck:
         self.client = client
         self.api_key = api_key
         self.types = {name: parse_data_type(name) for name in request.data_types}
-        self._raw_only = all(t.family in ("trade", "book_change", "liquidation", "book_ticker")
+        self._raw_only = all(t.family in ("trade", "book_change", "liquidation", "book_ticker", "option_summary")
                              for t in self.types.values())
         # local minute -> QUIET | CACHED_EMPTY | UNVERIFIED; minutes an earlier run settled for this filter set
         # (slices never change once cached) are not asked again

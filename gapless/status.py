@@ -55,6 +55,7 @@ pointless now.
 """
 import numpy as np
 
+from .contract import clip_to_life, life_end
 from .healing_state import latest_asked
 from .horizon import watermark_of
 from .intervals import mask_runs
@@ -131,6 +132,8 @@ def ledger_entries(storage, exchange, symbol, data_type):
 def stream_status(reader, exchange, symbol, data_type, start, end, claim_limit, now_us, rebuilds=None):
     """The status dict of one stream (see the module docstring)."""
     storage = reader.storage
+    expires = life_end(exchange, symbol)
+    start, end = clip_to_life(exchange, symbol, start, end)  # an expired option's minutes are outside the stream
     stitched = stitch_stream(reader, exchange, symbol, data_type, start, end)
     sources = stitched.frame["source"].to_numpy(dtype=object)
     rows = storage.coverage_rows(exchange, symbol, data_type)
@@ -155,6 +158,8 @@ def stream_status(reader, exchange, symbol, data_type, start, end, claim_limit, 
         "disagreements": result["disagreements"] if result else None,
         "history_from_midnight": latest_asked(storage, exchange, symbol, data_type),
         "error": result["error"] if result else None,
+        "expires": iso(expires) if expires is not None else None,
+        "expired": expires is not None and expires <= now_us,
     }
 
 
@@ -270,6 +275,8 @@ def _stream_lines(stream, gaps_only):
                          "%d of %d (largest %.6g)" % (dis["count"], dis["compared"], dis["max_difference"])
                          if dis else "not compared yet", _midnight_text(stream.get("history_from_midnight")),
                          "; PUBLISHING FAILED: %s" % stream["error"] if stream.get("error") else ""))
+        if stream.get("expired"):
+            lines[-1] += "; EXPIRED at %s (the minutes after it are outside the stream)" % stream["expires"]
     for gap in stream["gaps"]:
         lines.append("%sgap %s .. %s (%d min): %s%s%s" % (
             "    " if not gaps_only else head + " ", gap["start"], gap["end"], gap["minutes"], gap["reason"],

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from .contract import clip_to_life, option_contract
 from .datatypes import parse_data_type
 from .series import SOURCES, Reader, minute_index, source_values, stream_series
 from .timeutil import ceil_minute, floor_minute
@@ -28,6 +29,7 @@ COMPARED = {
     "derivative_ticker": ("last_price", "open_interest", "funding_rate", "index_price", "mark_price"),
     "liquidation": ("liquidations", "volume", "buy_volume", "sell_volume"),
     "book_ticker": ("bid_price", "bid_amount", "ask_price", "ask_amount"),
+    "option_summary": ("best_bid_price", "best_ask_price", "mark_price", "mark_iv", "underlying_price"),
 }
 RELATIVE_TOLERANCE = 1e-9
 PRIORITY = ("replay", "live")
@@ -137,7 +139,7 @@ def stitched(storage, exchange, symbols, data_types, start, end, reader=None):
     frames, comparisons = {}, {}
     for symbol in symbols:
         for data_type in types:
-            result = stitch_stream(reader, exchange, symbol, data_type, start, end)
+            result = stitch_stream(reader, exchange, symbol, data_type, *clip_to_life(exchange, symbol, start, end))
             frames[(symbol, data_type.name)] = result.frame
             comparisons[(symbol, data_type.name)] = result.comparison
     return frames, comparisons
@@ -155,8 +157,34 @@ def series(storage, exchange, symbols, data_types, start, end, sources=SOURCES, 
             return series(storage, exchange, symbols, types, start, end, sources, reader)
     result = {}
     for symbol in symbols:
+        a, b = clip_to_life(exchange, symbol, start, end)  # an option's minutes end at its expiration
         for data_type in types:
-            frames = [stream_series(storage, exchange, symbol, data_type, start, end, source, reader)
-                      for source in sources]
-            result[(symbol, data_type.name)] = combine(frames)
+            frames = [stream_series(storage, exchange, symbol, data_type, a, b, source, reader) for source in sources]
+            frame = combine(frames)
+            if data_type.family == "option_summary":
+                frame = with_contract(frame, storage, exchange, symbol, sources)
+            result[(symbol, data_type.name)] = frame
     return result
+
+
+def with_contract(frame, storage, exchange, symbol, sources=SOURCES):
+    """An option summary frame with its contract's columns: ``option_type``, ``strike_price`` and
+    ``expiration_date`` (from the symbol, as tardis parses them too) and ``underlying_index`` (the last one stored),
+    the same in every minute the stream knows (None where it is missing)."""
+    contract = option_contract(exchange, symbol)
+    index = None
+    for source in sources:
+        row = storage.last_row_before("option_summary", exchange, symbol, "option_summary", source, 2 ** 62, 0,
+                                      columns=["underlying_index"])
+        if row is not None and row[0] is not None:
+            index = row[0]
+            break
+    known = ~frame["missing"].to_numpy(dtype=bool)
+    values = {"option_type": contract.option_type if contract else None,
+              "strike_price": contract.strike_price if contract else None,
+              "expiration_date": pd.Timestamp(contract.expiration * 1000, tz="UTC") if contract else None,
+              "underlying_index": index}
+    frame = frame.copy()
+    for column, value in values.items():
+        frame[column] = pd.Series(np.where(known, value, None), index=frame.index, dtype=object)
+    return frame

@@ -141,3 +141,16 @@ def foreign_sqlite_file(path):
     connection.commit()
     connection.close()
     return Path(path).read_bytes()
+
+
+def undo_schema_5(db):
+    """Make a database (a peewee database or an sqlite3 connection) look as schema 4 left it: none of schema 5's
+    minute columns (liquidations, option summaries) and none of its tables (liquidation, book_ticker,
+    option_summary)."""
+    from gapless.schema import SCHEMA_5_VALUES
+    run = db.execute_sql if hasattr(db, "execute_sql") else db.execute
+    for table in ("minute_agg", "minute_series"):
+        for column in SCHEMA_5_VALUES:
+            run('ALTER TABLE "%s" DROP COLUMN "%s"' % (table, column))
+    for table in ("liquidation", "book_ticker", "option_summary"):
+        run('DROP TABLE "%s"' % table)

@@ -20,6 +20,7 @@ from gapless.stitch import series
 from gapless.storage import Storage
 from gapless.timeutil import iso, parse_timestamp_us
 from tests.fake_tardis import ManualClock, FakeTardisMachine, MarketConfig
+from tests.support import undo_schema_5
 from tests.truth import trades_truth
 from tests.truth_checks import false_minutes
 from tests.truth_harness import advance
@@ -197,10 +198,9 @@ def make_schema_2_database(url, rows):
     with store.write_transaction():
         db.execute_sql('ALTER TABLE "trade" DROP COLUMN "seq"')
         db.execute_sql('DROP INDEX "minute_series_seq"')  # schema 4's publish sequence did not exist either
-        for column in ("seq", "revision", "levels", "liquidations"):
+        for column in ("seq", "revision", "levels"):
             db.execute_sql('ALTER TABLE "minute_series" DROP COLUMN "%s"' % column)
-        db.execute_sql('ALTER TABLE "minute_agg" DROP COLUMN "liquidations"')  # schema 5's
-        db.execute_sql('DROP TABLE "liquidation"')
+        undo_schema_5(db)
         db.cursor().executemany('INSERT INTO "trade" ("exchange", "symbol", "dtype", "name", "source", "timestamp", '
                                 '"local_timestamp", "trade_id", "price", "amount", "side") VALUES (%s)'
                                 % ", ".join([mark] * 11), rows)

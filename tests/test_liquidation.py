@@ -19,7 +19,7 @@ from gapless.stitch import series
 from gapless.storage import Storage
 from gapless.timeutil import MINUTE_US, US
 from tests.fake_tardis import FakeClock, FakeTardisMachine, ManualClock, MarketConfig
-from tests.support import wait_until
+from tests.support import undo_schema_5, wait_until
 from tests.truth import minute_truth, trades_truth
 
 DAY = datetime(2026, 11, 25, tzinfo=timezone.utc)
@@ -176,9 +176,7 @@ def test_a_schema_4_database_is_upgraded_with_the_liquidation_columns_and_keeps_
     store.put_meta("gapless_probe_row", "kept")
     store.close()
     with sqlite3.connect(path) as db:  # what a schema 4 database looks like: no liquidations column
-        for table in ("minute_agg", "minute_series"):
-            db.execute('ALTER TABLE "%s" DROP COLUMN "liquidations"' % table)
-        db.execute('DROP TABLE "liquidation"')
+        undo_schema_5(db)
         db.execute("""UPDATE gapless_meta SET value = '4' WHERE key = 'schema_version'""")
     store = Storage("sqlite:///%s" % path)
     try:
@@ -186,7 +184,7 @@ def test_a_schema_4_database_is_upgraded_with_the_liquidation_columns_and_keeps_
         assert store.meta_value("gapless_probe_row") == "kept"
         for table in ("minute_agg", "minute_series"):
             columns = [c.name for c in store.db.get_columns(table)]
-            assert "liquidations" in columns, (table, columns)
-        assert store.has_table("liquidation")
+            assert {"liquidations", "best_bid_iv", "delta", "underlying_price"} <= set(columns), (table, columns)
+        assert store.has_table("liquidation") and store.has_table("book_ticker") and store.has_table("option_summary")
     finally:
         store.close()
