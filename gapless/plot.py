@@ -5,7 +5,8 @@
 gaps (dicts with ``symbol``, ``data_type``, ``start``, ``end``, ``reason`` as ``Gapless.gaps()`` and
 ``status`` give them). For each stream it draws the price (``mid_close`` for quotes and snapshots,
 ``close`` for trades and bars, ``mark_price``/``last_price`` for tickers; the volume for liquidations) above
-a band with one cell per minute in a fixed colour per source:
+a band with one cell per minute in a fixed colour per source (beyond a dozen streams, one summary band per
+data type: see :mod:`gapless.plot_groups`):
 
 =========  ===========  =========
 replay     green        ``#2ca02c``
@@ -26,11 +27,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .exceptions import UsageError
+from .plot_groups import grouped
 from .timeutil import MINUTE_US, iso, parse_time_arg
 
 COLOURS = {"replay": "#2ca02c", "live": "#1f77b4", "missing": "#d62728"}
 CODES = {"replay": 0, "live": 1, "missing": 2}
-PRICE_COLUMNS = ("mid_close", "close", "mark_price", "last_price", "volume")  # volume: liquidations
+# volume: liquidations; missing_streams: a summary band's panel (see gapless.plot_groups)
+PRICE_COLUMNS = ("mid_close", "close", "mark_price", "last_price", "volume", "missing_streams")
 DPI = 100
 PIXELS_PER_MINUTE = 6
 MIN_WIDTH, MAX_WIDTH = 1000, 3600
@@ -96,6 +99,7 @@ def draw_coverage(frames, gaps, path, title="gapless coverage"):
     from matplotlib.patches import Patch
     import matplotlib.dates as mdates
 
+    frames, gaps = grouped(frames, gaps)  # beyond a dozen streams: one summary band per data type
     keys = list(frames)
     start, end = _span(frames)
     minutes = max(1, (end - start) // MINUTE_US)

@@ -2,12 +2,13 @@
 import os
 
 import numpy as np
+import pandas as pd
 import pytest
 from matplotlib.colors import to_rgb
 from matplotlib.image import imread
 
 from gapless.cli import main
-from gapless.plot import COLOURS, figure_width
+from gapless.plot import COLOURS, draw_coverage, figure_width
 from gapless.service import Gapless
 from gapless.storage import Claim
 from gapless.timeutil import MINUTE_US, US
@@ -114,3 +115,33 @@ def test_plot_command_on_a_missing_database_exits_2(tmp_path, isolated_cli, caps
     code = main(["plot", "--database", "sqlite:///%s" % (tmp_path / "none.db"), "--out", str(tmp_path / "c.png")])
     assert code == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_chain_of_many_streams_is_drawn_as_one_band_per_data_type(tmp_path):
+    """40 option streams and 4 perpetual ones: a band each would be a picture nobody reads; a band per data type
+    shows, per minute, the worst of its streams (an expired option's minutes after 08:00 do not count)."""
+    from gapless.plot_groups import MAX_BANDS
+    index = pd.date_range("2026-11-25T07:50Z", periods=20, freq="1min", name="minute")
+
+    def frame(sources, periods=20):
+        return pd.DataFrame({"source": sources, "missing": [s == "missing" for s in sources],
+                             "mark_price": 0.01}, index=index[:periods])
+
+    frames = {("BTC-25NOV26-%d-C" % (80000 + 1000 * i), "option_summary"): frame(["replay"] * 10, periods=10)
+              for i in range(20)}  # expired at 08:00
+    frames.update({("BTC-29JAN27-%d-C" % (80000 + 1000 * i), "option_summary"): frame(["replay"] * 20)
+                   for i in range(20)})
+    frames[("BTC-29JAN27-99500-C", "option_summary")] = frame(["replay"] * 12 + ["live"] * 4 + ["missing"] * 4)
+    for symbol in ("BTC-PERPETUAL", "ETH-PERPETUAL"):
+        frames[(symbol, "trade")] = frame(["replay"] * 15 + ["live"] * 5)
+    assert len(frames) > MAX_BANDS
+    gaps = [{"symbol": "BTC-29JAN27-99500-C", "data_type": "option_summary", "start": "2026-11-25T08:06:00Z",
+             "end": "2026-11-25T08:10:00Z", "reason": "disconnect"}]
+    picture = draw_coverage(frames, gaps, str(tmp_path / "chain.png"))
+    assert set(picture.bands) == {("option_summary", "41 streams"), ("trade", "2 streams")}
+    assert picture.height < 1000  # two bands, not 43
+    image = imread(str(tmp_path / "chain.png"))
+    chain, trades = ("option_summary", "41 streams"), ("trade", "2 streams")
+    for key, minute, source in ((chain, "08:00", "replay"), (chain, "08:03", "live"), (chain, "08:07", "missing"),
+                                (trades, "08:03", "replay"), (trades, "08:07", "live")):
+        assert_colour(image, picture.minute_pixel(key, us("2026-11-25T%s" % minute)), source)
