@@ -24,6 +24,9 @@ from .intervals import merge, split, subtract
 from .timeutil import DAY_US, MINUTE_US, US, ceil_minute, floor_day, floor_minute
 
 
+MAX_SYMBOLS = 100  # per request: about 3 KB of symbols in the URL (servers refuse URLs beyond 8-16 KB)
+
+
 def plan_requests(storage, exchange, symbols, data_types, start, end, now_us=None, limit=None):
     """The replay requests that download what replay coverage lacks in ``[start, end)`` (µs)."""
     data_types = parse_data_types(data_types)
@@ -125,11 +128,13 @@ def _covered_prefix(covered, at):
 
 
 def _product_groups(streams):
-    """Split a set of (symbol, data type) into (symbols, data types) products, for one request each."""
+    """Split a set of (symbol, data type) into (symbols, data types) products, for one request each (at most
+    :data:`MAX_SYMBOLS` symbols: the options travel in the URL, and an option chain has hundreds)."""
     by_type = {}
     for symbol, name in streams:
         by_type.setdefault(name, set()).add(symbol)
     by_symbols = {}
     for name, symbols in by_type.items():
         by_symbols.setdefault(tuple(sorted(symbols)), []).append(name)
-    return [(symbols, tuple(sorted(names))) for symbols, names in sorted(by_symbols.items())]
+    return [(symbols[i:i + MAX_SYMBOLS], tuple(sorted(names))) for symbols, names in sorted(by_symbols.items())
+            for i in range(0, len(symbols), MAX_SYMBOLS)]

@@ -72,3 +72,21 @@ def test_one_recorder_and_one_horizon_keep_exactly_the_pairs_given(tmp_path):
     assert asked <= PAIRS and ("ETH-PERPETUAL", "trade") not in asked
     assert rows == {"trade": [("BTC-PERPETUAL", "trade")], "liquidation": [("BTC-PERPETUAL", "liquidation")],
                     "book_snapshot_1": [("ETH-PERPETUAL", "quote_1m")]}
+
+
+def test_a_chain_of_hundreds_of_symbols_is_asked_in_requests_of_at_most_a_hundred(tmp_path):
+    from gapless.plan import MAX_SYMBOLS, plan_requests
+    from gapless.storage import Storage
+    from gapless.timeutil import MINUTE_US, parse_timestamp_us
+    symbols = ["BTC-29JAN27-%d-C" % (50000 + 500 * i) for i in range(250)]
+    store = Storage("sqlite:///%s" % (tmp_path / "g.db"))
+    try:
+        start = parse_timestamp_us("2026-11-25T10:00:00Z")
+        requests = plan_requests(store, "deribit", symbols, ["option_summary"], start, start + 30 * MINUTE_US,
+                                 now_us=start + 60 * MINUTE_US)
+    finally:
+        store.close()
+    assert [len(r.symbols) for r in requests] == [MAX_SYMBOLS, MAX_SYMBOLS, 50]
+    assert sorted(s for r in requests for s in r.symbols) == sorted(symbols)
+    assert {(r.start, r.claim_end, r.data_types) for r in requests} == {
+        (requests[0].start, start + 30 * MINUTE_US, ("option_summary",))}
