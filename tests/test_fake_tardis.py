@@ -328,7 +328,7 @@ def test_unknown_exchange_error_like_fixture(tm20):
 @pytest.mark.parametrize("options,needle", [
     ("{not json", "Invalid options"),
     (json.dumps(opts(types=["trade", "quote_7x"])), "quote_7x"),
-    (json.dumps(opts(symbols=["btc-perpetual"])), "btc-perpetual"),
+    (json.dumps(opts(symbols=["btc perpetual"])), "btc perpetual"),  # upper-cased first: "btc-perpetual" is fine
     (json.dumps(opts(frm="2026-11-25T00:10", to="2026-11-25T00:10")), "'from'"),
     (json.dumps({"exchange": "deribit", "dataTypes": ["trade"]}), "'from'"),
 ])

@@ -20,6 +20,18 @@ segments' trades, book changes and tickers), not from the normalizer's output li
   Like the book (and like gapless, which files a message stamped exactly at 13:31:00
   under the 13:31 row), the end is exclusive: an update stamped on the minute belongs
   to the next row.
+* ``book_ticker`` (one message per ticker event of the symbol, no change detection): ``bid_price``,
+  ``bid_amount``, ``ask_price``, ``ask_amount`` of the LAST message stamped before the minute's end (a side
+  the message leaves out is NaN: not carried from earlier messages); ``mid_open``/``mid_high``/``mid_low``/
+  ``mid_close`` of ``mid = (bid + ask) / 2`` over the messages stamped inside the minute, open/high/low ignoring
+  the NaN mids of one-sided messages (open = first non-NaN; NaN if the minute has no two-sided message), close
+  the mid at the close: the last message's (NaN when it is one-sided). A minute without messages: bid/ask of the last message before it and
+  open = high = low = close = its mid. A perpetual's top of book at a ticker is recomputed here from the
+  segments' book arrays (every change of the same day strictly before the ticker; empty before the day's
+  snapshot); an option's is its quotes (``option_model``). An option's minutes from its expiry on are NaN.
+* ``option_summary``: every value column (``OPTION_SUMMARY_COLUMNS``) of the last message stamped before the
+  minute's end, NaN where that message leaves the field out (no bid, no ask, no trade yet); minutes at or after
+  the expiry (08:00 UTC of its date) are all NaN. :func:`option_contract` gives the static fields.
 
 Everything is in exchange time: a clock skew only moves local times, and quiet windows
 are already in the model (their events do not exist). Prices are the floats the double
@@ -38,14 +50,15 @@ import math
 import numpy as np
 import pandas as pd
 
-from tests.fake_tardis.market import (KIND_TICKER, KIND_TRADE, SEGMENT_MS, Market, MarketConfig, liquidation_kind,
-                                      liquidation_side, symbol_params)
+from tests.fake_tardis import option_model
+from tests.fake_tardis.market import (KIND_TICKER, KIND_TRADE, OPTION_BLOCK_MS, SEGMENT_MS, SEGMENTS_PER_DAY, Market,
+                                      MarketConfig, liquidation_kind, liquidation_side, symbol_params)
 from tests.fake_tardis.options import parse_data_type
 from tests.fake_tardis.render import cents_str, price_str
 from tests.fake_tardis.streams import reconnect_snapshot_ms
 
-__all__ = ["minute_truth", "trades_truth", "truth_columns", "whole_minutes", "served_whole_minutes",
-           "TRADE_COLUMNS", "QUOTE_COLUMNS", "TICKER_COLUMNS"]
+__all__ = ["minute_truth", "trades_truth", "truth_columns", "whole_minutes", "served_whole_minutes", "option_contract",
+           "TRADE_COLUMNS", "QUOTE_COLUMNS", "TICKER_COLUMNS", "BOOK_TICKER_COLUMNS", "OPTION_SUMMARY_COLUMNS"]
 
 MINUTE_MS = 60_000
 MINUTE_US = 60_000_000
@@ -53,11 +66,18 @@ TRADE_COLUMNS = ("open", "high", "low", "close", "volume", "buy_volume", "sell_v
 QUOTE_COLUMNS = ("bid_price", "bid_amount", "ask_price", "ask_amount", "mid_close")
 TICKER_COLUMNS = ("last_price", "open_interest", "funding_rate", "index_price", "mark_price")
 LIQUIDATION_COLUMNS = ("liquidations", "volume", "buy_volume", "sell_volume", "vwap")
+BOOK_TICKER_COLUMNS = ("bid_price", "bid_amount", "ask_price", "ask_amount", "mid_open", "mid_high", "mid_low",
+                       "mid_close")
+OPTION_SUMMARY_COLUMNS = ("best_bid_price", "best_bid_amount", "best_bid_iv", "best_ask_price", "best_ask_amount",
+                          "best_ask_iv", "last_price", "open_interest", "mark_price", "mark_iv", "delta", "gamma",
+                          "vega", "theta", "rho", "underlying_price")
+assert OPTION_SUMMARY_COLUMNS == option_model.OPTION_COLUMNS  # the model stores its values in this order
 
 
 # -- data types ------------------------------------------------------------------------------
 def _family(data_type: str):
-    """-> ("trade", None) | ("book", depth) | ("ticker", None), or ValueError."""
+    """-> ("trade", None) | ("book", depth) | ("ticker" | "liquidation" | "book_ticker" | "option_summary", None), or
+    ValueError."""
     kind, spec = parse_data_type(data_type)
     if kind == "trade":
         return "trade", None
@@ -71,6 +91,8 @@ def _family(data_type: str):
         return "ticker", None
     if kind == "liquidation":
         return "liquidation", None
+    if kind in ("book_ticker", "option_summary"):
+        return kind, None
     raise ValueError(f"{data_type}: no minute truth (book_change is not a minute series)")
 
 
@@ -83,6 +105,10 @@ def truth_columns(data_type: str) -> tuple[str, ...]:
         return TICKER_COLUMNS
     if family == "liquidation":
         return LIQUIDATION_COLUMNS
+    if family == "book_ticker":
+        return BOOK_TICKER_COLUMNS
+    if family == "option_summary":
+        return OPTION_SUMMARY_COLUMNS
     deeper = [f"{side}_{k}_{field}" for side in ("bids", "asks") for k in range(1, depth) for field in ("price", "amount")]
     return QUOTE_COLUMNS + tuple(deeper)
 
@@ -187,6 +213,10 @@ def minute_truth(market, exchange: str, symbol: str, data_type: str, start_us: i
         values = _book_minutes(market, exchange, symbol, minutes, depth)
     elif family == "liquidation":
         values = _liquidation_minutes(market, exchange, symbol, minutes)
+    elif family == "book_ticker":
+        values = _book_ticker_minutes(market, exchange, symbol, minutes)
+    elif family == "option_summary":
+        values = _option_summary_minutes(market, exchange, symbol, minutes)
     else:
         values = _ticker_minutes(market, exchange, symbol, minutes)
     index = pd.DatetimeIndex(pd.to_datetime(minutes * 1000, unit="us", utc=True), name="minute")
@@ -343,6 +373,147 @@ def _ticker_minutes(market, exchange, symbol, minutes) -> np.ndarray:
             before = _last_before(market, exchange, symbol, lo, _segment_tickers)
         if before is not None:
             out[i] = before
+    return out
+
+
+# -- the ticker channel: book_ticker and option_summary ------------------------------------------------
+def option_contract(symbol: str) -> dict | None:
+    """The static fields of an option instrument (None if ``symbol`` names none): ``option_type`` ("call"/"put"),
+    ``strike_price`` (float), ``expiration_date`` (pd.Timestamp, 08:00 UTC of the expiry date) and
+    ``underlying_index`` (``"BTC-29JAN27"``, or ``"SYN.BTC-8DEC26"`` when no future expires that day)."""
+    c = option_model.option_contract(symbol.upper())
+    if c is None:
+        return None
+    return {"option_type": c.option_type, "strike_price": float(c.strike),
+            "expiration_date": pd.Timestamp(c.expiry_ms, unit="ms", tz="UTC"), "underlying_index": c.underlying_index}
+
+
+def _segment_book_tickers(market, exchange, symbol, index):
+    """(ex ms, rows of bid px, bid amount, ask px, ask amount) of a perpetual's ticker events in one segment,
+    NaN for an empty side: the top of the book after every change of the day strictly before each ticker."""
+    seg = market.segment(exchange, symbol, index)
+    n = len(seg.k_last)
+    ex = np.sort(_kind_times(seg, KIND_TICKER, n))
+    if index % SEGMENTS_PER_DAY == 0:
+        opening = None  # the day's book is empty until its snapshot
+    else:
+        opening, back = None, index - 1
+        while opening is None:  # the best in force when the segment starts: the last change before it, that day
+            prev = market.segment(exchange, symbol, back)
+            if len(prev.b_best):
+                opening = prev.b_best[-1]
+            back -= 1
+    i = np.searchsorted(seg.b_ex, ex, side="left")  # book events strictly before each ticker
+    rows = np.full((n, 4), np.nan)
+    has = i > 0
+    top = seg.b_best[np.maximum(i - 1, 0)] if len(seg.b_best) else np.zeros((n, 4), dtype=np.int64)
+    if opening is not None:
+        top = np.where(has[:, None], top, np.asarray(opening)[None, :])
+        has = np.ones(n, dtype=bool)
+    tick_h = seg.params.tick_h
+    rows[has, 0], rows[has, 1] = _prices(top[has, 0], tick_h), top[has, 1]
+    rows[has, 2], rows[has, 3] = _prices(top[has, 2], tick_h), top[has, 3]
+    for px, amt in ((0, 1), (2, 3)):  # a zero level is an empty side
+        empty = ~(rows[:, amt] > 0)
+        rows[empty, px] = rows[empty, amt] = np.nan
+    return ex, rows
+
+
+def _option_rows(market, exchange, symbol, index, columns):
+    block = market.option_block(exchange, symbol, index)
+    return block.ev_ex, block.values[:, columns]
+
+
+def _ticker_channel_minutes(market, exchange, symbol, minutes, rows_of, unit_ms, expiry_ms):
+    """For each minute: (rows of the messages stamped inside it, the last row stamped before its end or None)."""
+    lo, hi = int(minutes[0]), int(minutes[-1]) + MINUTE_MS
+    parts = [rows_of(i) for i in range(lo // unit_ms, (hi - 1) // unit_ms + 1)]
+    ex = np.concatenate([p[0] for p in parts])
+    rows = np.concatenate([p[1] for p in parts])
+    before = ...  # the last row before ``lo``, searched back only if a minute needs it
+    out = []
+    for m in minutes.tolist():
+        if m >= expiry_ms:
+            out.append((None, None))
+            continue
+        a, b = np.searchsorted(ex, [m, m + MINUTE_MS], side="left")
+        if b > 0:
+            out.append((rows[a:b], rows[b - 1]))
+            continue
+        if before is ...:
+            before = _last_row_before(market, symbol, lo, rows_of, unit_ms)
+        out.append((rows[a:b], before))
+    return out
+
+
+def _last_row_before(market, symbol, t_ms, rows_of, unit_ms, limit_ms=30 * 86_400_000):
+    """The last row stamped before ``t_ms`` (quiet windows skipped without generating them); None if nothing
+    within ``limit_ms`` before."""
+    windows = market.config.quiet_windows(symbol)
+    t, floor = t_ms, max(0, t_ms - limit_ms)
+    while t > floor:
+        moved = True
+        while moved:
+            moved = False
+            for a, b in windows:
+                if a < t <= b:
+                    t, moved = a, True
+        if t <= floor:
+            return None
+        index = (t - 1) // unit_ms
+        ex, rows = rows_of(index)
+        k = int(np.searchsorted(ex, t, side="left"))
+        if k > 0:
+            return rows[k - 1]
+        t = index * unit_ms
+    return None
+
+
+def _book_ticker_minutes(market, exchange, symbol, minutes) -> np.ndarray:
+    n = len(minutes)
+    out = np.full((n, len(BOOK_TICKER_COLUMNS)), np.nan)
+    if not n:
+        return out
+    contract = option_model.option_contract(symbol)
+    if contract is None:
+        def rows_of(index):
+            return _segment_book_tickers(market, exchange, symbol, index)
+        unit, expiry = SEGMENT_MS, 1 << 62
+    else:
+        def rows_of(index):
+            return _option_rows(market, exchange, symbol, index, [0, 1, 3, 4])
+        unit, expiry = OPTION_BLOCK_MS, contract.expiry_ms
+    for i, (inside, last) in enumerate(_ticker_channel_minutes(market, exchange, symbol, minutes, rows_of, unit,
+                                                               expiry)):
+        if last is None:
+            continue
+        out[i, 0:4] = last
+        if len(inside):
+            mids = (inside[:, 0] + inside[:, 2]) / 2
+            valid = mids[~np.isnan(mids)]
+            if len(valid):
+                out[i, 4:7] = valid[0], valid.max(), valid.min()
+            out[i, 7] = mids[-1]  # the mid at the close: undefined (NaN) when a side of the last message is empty
+        else:
+            out[i, 4:8] = (last[0] + last[2]) / 2
+    return out
+
+
+def _option_summary_minutes(market, exchange, symbol, minutes) -> np.ndarray:
+    n = len(minutes)
+    out = np.full((n, len(OPTION_SUMMARY_COLUMNS)), np.nan)
+    contract = option_model.option_contract(symbol)
+    if not n or contract is None:  # a perpetual sends no option_summary
+        return out
+    columns = list(range(len(OPTION_SUMMARY_COLUMNS)))
+
+    def rows_of(index):
+        return _option_rows(market, exchange, symbol, index, columns)
+
+    for i, (_, last) in enumerate(_ticker_channel_minutes(market, exchange, symbol, minutes, rows_of,
+                                                          OPTION_BLOCK_MS, contract.expiry_ms)):
+        if last is not None:
+            out[i] = last
     return out
 
 

@@ -30,6 +30,11 @@ of the steps, exchange time and the sending schedule are not (see the method);
 (``availability_mode="empty"``; see ``slices.py``). The ground
 truth of a market as minute series is in ``tests/truth.py``.
 
+Data types: everything of ``options.py``, including the ticker channel's ``book_ticker`` (any symbol, one per
+exchange ticker, the top of the book) and ``option_summary`` for Deribit option names such as
+``BTC-29JAN27-85000-C`` (a model of its own, ``option_model.py``: ticker every 1-2 s, Black-76 marks and
+greeks on the perpetual's price, nothing from 08:00 UTC of the expiry date on). Symbols are upper-cased.
+
 Run it as its own process with ``python -m tests.fake_tardis`` (see ``__main__``).
 """
 from .clock import FakeClock, ManualClock

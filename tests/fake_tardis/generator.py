@@ -15,7 +15,7 @@ import numpy as np
 from .segment import (DAY_MS, SEGMENT_MS, KIND_BOOK, KIND_TICKER, KIND_TRADE, MarketConfig, Segment, SymbolParams,
                       symbol_params)
 
-__all__ = ["SegmentBuilder", "Carry", "day_snapshot_ms"]
+__all__ = ["SegmentBuilder", "Carry", "day_snapshot_ms", "opening_best_ticks"]
 
 _P_MOVE = 0.40  # share of book events that move the top of book
 _CHECKPOINT_EVERY = 512  # book states kept per segment, to rebuild the book at any time
@@ -38,6 +38,19 @@ def day_snapshot_ms(cfg: MarketConfig, exchange: str, symbol: str, day: int) -> 
     after local 00:00 (a replay from 00:00 always has it).
     """
     return day * DAY_MS + 100 + (_h(f"{cfg.seed}/{exchange}/{symbol}/{day}") % 50) + max(0, -cfg.skew_ms)
+
+
+def opening_best_ticks(cfg: MarketConfig, exchange: str, symbol: str, day: int) -> tuple[int, int]:
+    """(best bid, best ask) in ticks of the day's opening book (its 00:00:00.1xx snapshot), without building it.
+
+    The same first draw of the day's own generator as ``SegmentBuilder._initial_book`` (a second generator
+    made the same way: the market's draws are untouched). The option model prices option trades with it.
+    """
+    sp = symbol_params(symbol)
+    rng = np.random.default_rng([cfg.seed & 0xFFFFFFFF, _h(exchange), _h(symbol), day, 7])
+    base_ticks = int(sp.base * 100 / sp.tick_h)
+    best = int(base_ticks * (1 + 0.03 * (2 * rng.random() - 1)))
+    return best, best + 1
 
 
 class Carry:
@@ -376,6 +389,16 @@ class SegmentBuilder:
         src = np.maximum.accumulate(src) if nk else src
         seg.k_last, seg.k_oi, seg.k_fund = last[src].astype(np.int32), oi[src], fund[src]
         seg.k_index, seg.k_mark = idx[src], mark[src]
+        # the top of the book a ticker message shows (book_ticker): every change strictly before the ticker,
+        # nothing (zeros) before the day's snapshot; no draw
+        before = np.searchsorted(seg.b_ex, t, side="left")
+        opening = np.array(self._start_best if self._start_best is not None else (0, 0, 0, 0), dtype=np.int64)
+        seg.k_top = np.vstack([opening[None, :], seg.b_best])[before]
+        seg.start_best = self._start_best
+        # best bid + best ask (ticks) after the first i book events (the day's opening book before its snapshot):
+        # the option model's underlying price, also a pure function of the book
+        first = seg.b_best[0] if self._start_best is None else opening
+        seg.b_sum = np.concatenate([[first[0] + first[2]], seg.b_best[:, 0] + seg.b_best[:, 2]])
         if nk:
             carry.oi, carry.fund = int(oi[-1]), int(fund[-1])
         if len(seg.t_px):

@@ -7,6 +7,12 @@ from segment to segment, starting fresh at each day's snapshot (00:00:00.1xx). G
 a segment needs the previous segments of that day, so days are cached (bounded LRU, shared by
 every machine in the process because the data depends only on the config).
 
+Options (``BTC-29JAN27-85000-C``) are a model of their own (``option_model.py``): only their ticker
+channel exists (``option_summary``, ``book_ticker``), generated an hour at a time from generators keyed by
+the option's name, with the underlying perpetual's book as input (read, never drawn from). Every
+perpetual's ticker event also carries the top of its book (``Segment.k_top``, for ``book_ticker``): a pure
+function of the book arrays. So adding them changed no byte of any existing message.
+
 Prices are integer ticks (rendered exactly, see ``render.price_str``); amounts are
 integers. Replay local times have µs precision, live ones ms; both are exchange time
 plus a latency within ``latency_ms`` plus the config's ``skew_ms``, and never go
@@ -23,14 +29,17 @@ from datetime import datetime
 import numpy as np
 
 from .generator import Carry, SegmentBuilder
+from .option_model import OPTION_BLOCK_MS, BlockCache, OptionBlock, OptionContract, option_contract
 from .render import price_str
-from .segment import (listed, DAY_MS, SEGMENT_MS, SEGMENTS_PER_DAY, KIND_BOOK, KIND_TICKER, KIND_TRADE, KNOWN_EXCHANGES, SYMBOL_RE,
-                      MarketConfig, Segment, SymbolParams, symbol_params)
+from .segment import (listed, DAY_MS, SEGMENT_MS, SEGMENTS_PER_DAY, KIND_BOOK, KIND_OPTION, KIND_TICKER, KIND_TRADE,
+                      KNOWN_EXCHANGES, MARKET_KINDS, SYMBOL_RE, MarketConfig, Segment, SymbolParams, symbol_params)
 
 __all__ = ["MarketConfig", "Market", "listed", "SymbolParams", "symbol_params", "Segment", "KNOWN_EXCHANGES", "SYMBOL_RE",
-           "SEGMENT_MS", "SEGMENTS_PER_DAY", "DAY_MS", "KIND_BOOK", "KIND_TRADE", "KIND_TICKER"]
+           "SEGMENT_MS", "SEGMENTS_PER_DAY", "DAY_MS", "KIND_BOOK", "KIND_TRADE", "KIND_TICKER", "KIND_OPTION",
+           "MARKET_KINDS", "OPTION_BLOCK_MS", "OptionBlock", "OptionContract", "option_contract"]
 
 _CACHE_BYTES = 1 << 30  # bound of the shared day cache (arrays of generated segments)
+_OPTION_CACHE_BYTES = 512 << 20  # bound of the shared option block cache
 
 
 class _Day:
@@ -79,6 +88,7 @@ class _DayCache:
 
 
 _DAYS = _DayCache(_CACHE_BYTES)
+_BLOCKS = BlockCache(_OPTION_CACHE_BYTES)
 
 
 class Market:
@@ -91,6 +101,16 @@ class Market:
         """Segment number ``index`` since the epoch (``ms // SEGMENT_MS``)."""
         day, i = divmod(index, SEGMENTS_PER_DAY)
         return _DAYS.get(self.config, exchange, symbol, day).segment(i)
+
+    def option_block(self, exchange: str, symbol: str, index: int) -> OptionBlock:
+        """Hour number ``index`` (``ms // OPTION_BLOCK_MS``) of an option's ticker messages (see ``option_model``).
+
+        ``symbol`` must name an option (:func:`option_contract`); after its expiry a block is empty.
+        """
+        contract = option_contract(symbol)
+        if contract is None:
+            raise ValueError(f"{symbol} is not an option instrument")
+        return _BLOCKS.get(self, exchange, contract, index)
 
     def book_before(self, exchange: str, symbol: str, ex_ms: int):
         """Full book (bids, asks as [(price ticks, amount)]) after every change before ``ex_ms``.

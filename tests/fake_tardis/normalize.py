@@ -15,23 +15,66 @@ receives raw exchange events in arrival order and appends ``(local_us, line)`` p
   fixture, the BTC bar of 00:02 waits for the trade at 00:02:01.473);
 * ``disconnect`` resets every computable and ticker state, and book changes are ignored
   until the next snapshot (the mappers are re-created, as in tardis-node).
+
+Ticker channel (one exchange ``ticker`` message per ticker event; tardis-node's mappers in its normalizer
+order: derivative_ticker, option_summary, book_ticker, all with the ticker's timestamps):
+
+* ``derivative_ticker`` (perpetuals only: tardis skips option tickers) is sent only when a value changed;
+* ``option_summary`` (options only: nothing for a perpetual), one per option ticker, no change detection::
+
+    {"type":"option_summary","symbol":"BTC-29JAN27-85000-C","exchange":"deribit","optionType":"call",
+     "strikePrice":85000,"expirationDate":"2027-01-29T08:00:00.000Z","bestBidPrice":0.0815,"bestBidAmount":4.5,
+     "bestBidIV":61.02,"bestAskPrice":0.084,"bestAskAmount":12.3,"bestAskIV":63.9,"lastPrice":0.0825,
+     "openInterest":512.3,"markPrice":0.0829,"markIV":62.35,"delta":0.52311,"gamma":0.00002,"vega":153.20754,
+     "theta":-64.8235,"rho":78.1201,"underlyingPrice":85210.25,"underlyingIndex":"BTC-29JAN27",
+     "timestamp":"...","localTimestamp":"..."}
+
+  a missing best bid leaves out bestBidPrice, bestBidAmount and bestBidIV (likewise the ask), lastPrice is left
+  out until the instrument's first trade (tardis' ``asNumberIfValid``: zero, null and NaN become undefined);
+* ``book_ticker`` (any symbol), one per ticker, no change detection, tardis-node's key order::
+
+    {"type":"book_ticker","symbol":"BTC-PERPETUAL","exchange":"deribit","askAmount":2000,"askPrice":85001,
+     "bidPrice":85000.5,"bidAmount":1000,"timestamp":"...","localTimestamp":"..."}
+
+  a side whose best level is empty (no level, zero size) leaves out both its keys. A perpetual's values are the
+  top of the model's book at the ticker (``Segment.k_top``: every change strictly before it), an option's its
+  quotes (the option_summary's best bid / ask). Neither needs the book channel nor a snapshot.
+
+Neither book_ticker nor option_summary keeps state, so a ``disconnect`` has nothing of theirs to reset.
 """
 from __future__ import annotations
 
 import json
 from bisect import bisect_left, insort
 
-from .market import Segment, liquidation_kind, liquidation_side
+from .market import OptionBlock, Segment, liquidation_kind, liquidation_side, option_contract
 from .options import StreamSpec
 from .render import cents_str, fmt_local, fmt_ms, js_number, price_str
 
-__all__ = ["SegmentView", "Normalizer"]
+__all__ = ["SegmentView", "OptionView", "Normalizer"]
+
+
+def _fnum(x: float) -> str:
+    """``js_number`` of a finite float, fast path (no exponent: the repr is what JS prints, minus a ``.0``)."""
+    r = repr(x)
+    if r[-2:] == ".0":
+        return r[:-2] if x else "0"  # -0.0 prints as 0
+    return r if "e" not in r else js_number(x)
+
+
+class OptionView:
+    """Python-list copies of an option block's values for its events ``a:b`` (indexed from ``a``)."""
+
+    def __init__(self, block: OptionBlock, a: int, b: int):
+        self.symbol = block.contract.symbol
+        self.rows = block.values[a:b].tolist()
 
 
 class SegmentView:
     """Python-list copies of the segment arrays a normalizer reads (numpy scalars are slow)."""
 
-    def __init__(self, seg: Segment, book: bool, changes: bool, trades: bool, tickers: bool):
+    def __init__(self, seg: Segment, book: bool, changes: bool, trades: bool, tickers: bool,
+                 book_tickers: bool = False):
         self.symbol, self.params = seg.symbol, seg.params
         if book:
             self.b_snap = seg.b_snap.tolist()
@@ -46,6 +89,8 @@ class SegmentView:
         if tickers:
             self.k = list(zip(seg.k_last.tolist(), seg.k_oi.tolist(), seg.k_fund.tolist(),
                               seg.k_index.tolist(), seg.k_mark.tolist()))
+        if book_tickers:
+            self.k_top = seg.k_top.tolist()
 
     def changes(self, i: int):
         """(bid changes, ask changes) of book event ``i`` as [(price ticks, amount)]."""
@@ -160,6 +205,12 @@ class _Sym:
             s.depth == 1 and s.interval == 0 for s in spec.books)
         self.head = f'"symbol":"{symbol}","exchange":"{ex}",'
         self.px_cache: dict[int, tuple[str, float]] = {}
+        contract = option_contract(symbol)
+        if contract is not None:  # the static part of its option_summary
+            self.option_head = (f'{{"type":"option_summary",{self.head}"optionType":"{contract.option_type}",'
+                                f'"strikePrice":{js_number(contract.strike)},'
+                                f'"expirationDate":"{contract.expiration_text}",')
+            self.option_index = contract.underlying_index
         self.reset()
 
     def reset(self) -> None:
@@ -211,6 +262,7 @@ class Normalizer:
         self.out: list[tuple[int, str]] = []
         self._want_change, self._want_trade, self._want_ticker = spec.book_change, spec.trade, spec.ticker
         self._want_liquidation = spec.liquidation
+        self._want_book_ticker, self._want_option_summary = spec.book_ticker, spec.option_summary
 
     # -- helpers ---------------------------------------------------------------------
     def _factor(self, symbol: str, ex_ms: int):
@@ -368,6 +420,57 @@ class Normalizer:
 
     # -- tickers ---------------------------------------------------------------------
     def ticker(self, v: SegmentView, k: int, ex: int, loc_us: int) -> None:
+        """A perpetual's ticker message: derivative_ticker (when a value changed), then book_ticker."""
+        if self._want_ticker:
+            self._derivative_ticker(v, k, ex, loc_us)
+        if self._want_book_ticker:
+            st = self.syms[v.symbol]
+            bp, ba, ap, aa = v.k_top[k]
+            f = self._factor(st.symbol, ex)
+            px = (lambda t: st.px(t)[0]) if f is None else (lambda t: js_number(st.px(t)[1] * f))
+            parts = ['{"type":"book_ticker",', st.head]
+            if aa:  # an empty side (no level: all zero) is left out
+                parts.append(f'"askAmount":{aa},"askPrice":{px(ap)},')
+            if ba:
+                parts.append(f'"bidPrice":{px(bp)},"bidAmount":{ba},')
+            parts.append(f'"timestamp":"{fmt_ms(ex)}","localTimestamp":"{self._local(loc_us)}"}}')
+            self.out.append((loc_us, "".join(parts)))
+
+    def option(self, v: OptionView, i: int, ex: int, loc_us: int) -> None:
+        """An option's ticker message: option_summary, then book_ticker (never derivative_ticker)."""
+        if not (self._want_option_summary or self._want_book_ticker):
+            return
+        st = self.syms[v.symbol]
+        bp, ba, biv, ap, aa, aiv, last, oi, mark, iv, delta, gamma, vega, theta, rho, und = v.rows[i]
+        n = _fnum
+        f = self._factor(st.symbol, ex)
+        if f is not None:  # a perturbed minute: every price of the message (not amounts, IVs nor greeks)
+            bp, ap, last, mark, und = bp * f, ap * f, last * f, mark * f, und * f
+        tail = f'"timestamp":"{fmt_ms(ex)}","localTimestamp":"{self._local(loc_us)}"}}'
+        # NaN is a field the message leaves out (x == x is False only for NaN)
+        if self._want_option_summary:
+            parts = [st.option_head]
+            if bp == bp:
+                parts.append(f'"bestBidPrice":{n(bp)},"bestBidAmount":{n(ba)},"bestBidIV":{n(biv)},')
+            if ap == ap:
+                parts.append(f'"bestAskPrice":{n(ap)},"bestAskAmount":{n(aa)},"bestAskIV":{n(aiv)},')
+            if last == last:
+                parts.append(f'"lastPrice":{n(last)},')
+            parts.append(f'"openInterest":{n(oi)},"markPrice":{n(mark)},"markIV":{n(iv)},"delta":{n(delta)},'
+                         f'"gamma":{n(gamma)},"vega":{n(vega)},"theta":{n(theta)},"rho":{n(rho)},'
+                         f'"underlyingPrice":{n(und)},"underlyingIndex":"{st.option_index}",')
+            parts.append(tail)
+            self.out.append((loc_us, "".join(parts)))
+        if self._want_book_ticker:
+            parts = ['{"type":"book_ticker",', st.head]
+            if ap == ap:
+                parts.append(f'"askAmount":{n(aa)},"askPrice":{n(ap)},')
+            if bp == bp:
+                parts.append(f'"bidPrice":{n(bp)},"bidAmount":{n(ba)},')
+            parts.append(tail)
+            self.out.append((loc_us, "".join(parts)))
+
+    def _derivative_ticker(self, v: SegmentView, k: int, ex: int, loc_us: int) -> None:
         """A derivative ticker update; sent only when a value changed."""
         st = self.syms[v.symbol]
         last, oi, fund, idx, mark = v.k[k]

@@ -1,4 +1,14 @@
-"""Parse and validate the ``options`` of /replay-normalized and /ws-stream-normalized."""
+"""Parse and validate the ``options`` of /replay-normalized and /ws-stream-normalized.
+
+Symbols are upper-cased first, as tardis-machine does (tardis-node's ``upperCaseSymbols``): ``btc-perpetual``
+asks for ``BTC-PERPETUAL`` and every message names ``BTC-PERPETUAL``; what is still not a symbol after that
+(a space, an empty name ...) is refused with a 500 as before.
+
+Data types: ``trade``, ``book_change``, ``derivative_ticker``, ``liquidation`` (from the trades channel),
+``book_ticker`` and ``option_summary`` (both from the exchange's ``ticker`` channel, shared with
+``derivative_ticker``: one filter set, one cache folder, one channel a ``disconnect`` resets), ``quote*``,
+``book_snapshot_*`` and ``trade_bar_*``.
+"""
 from __future__ import annotations
 
 import json
@@ -56,11 +66,18 @@ class StreamSpec:
     to_us: int | None
     raw: str  # canonical JSON of the original object (cache keys, records)
     liquidation: bool = False  # derived from the trades channel (see market.liquidation_kind)
+    book_ticker: bool = False  # from the ticker channel: one message per ticker event, no change detection
+    option_summary: bool = False  # from the ticker channel of option instruments (option_model.py)
 
     @property
     def needs_book(self) -> bool:
         """Whether book changes feed this stream."""
         return self.book_change or bool(self.books)
+
+    @property
+    def needs_ticker(self) -> bool:
+        """Whether the exchange's ticker channel feeds this stream (derivative_ticker, book_ticker, option_summary)."""
+        return self.ticker or self.book_ticker or self.option_summary
 
     @property
     def needs_trades(self) -> bool:
@@ -82,7 +99,8 @@ def parse_time_us(value) -> int:
 
 
 def parse_data_type(dt: str):
-    """-> ('trade'|'book_change'|'ticker'|'book'|'bar', spec or None); raises :class:`OptionsError`."""
+    """-> ('trade'|'book_change'|'ticker'|'liquidation'|'book_ticker'|'option_summary'|'book'|'bar', spec or None);
+    raises :class:`OptionsError`."""
     if dt == "trade":
         return "trade", None
     if dt == "book_change":
@@ -91,6 +109,10 @@ def parse_data_type(dt: str):
         return "ticker", None
     if dt == "liquidation":
         return "liquidation", None
+    if dt == "book_ticker":
+        return "book_ticker", None
+    if dt == "option_summary":
+        return "option_summary", None
     if dt == "quote":
         return "book", BookSpec("quote", 1, 0)
     m = _QUOTE_RE.match(dt)
@@ -119,6 +141,12 @@ def _normalizer_name(kinds: set[str]) -> str:
         return "normalizeLiquidations"
     if {"book_change", "book"} & kinds:
         return "normalizeBookChanges"
+    if "ticker" in kinds:
+        return "normalizeDerivativeTickers"
+    if "option_summary" in kinds:
+        return "normalizeOptionsSummary"
+    if "book_ticker" in kinds:
+        return "normalizeBookTickers"
     return "normalizeDerivativeTickers"
 
 
@@ -144,8 +172,9 @@ def _parse_one(obj, *, replay: bool, default_symbols) -> StreamSpec:
     if not isinstance(symbols, list) or not all(isinstance(s, str) for s in symbols):
         raise OptionsError("Invalid options: 'symbols' must be a list of strings")
     for s in symbols:
-        if not SYMBOL_RE.match(s):
+        if not SYMBOL_RE.match(s.upper()):
             raise OptionsError(f"Invalid symbol: {s!r} for exchange {exchange}")
+    symbols = [s.upper() for s in symbols]  # tardis-machine upper-cases the symbols asked (and so answered)
     from_us = to_us = None
     if replay:
         from_us, to_us = parse_time_us(obj["from"]), parse_time_us(obj["to"])
@@ -162,6 +191,8 @@ def _parse_one(obj, *, replay: bool, default_symbols) -> StreamSpec:
         data_types=tuple(seen),
         trade="trade" in kinds,
         liquidation="liquidation" in kinds,
+        book_ticker="book_ticker" in kinds,
+        option_summary="option_summary" in kinds,
         book_change="book_change" in kinds,
         ticker="ticker" in kinds,
         books=tuple(s for k, s in parsed if k == "book"),

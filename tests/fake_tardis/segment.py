@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["MarketConfig", "SymbolParams", "symbol_params", "listed", "Segment", "KNOWN_EXCHANGES", "SYMBOL_RE",
-           "SEGMENT_MS", "SEGMENTS_PER_DAY", "DAY_MS", "KIND_BOOK", "KIND_TRADE", "KIND_TICKER", "MAX_SKEW_MS"]
+           "SEGMENT_MS", "SEGMENTS_PER_DAY", "DAY_MS", "KIND_BOOK", "KIND_TRADE", "KIND_TICKER", "KIND_OPTION",
+           "MARKET_KINDS", "MAX_SKEW_MS"]
 
 KNOWN_EXCHANGES = ("deribit", "binance", "binance-futures", "bitmex", "okex", "bybit", "coinbase", "kraken")
 SYMBOL_RE = re.compile(r"^[A-Z0-9][A-Z0-9._:/-]*$")
@@ -24,6 +25,8 @@ SEGMENT_MS = 600_000  # events are generated ten minutes at a time
 SEGMENTS_PER_DAY = 144
 DAY_MS = 86_400_000
 KIND_BOOK, KIND_TRADE, KIND_TICKER = 0, 1, 2
+KIND_OPTION = 6  # an option's ticker message (option_model.py); 3-5 are the feeds' connection events
+MARKET_KINDS = (KIND_BOOK, KIND_TRADE, KIND_TICKER, KIND_OPTION)
 MAX_SKEW_MS = 2000
 
 
@@ -127,13 +130,22 @@ class Segment:
     changed iff ``b_low < N``). Every event of the segment also arrives within it
     shifted by the skew (local times in ``[start + skew, end + skew)``), so reading a
     segment never needs the previous one.
+
+    ``start_best``: the best levels (bid px, bid amt, ask px, ask amt) in force when the segment
+    starts, None in a day's first segment (its book opens with the day's snapshot). ``k_top``: per
+    ticker event, the top of the book the exchange's ticker message shows (``book_ticker``): the best
+    levels after every change of the same UTC day with exchange time strictly BEFORE the ticker's
+    (the rule of ``Market.book_before``, except that the day's book starts empty at 00:00:00.000),
+    all zero while the day's book is still empty (before its 00:00:00.1xx snapshot). ``b_sum[i]``: best
+    bid + best ask (ticks) after the segment's first ``i`` book events (the opening snapshot's while the
+    day's book is empty): the option model's underlying. All pure functions of the book arrays: no draw.
     """
 
     __slots__ = (
         "symbol", "params", "start_ms", "ev_kind", "ev_idx", "ev_ex", "ev_loc", "ev_live",
         "b_ex", "b_snap", "b_off", "c_side", "c_px", "c_amt", "b_best", "b_low",
         "g_off", "t_id", "t_px", "t_amt", "t_buy",
-        "k_last", "k_oi", "k_fund", "k_index", "k_mark",
+        "k_last", "k_oi", "k_fund", "k_index", "k_mark", "k_top", "start_best", "b_sum",
         "checkpoints", "nbytes",
     )
 

@@ -27,7 +27,7 @@ def filter_key(spec) -> tuple:
         channels.append("book")
     if spec.needs_trades:
         channels.append("trades")
-    if spec.ticker:
+    if spec.needs_ticker:  # derivative_ticker, book_ticker and option_summary: one channel
         channels.append("ticker")
     return spec.exchange, tuple(sorted(channels)), tuple(sorted(spec.symbols))
 

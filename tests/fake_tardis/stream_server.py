@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from urllib.parse import parse_qs, urlsplit
 
-from .market import symbol_params
+from .market import MARKET_KINDS, symbol_params
 from .netutil import ConnectionSet, Listener, abort, read_head
 from .normalize import Normalizer
 from .options import OptionsError, parse_options
@@ -399,7 +399,7 @@ class _Session:
         for i, (feed, norm) in enumerate(zip(feeds, norms)):
             norm.disconnect(last_loc)
             feed.drop_now(now, resume)
-            while pending[i][0] < KIND_DISCONNECT and feed.skips(pending[i][3]):
+            while pending[i][0] in MARKET_KINDS and feed.skips(pending[i][3]):
                 pending[i] = next(iters[i])
             for _, line in norm.out:
                 self._queue_text(line)

@@ -9,6 +9,10 @@ messages for failed reconnects.
 Times: outages, replay ranges and the live subscription are LOCAL times (the recording
 host's clock); market events are selected by exchange time, which is local time minus
 the config's ``skew_ms`` (and the latency).
+
+Option instruments (``option_model.py``) have only a ticker channel: their ticker messages (``KIND_OPTION``)
+join the merge like any market event (the same outages, live drops and subscription time, slice-cache blanks
+and holds apply), and no book snapshot is sent for them on (re)connect.
 """
 from __future__ import annotations
 
@@ -21,14 +25,18 @@ from typing import Iterator
 
 import numpy as np
 
-from .market import SEGMENT_MS, KIND_BOOK, KIND_TICKER, KIND_TRADE, Market, listed, symbol_params
-from .normalize import Normalizer, SegmentView
+from .market import (OPTION_BLOCK_MS, SEGMENT_MS, KIND_BOOK, KIND_OPTION, KIND_TICKER, KIND_TRADE, Market, listed,
+                     option_contract, symbol_params)
+from .normalize import Normalizer, OptionView, SegmentView
 from .options import StreamSpec
 
-__all__ = ["Outage", "RawFeed", "replay_lines", "merged_replay_lines", "KIND_DISCONNECT", "KIND_SNAPSHOT", "KIND_ERROR"]
+__all__ = ["Outage", "RawFeed", "replay_lines", "merged_replay_lines", "KIND_DISCONNECT", "KIND_SNAPSHOT", "KIND_ERROR",
+           "KIND_END"]
 
 KIND_DISCONNECT, KIND_SNAPSHOT, KIND_ERROR = 3, 4, 5
+KIND_END = 7  # a live feed that can send nothing more (see RawFeed): "next event never"
 SEGMENT_US = SEGMENT_MS * 1000
+BLOCK_US = OPTION_BLOCK_MS * 1000
 _NO_END = 1 << 62
 _MINUTE_US = 60_000_000
 
@@ -82,11 +90,14 @@ def snapshot_local_us(market: Market, exchange: str, symbol: str, ex_ms: int, li
 class RawFeed:
     """Iterate ``(kind, view|symbol, index, ex_ms, local_us)`` in arrival order.
 
-    ``kind`` is a market kind (book/trade/ticker, with a :class:`SegmentView` and index),
-    ``KIND_SNAPSHOT`` (symbol, ex_ms), ``KIND_DISCONNECT`` or ``KIND_ERROR`` (index =
-    consecutive error count). Replay feeds cover local times [start_us, end_us); live
-    feeds start at the subscription (``subscribe_ms``: the exchange time of its snapshot)
-    and never end.
+    ``kind`` is a market kind (book/trade/ticker, with a :class:`SegmentView` and index;
+    an option's ticker, with an :class:`OptionView`), ``KIND_SNAPSHOT`` (symbol, ex_ms),
+    ``KIND_DISCONNECT`` or ``KIND_ERROR`` (index = consecutive error count). Replay feeds
+    cover local times [start_us, end_us); live feeds start at the subscription
+    (``subscribe_ms``: the exchange time of its snapshot) and never end: once no market
+    event can come any more (every symbol an option past its expiry, or unlisted), a live
+    feed yields its remaining connection events, then ``(KIND_END, None, None, None, 2**62)``
+    forever, an event whose time never comes (instead of searching the future for good).
     """
 
     def __init__(self, market: Market, spec: StreamSpec, *, live: bool, start_us: int,
@@ -95,9 +106,20 @@ class RawFeed:
         # minutes (local) the slice cache holds empty for this filter set: nothing of them is sent
         self._blanks = np.asarray(sorted(blanks), dtype=np.int64)
         self._listed = tuple(s for s in spec.symbols if listed(s))
+        self._options = frozenset(s for s in self._listed if option_contract(s) is not None)
+        self._books = tuple(s for s in self._listed if s not in self._options)  # symbols with a book to snapshot
         self.start_us, self.end_us = start_us, end_us if end_us is not None else _NO_END
-        self._need = np.array([spec.needs_book, spec.needs_trades, spec.ticker])
+        self._need = np.array([spec.needs_book, spec.needs_trades, spec.needs_ticker])
         self._skew = market.config.skew_ms
+        # local time after which no market event can arrive: never for a symbol with a book (a perpetual ...);
+        # options end at their expiry (+ skew + the longest latency), and only count when their tickers are asked
+        if self._books:
+            self._silent_from = _NO_END
+        else:
+            wanted = self._options if spec.option_summary or spec.book_ticker else ()
+            last = max((option_contract(s).expiry_ms for s in wanted), default=None)
+            self._silent_from = -_NO_END if last is None else (
+                last + self._skew + int(np.ceil(market.config.latency_ms[1])) + 1) * 1000
         self._min_ex = subscribe_ms
         self._drops: list[tuple[int, int]] = []
         self._drop_until = -1  # live exchange drops: skip events before the resume time
@@ -116,7 +138,7 @@ class RawFeed:
 
     def _push_snapshots(self, ex_ms: int) -> None:
         last = 0
-        for s in self._listed:
+        for s in self._books:
             loc = snapshot_local_us(self.market, self.spec.exchange, s, ex_ms, self.live)
             if self.start_us <= loc < self.end_us:
                 self._push(loc, 0, KIND_SNAPSHOT, s, None, ex_ms)
@@ -160,6 +182,10 @@ class RawFeed:
         views = []
         skew_us = self._skew * 1000
         for sym in self._listed:
+            if sym in self._options:
+                if spec.option_summary or spec.book_ticker:  # derivative_ticker skips options' tickers
+                    self._collect_option(sym, lo, hi, cols, views)
+                continue
             # a segment's arrivals stay within it, shifted by the skew
             for index in range((lo - skew_us) // SEGMENT_US, (hi - 1 - skew_us) // SEGMENT_US + 1):
                 seg = market.segment(spec.exchange, sym, index)
@@ -179,7 +205,7 @@ class RawFeed:
                 if not len(sel):
                     continue
                 views.append(SegmentView(seg, spec.needs_book, spec.book_change or any(
-                    x.depth > 1 for x in spec.books), spec.needs_trades, spec.ticker))
+                    x.depth > 1 for x in spec.books), spec.needs_trades, spec.ticker, spec.book_ticker))
                 for col, src in zip(cols, (arr, seg.ev_kind, seg.ev_idx, seg.ev_ex)):
                     col.append(src[sel])
                 cols[4].append(np.full(len(sel), len(views) - 1, dtype=np.int32))
@@ -188,6 +214,33 @@ class RawFeed:
         merged = [np.concatenate(c) for c in cols]
         order = np.argsort(merged[0], kind="stable")
         return views, [c[order].tolist() for c in merged]
+
+    def _collect_option(self, sym: str, lo: int, hi: int, cols: list, views: list) -> None:
+        """An option's ticker messages arriving in local [lo, hi) (an hour's block holds its own arrivals)."""
+        skew_us = self._skew * 1000
+        for index in range((lo - skew_us) // BLOCK_US, (hi - 1 - skew_us) // BLOCK_US + 1):
+            block = self.market.option_block(self.spec.exchange, sym, index)
+            arr = block.ev_live if self.live else block.ev_loc
+            a, b = np.searchsorted(arr, [lo, hi])
+            if a >= b:
+                continue
+            ex = block.ev_ex[a:b]
+            mask = np.ones(b - a, dtype=bool)
+            if self._min_ex is not None:
+                mask &= ex >= self._min_ex
+            for s, e in self._drops:
+                mask &= ~((ex >= s) & (ex < e))
+            if len(self._blanks):
+                mask &= ~self._blank(arr[a:b])
+            sel = np.nonzero(mask)[0]
+            if not len(sel):
+                continue
+            views.append(OptionView(block, a, b))
+            cols[0].append(arr[a:b][sel])
+            cols[1].append(np.full(len(sel), KIND_OPTION, dtype=np.int8))
+            cols[2].append(sel.astype(np.int32))
+            cols[3].append(ex[sel])
+            cols[4].append(np.full(len(sel), len(views) - 1, dtype=np.int32))
 
     def _blank(self, locs) -> np.ndarray:
         """Which local times fall in a minute the slice cache holds empty."""
@@ -211,6 +264,13 @@ class RawFeed:
         skew_us = self._skew * 1000
         lo = self.start_us
         while lo < self.end_us:
+            if self.live and lo >= self._silent_from:
+                # nothing of the market can come any more: the connection events left, then never anything
+                while pseudo:
+                    p = heapq.heappop(pseudo)
+                    yield p[3], p[4], p[5], p[6], p[0]
+                while True:
+                    yield KIND_END, None, None, None, _NO_END
             # one segment's arrivals at a time: windows on the segment grid shifted by the skew
             hi = min(((lo - skew_us) // SEGMENT_US + 1) * SEGMENT_US + skew_us, self.end_us)
             views, (locs, kinds, idxs, exs, parts) = self._collect(lo, hi)
@@ -248,6 +308,8 @@ def run_event(norm: Normalizer, feed: RawFeed, ev: tuple, disconnect_loc: int) -
         norm.trades(a, b, ex, loc)
     elif kind == KIND_TICKER:
         norm.ticker(a, b, ex, loc)
+    elif kind == KIND_OPTION:
+        norm.option(a, b, ex, loc)
     elif kind == KIND_DISCONNECT:
         norm.disconnect(disconnect_loc)
     elif kind == KIND_SNAPSHOT:
@@ -272,17 +334,19 @@ def replay_lines(market: Market, spec: StreamSpec, *, until_us: int, outages=(),
                       trade_ids=spec.exchange not in market.config.no_trade_ids)
     feed = RawFeed(market, spec, live=False, start_us=spec.from_us, end_us=end, outages=outages, blanks=blanks)
     out = norm.out
-    book, trades, ticker = norm.book, norm.trades, norm.ticker
+    book, trades, ticker, option = norm.book, norm.trades, norm.ticker, norm.option
     last_loc = spec.from_us  # a disconnect carries the last line's localTimestamp (or `from`)
     for ev in feed:
         kind = ev[0]
-        # the three market kinds inline: this loop is the replay's hot path
+        # the market kinds inline: this loop is the replay's hot path
         if kind == KIND_BOOK:
             book(ev[1], ev[2], ev[3], ev[4])
         elif kind == KIND_TRADE:
             trades(ev[1], ev[2], ev[3], ev[4])
         elif kind == KIND_TICKER:
             ticker(ev[1], ev[2], ev[3], ev[4])
+        elif kind == KIND_OPTION:
+            option(ev[1], ev[2], ev[3], ev[4])
         else:
             run_event(norm, feed, ev, out[-1][0] if out else last_loc)
         if len(out) >= 512:
