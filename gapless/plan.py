@@ -18,6 +18,7 @@ import time
 
 from . import ledger
 from .claims import LOOK_BEHIND_US, START_MARGIN_US
+from .contract import clip_to_life
 from .datatypes import parse_data_types
 from .runs import ReplayRequest
 from .intervals import merge, split, subtract
@@ -58,7 +59,9 @@ def plan_wanted(storage, exchange, wanted, now_us=None, limit=None, proven_until
     groups, skips, knowns = {}, {}, set()
     for (symbol, data_type), ranges in wanted.items():
         covered = storage.covered(exchange, symbol, data_type.name, "replay")
-        ranges = [(floor_minute(a), ceil_minute(b)) for a, b in ranges]
+        # nothing after an option's expiration: its minutes there are outside the stream (gapless.contract)
+        ranges = [r for r in (clip_to_life(exchange, symbol, floor_minute(a), ceil_minute(b)) for a, b in ranges)
+                  if r[1] > r[0]]
         reach = max((b for _, b in ranges), default=0)
         stream_entries = ledger.entries(storage, exchange, symbol, data_type.name)
         held, tails = ledger.held_back(stream_entries, now_us, anchors, reach)

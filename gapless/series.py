@@ -119,8 +119,14 @@ def source_values(reader, exchange, symbol, data_type, start, end, source):
         values[pos] = _agg_values(agg, data_type, columns)
     seeds = {} if data_type.family == "liquidation" else \
         _seeds(reader, key, stored_cols, data_type, start, block, intervals, own, last_ts, values, columns)
-    if data_type.family in ("book_snapshot", "book_ticker"):
+    if data_type.family == "book_snapshot":
         known = _fill_book(values, columns, block, own, seeds)
+    elif data_type.family == "book_ticker":
+        # a book ticker with both sides omitted is a known empty top of book (an option nobody quotes), not an
+        # unknown state: known wherever a message of the stream's coverage (or its seed) is carried
+        stated = _carry(np.where(own, 1.0, np.nan)[:, None], own, block, {k: np.ones(1) for k in seeds})[:, 0]
+        _fill_book(values, columns, block, own, seeds)
+        known = (block >= 0) & (stated == 1.0)
     elif data_type.family in ("trade", "trade_bar"):
         known = _fill_trades(values, columns, block, own, seeds)
     elif data_type.family == "liquidation":
