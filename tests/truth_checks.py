@@ -20,16 +20,21 @@ REASONS = {"history_outage", "disconnect", "clock_step", "downtime", "unknown_st
 EXACT = {"trade": ("open", "high", "low", "close", "volume", "buy_volume", "sell_volume", "trades"),
          "book": ("bid_price", "bid_amount", "ask_price", "ask_amount", "mid_close"),
          "ticker": ("last_price", "open_interest", "funding_rate", "index_price", "mark_price"),
-         "liquidation": ("liquidations", "volume", "buy_volume", "sell_volume")}
+         "liquidation": ("liquidations", "volume", "buy_volume", "sell_volume"),
+         "book_ticker": ("bid_price", "bid_amount", "ask_price", "ask_amount", "mid_open", "mid_high", "mid_low",
+                         "mid_close"),
+         "option_summary": ("best_bid_price", "best_bid_amount", "best_bid_iv", "best_ask_price", "best_ask_amount",
+                            "best_ask_iv", "last_price", "open_interest", "mark_price", "mark_iv", "delta", "gamma",
+                            "vega", "theta", "rho", "underlying_price")}
 PRICES = ("open", "high", "low", "close")
 
 
 def family(data_type):
-    """trade, book, liquidation or ticker."""
+    """trade, book, liquidation, book_ticker, option_summary or ticker."""
     if data_type.startswith(("trade",)):
         return "trade"
-    if data_type == "liquidation":
-        return "liquidation"
+    if data_type in ("liquidation", "book_ticker", "option_summary"):
+        return data_type
     if data_type.startswith(("quote", "book_snapshot")):
         return "book"
     return "ticker"

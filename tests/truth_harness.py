@@ -23,6 +23,7 @@ from gapless.exceptions import UsageError
 from gapless.recorder import Recorder
 from gapless.service import Gapless
 from gapless.storage import Storage
+from gapless.streams import parse_streams
 from tests.fake_tardis import FakeTardisMachine, ManualClock, MarketConfig, Outage
 from tests.follow_support import HarnessFollower
 
@@ -34,6 +35,10 @@ DATA_TYPES = ("quote", "quote_1m", "quote_10s", "book_snapshot_5_1s", "trade", "
 DAY = datetime(2026, 11, 25, tzinfo=timezone.utc)
 IDLESS_SHARE = 0.25  # examples on an exchange without trade ids (issue 21)
 LIQUIDATION_SHARE = 0.3  # examples with Deribit's liquidation stream (issue 19)
+BOOK_TICKER_SHARE = 0.3  # examples with Deribit's book_ticker (issue 19)
+CHAIN_SHARE = 0.25  # examples with a few Deribit options' option_summary in one more group (issue 19)
+OPTIONS = ("BTC-27NOV26-84000-P", "BTC-27NOV26-90000-C", "BTC-27NOV26-60000-P", "BTC-29JAN27-85000-C",
+           "ETH-8DEC26-3000-P", "BTC-27NOV26-152600-C")
 
 
 @dataclass
@@ -63,6 +68,7 @@ class Schedule:
     early_asks: tuple = ()
     upgrade: str = "daily"  # when the service upgrades live minutes of book-derived types (GAPLESS_UPGRADE)
     workers: int = 0  # download worker processes (GAPLESS_WORKERS; 0: fetcher threads in the service's process)
+    options: tuple = ()  # option symbols kept with option_summary only (one more GAPLESS_STREAMS group, issue 19)
 
     def describe(self):
         """One line to reproduce the example by hand."""
@@ -133,7 +139,20 @@ def draw(seed):
     # service asks along whether trade is a stream of its own or not
     if schedule.exchange == "deribit" and random.Random("liquidation/%d" % seed).random() < LIQUIDATION_SHARE:
         schedule = replace(schedule, data_types=tuple(sorted(set(schedule.data_types) | {"liquidation"})))
+    more = random.Random("deribit-types/%d" % seed)  # book tickers and an option chain, from their own draws
+    if schedule.exchange == "deribit" and more.random() < BOOK_TICKER_SHARE:
+        schedule = replace(schedule, data_types=tuple(sorted(set(schedule.data_types) | {"book_ticker"})))
+    if schedule.exchange == "deribit" and more.random() < CHAIN_SHARE:
+        schedule = replace(schedule, options=tuple(sorted(more.sample(OPTIONS, more.randint(2, 4)))))
     return schedule
+
+
+def streams_of(schedule, data_types=None):
+    """The service's GAPLESS_STREAMS: the perpetuals' data types, and the options' option_summary if any."""
+    text = "%s:%s:%s" % (schedule.exchange, ",".join(schedule.symbols), ",".join(data_types or schedule.data_types))
+    if schedule.options:
+        text += ";%s:%s:option_summary" % (schedule.exchange, ",".join(schedule.options))
+    return text
 
 
 def _early_asks(seed, schedule):
@@ -280,8 +299,7 @@ def _dt(us):
 
 
 def _service(schedule, machine, database_url, lookback, data_types):
-    return Gapless(schedule.exchange, list(schedule.symbols), list(data_types),
-                   lookback="%ds" % (lookback // 1_000_000),
+    return Gapless(streams=streams_of(schedule, data_types), lookback="%ds" % (lookback // 1_000_000),
                    database_url=database_url, tardis_url=machine.http_url, tardis_ws_url=machine.ws_url,
                    history_delay="15m", rebuild_interval="3600s", workers=schedule.workers, upgrade=schedule.upgrade,
                    now=machine.clock.now_us, recorder_options=dict(_RECORDER_OPTIONS))
@@ -293,8 +311,9 @@ _RECORDER_OPTIONS = {"backoff_base": 0.01, "backoff_cap": 0.05, "flush_interval"
 
 
 def _recorder(schedule, machine, database_url):
-    return Recorder(Storage(database_url), machine.ws_url, schedule.exchange, schedule.symbols, schedule.data_types,
-                    clock=lambda: machine.clock.now_us() / 1e6, **_RECORDER_OPTIONS)
+    (group,) = parse_streams(streams_of(schedule))
+    return Recorder(Storage(database_url), machine.ws_url, schedule.exchange, group.symbols, group.data_types,
+                    clock=lambda: machine.clock.now_us() / 1e6, pairs=group.pairs, **_RECORDER_OPTIONS)
 
 
 def advance(clock, machine, to_us, recorders, step_us=60_000_000):

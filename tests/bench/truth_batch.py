@@ -4,7 +4,7 @@ Run by hand (not collected by pytest; an example is about 20 s):
 
     .venv/bin/python tests/bench/truth_batch.py --first 5000 --count 1000 --out truth-5000.log
 
-Each line: ``ok|FAIL seed=N secs=S false=F exchange=E types=... outages=O drops=D second=Y restarts=R clock_steps=C early_asks=A mode=M upgrade=U workers=W follower=K/E`` (K: times the
+Each line: ``ok|FAIL seed=N secs=S false=F exchange=E types=... outages=O drops=D second=Y restarts=R clock_steps=C early_asks=A mode=M upgrade=U workers=W options=O follower=K/E`` (K: times the
 follower beside the service was stopped and resumed; E: minute events it received) and, for a
 failure, the checks' message on the following indented lines. ``false`` counts the minutes labelled
 replay or live whose values differ from the market model's truth, over all checkpoints and the final
@@ -56,11 +56,12 @@ def main():
             failed += not ok
             false_total += wrong
             log.write("%s seed=%d secs=%.1f false=%d exchange=%s types=%s outages=%d drops=%d second=%d "
-                      "restarts=%d clock_steps=%d early_asks=%d mode=%s upgrade=%s workers=%d follower=%s\n" % (
+                      "restarts=%d clock_steps=%d early_asks=%d mode=%s upgrade=%s workers=%d options=%d "
+                      "follower=%s\n" % (
                           "ok" if ok else "FAIL", seed, time.monotonic() - started, wrong, s.exchange,
                           ",".join(s.data_types), len(s.history_outages), len(s.live_events),
                           len(s.second_recorder), len(s.restarts), len(s.clock_steps), len(s.early_asks),
-                          s.availability_mode, s.upgrade, s.workers, follower))
+                          s.availability_mode, s.upgrade, s.workers, len(s.options), follower))
             if message:
                 log.write("".join("    %s\n" % line for line in message.splitlines()[:12]))
     print("%d passed, %d failed, %d false minutes" % (passed, failed, false_total))
