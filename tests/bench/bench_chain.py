@@ -30,7 +30,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ROOT, start_double  # noqa: E402
+from common import ROOT, start_double, watch_tree  # noqa: E402
 import bench_rebuild  # noqa: E402
 
 from gapless.timeutil import MINUTE_US, iso, parse_timestamp_us  # noqa: E402
@@ -200,7 +200,6 @@ def main():
 
 def service(args, options, database, start):
     """``python run.py`` over the chain in steady state: CPU, RSS, requests and lines per pass."""
-    import psutil
     from datetime import datetime, timedelta, timezone
 
     from tests.fake_tardis import FakeClock, FakeTardisMachine, MarketConfig
@@ -223,25 +222,17 @@ def service(args, options, database, start):
                     sys.exit("the service did not catch up; see %s" % log_path)
                 time.sleep(5)
             print("service: caught up %.0f s after its start" % (time.monotonic() - began))
-            tree = lambda: [psutil.Process(process.pid)] + psutil.Process(process.pid).children(recursive=True)  # noqa
-            cpu0 = sum(sum(p.cpu_times()[:2]) for p in tree())
             requests0, passes0 = len(tardis.requests), open(log_path).read().count("rebuilt ")
-            wall0, peak = time.monotonic(), 0
-            while time.monotonic() - wall0 < args.service_minutes * 60:
-                peak = max(peak, sum(p.memory_info().rss for p in tree()))
-                time.sleep(1)
-            cpu = sum(sum(p.cpu_times()[:2]) for p in tree()) - cpu0
-            wall = time.monotonic() - wall0
+            cpu, wall, peak, hwm = watch_tree(process.pid, args.service_minutes * 60)
             made = tardis.requests[requests0:]
             passes = open(log_path).read().count("rebuilt ") - passes0
-            hwm = max(bench_rebuild._hwm_mb(p.pid) for p in tree())
         finally:
             process.terminate()
             process.wait(30)
     lines = sum(r.lines_sent for r in made)
     print("service over %d streams, steady state over %.0f s:" % (len(options) + len(PERPS) * len(PERP_TYPES), wall))
     print("  CPU %.2f %% of one core (process tree); peak RSS %.0f MB (sampled), VmHWM %.0f MB" % (
-        100 * cpu / wall, peak / 2 ** 20, hwm))
+        100 * cpu / wall, peak, hwm))
     print("  %d publishing pass(es), %d replay request(s), %d lines downloaded (%.0f per pass)" % (
         passes, len(made), lines, lines / max(1, passes)))
 

@@ -35,7 +35,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ROOT, start_double  # noqa: E402
+from common import ROOT, hwm_mb as _hwm_mb, start_double, watch_tree  # noqa: E402
 
 from gapless.timeutil import DAY_US, MINUTE_US, iso, parse_timestamp_us  # noqa: E402
 
@@ -253,7 +253,6 @@ def multi_case(args, http_url, end):
 
 def service_case(args, end):
     """The service in steady state on the raw week: CPU, peak RSS, lines downloaded per pass."""
-    import psutil
     import requests
     from datetime import datetime, timedelta, timezone
 
@@ -292,21 +291,12 @@ def service_case(args, end):
                 text = requests.get("http://127.0.0.1:19108/metrics", timeout=10).text
                 return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                            if line.startswith("gapless_rows_stored_total{") and 'source="replay"' in line)
-            process = psutil.Process(service.pid)
-            tree = lambda: [process] + process.children(recursive=True)  # noqa: E731
-            cpu0 = sum(sum(p.cpu_times()[:2]) for p in tree())
             requests0, rows0 = len(tardis.requests), replay_rows()
             passes0 = open(log_path).read().count("rebuilt ")
-            wall0, peak = time.monotonic(), 0
-            while time.monotonic() - wall0 < args.service_minutes * 60:
-                peak = max(peak, sum(p.memory_info().rss for p in tree()))
-                time.sleep(1)
-            cpu = sum(sum(p.cpu_times()[:2]) for p in tree()) - cpu0
-            wall = time.monotonic() - wall0
+            cpu, wall, peak, hwm = watch_tree(service.pid, args.service_minutes * 60)
             made = tardis.requests[requests0:]
             rows = replay_rows() - rows0
             passes = open(log_path).read().count("rebuilt ") - passes0
-            hwm = max(_hwm_mb(p.pid) for p in tree())
         finally:
             service.terminate()
             service.wait(30)
@@ -314,17 +304,9 @@ def service_case(args, end):
     print("service, %d days of raw %s x %d symbols, steady state over %.0f s:" % (args.days, "+".join(TYPES),
                                                                                len(SYMBOLS), wall))
     print("  CPU %.2f %% of one core (process tree); peak RSS %.0f MB (sampled), VmHWM %.0f MB" % (
-        100 * cpu / wall, peak / 2**20, hwm))
+        100 * cpu / wall, peak, hwm))
     print("  %d publishing pass(es), %d replay request(s), %d lines downloaded (%.0f per pass) adding %d rows "
           "(%.0f per pass)" % (passes, len(made), lines, lines / max(1, passes), rows, rows / max(1, passes)))
-
-
-def _hwm_mb(pid):
-    with open("/proc/%d/status" % pid) as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0
 
 
 def main():

@@ -30,3 +30,32 @@ def fresh_database(kind, label, pg_url=PG_URL):
         connection.execute('DROP SCHEMA IF EXISTS "%s" CASCADE' % schema)
         connection.execute('CREATE SCHEMA "%s"' % schema)
     return "%s?options=%s" % (pg_url, quote("-csearch_path=%s" % schema, safe=""))
+
+
+def watch_tree(pid, seconds):
+    """Watch a process and its children for ``seconds``: ``(cpu seconds, wall seconds, peak RSS MB sampled every
+    second, VmHWM MB of the largest)``."""
+    import time
+
+    import psutil
+    process = psutil.Process(pid)
+
+    def tree():
+        return [process] + process.children(recursive=True)
+
+    cpu0 = sum(sum(p.cpu_times()[:2]) for p in tree())
+    wall0, peak = time.monotonic(), 0
+    while time.monotonic() - wall0 < seconds:
+        peak = max(peak, sum(p.memory_info().rss for p in tree()))
+        time.sleep(1)
+    cpu = sum(sum(p.cpu_times()[:2]) for p in tree()) - cpu0
+    return cpu, time.monotonic() - wall0, peak / 2 ** 20, max(hwm_mb(p.pid) for p in tree())
+
+
+def hwm_mb(pid):
+    """The high-water mark of a process's own memory map (VmHWM), MB."""
+    with open("/proc/%d/status" % pid) as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0
