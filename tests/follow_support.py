@@ -168,9 +168,13 @@ class HarnessFollower:
         import time
         from gapless.sequence import read_published_seq
         newest = read_published_seq(self.store)
-        deadline = time.monotonic() + timeout
+        # a stuck follower fails after ``timeout`` seconds without progress; a slow one (a loaded machine: seed 80053
+        # of a batch at nice 15 had 3,352 events to catch up on) is waited for as long as it moves
+        deadline, seen = time.monotonic() + timeout, self.copy.last_seq
         while (self.copy.last_seq or 0) < newest and self.error is None and time.monotonic() < deadline:
             time.sleep(0.01)
+            if self.copy.last_seq != seen:
+                deadline, seen = time.monotonic() + timeout, self.copy.last_seq
         problems = ["follower error: %r" % (self.error,)] if self.error else []
         if (self.copy.last_seq or 0) < newest:
             problems.append("follower at seq %s, published %d" % (self.copy.last_seq, newest))
