@@ -120,7 +120,7 @@ def ceiling(http_url, options, start, end):
 
 
 def write_live_minute(database, http_url, options, lo, hi):
-    """Live rows of ``[lo, hi)`` for every stream, as the recorder stores them, with open live claims."""
+    """Live rows of the minutes ``[lo, hi)`` (exchange time) for every stream, with open live claims over them."""
     import requests
 
     from gapless.convert import Converter
@@ -139,8 +139,13 @@ def write_live_minute(database, http_url, options, lo, hi):
             text = requests.get(http_url + "/replay-normalized", params={"options": json.dumps(body)}, timeout=600).text
             for line in text.splitlines():
                 message = json.loads(line)
-                if message.get("type") in ("disconnect", "error", "trade") or not lo <= parse_timestamp_us(
-                        message["localTimestamp"]) < hi:
+                if message.get("type") in ("disconnect", "error", "trade"):
+                    continue
+                # the minute's own messages by exchange time (a sample is stamped at its interval's end): the claim
+                # says the minute is whole, so all of them, and none of the next
+                stamp = parse_timestamp_us(message["timestamp"])
+                sampled = message.get("type") == "trade_bar" or message.get("interval")
+                if not (lo < stamp <= hi if sampled else lo <= stamp < hi):
                     continue
                 table, row = converter.convert(message)
                 rows.setdefault(table, []).append(row)
