@@ -1,8 +1,9 @@
 """Publishing live minutes as soon as they are final, not at the next rebuild tick.
 
 The recorder reports the claims of every batch it writes. When a stream's claim passes a minute boundary,
-the minutes before it are final. Then one publishing pass runs at once in the scheduler's thread pool. The
-pass is incremental, so it costs what changed. Followers (:mod:`gapless.follower`) get the minute a few
+the minutes before it are final. Then one publishing pass of the streams whose claims passed one runs at once
+in the scheduler's thread pool (an option chain's hundreds of streams pass their boundaries a few seconds apart:
+each pass publishes those, not all of them). The pass is incremental, so it costs what changed. Followers (:mod:`gapless.follower`) get the minute a few
 seconds after its end instead of up to a rebuild interval later. Requests that arrive while a pass runs
 are folded into one more pass after it.
 """
@@ -15,7 +16,8 @@ log = logging.getLogger(__name__)
 
 
 class FinalMinutes:
-    """Runs ``publish()`` when a claim makes a new minute final (see the module docstring).
+    """Runs ``publish(streams)`` when a claim makes a new minute final (see the module docstring); ``streams``: the
+    ``(exchange, symbol, data_type)`` whose claims passed a minute boundary since the last pass.
 
     ``scheduler``: returns the running APScheduler scheduler, or None (then nothing is run early: a library
     call that heals in its own loop publishes there).
@@ -26,6 +28,7 @@ class FinalMinutes:
         self._scheduler = scheduler
         self._stop = stop_event
         self._ends = {}  # {(exchange, symbol, data_type): the newest minute boundary claimed}
+        self._changed = set()  # the streams whose boundary moved since the last pass took them
         self._due = threading.Event()
         self._lock = threading.Lock()
         self._running = False
@@ -40,6 +43,8 @@ class FinalMinutes:
                 boundary = floor_minute(claim.end)
                 if boundary > self._ends.get(key, 0):
                     self._ends[key] = boundary
+                    with self._lock:
+                        self._changed.add(key)
                     fresh = True
             if fresh:
                 self._request()
@@ -66,8 +71,11 @@ class FinalMinutes:
         try:
             while self._due.is_set() and not self._stop.is_set():
                 self._due.clear()
-                self._publish()
-                self.passes += 1
+                with self._lock:
+                    streams, self._changed = self._changed, set()
+                if streams:
+                    self._publish(streams)
+                    self.passes += 1
         except Exception:  # the next claim or the regular tick tries again
             log.exception("publishing the final minutes failed")
         finally:

@@ -8,6 +8,7 @@ coalescing), plus one extra pass for the moment history will reach a gap. :meth:
 service: the first pass runs in the calling (main) thread, signals stop it gracefully, and a component
 that dies makes it return non-zero.
 """
+import dataclasses
 import logging
 import signal
 import threading
@@ -87,7 +88,8 @@ class Gapless:
                            downloader_options=downloader_options, planner=self.planner, stop_event=self.stop_event,
                            monitor=self.monitor) for group in self.groups]
         # live minutes are published as soon as their claims cover them whole (not at the next tick)
-        self.final = FinalMinutes(lambda: self._publish(early=True), lambda: self._scheduler, self.stop_event)
+        self.final = FinalMinutes(lambda streams: self._publish(early=True, only=streams), lambda: self._scheduler,
+                                  self.stop_event)
         for feed in self.feeds:
             feed.recorder.on_claimed = self.final.claimed
         self._started = (time.monotonic(), self.now())
@@ -250,12 +252,19 @@ class Gapless:
         """Download what each exchange's history can deliver and coverage lacks (the first one's report)."""
         return [feed.download_history(self.window(), use_published) for feed in self.feeds][0]
 
-    def _publish(self, early=False):
+    def _publish(self, early=False, only=None):
+        """One publishing pass over every stream, or ``only`` those (an early pass of final minutes)."""
+        streams = self.streams if only is None else [s for s in self.streams if s in only]
+        if not streams:
+            return
         with self._publish_lock:
             start, end = self.window()
             # the export file and the picture are rewritten by the tick's passes, not by each early one
-            report = rebuild(self.storage, self.streams, start, end, export=None if early else self.export,
+            report = rebuild(self.storage, streams, start, end, export=None if early else self.export,
                              now_us=self.now())
+            if only is not None and self.last_rebuild is not None:
+                # the other streams' results stand as the last pass left them (the next tick publishes every one)
+                report = dataclasses.replace(report, streams={**self.last_rebuild.streams, **report.streams})
             self.last_rebuild = report
         failed = sum(1 for r in report.streams.values() if r.error)
         log.log(logging.DEBUG if early else logging.INFO, "rebuilt %d stream(s) over %s .. %s in %.2fs: %s",

@@ -329,3 +329,38 @@ def test_deeper_book_levels_are_published_exported_and_followed(tmp_path, fast_t
     assert not copy.differences(published)
     delivered = [e for e in copy.events if e.source != "missing"]
     assert delivered and all(e.values.get("asks_4_amount") is not None for e in delivered)
+
+
+def test_an_early_pass_publishes_only_the_streams_whose_claims_passed_a_minute_boundary():
+    """With an option chain's hundreds of streams passing their boundaries a few seconds apart, publishing every
+    stream on each early pass kept the service publishing without pause (bench_chain: 84 % of a core)."""
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from gapless.final import FinalMinutes
+    from gapless.storage import Claim
+    from gapless.timeutil import US
+    published, done = [], threading.Event()
+
+    def publish(streams):
+        published.append(sorted(s[1] for s in streams))
+        done.set()
+
+    def claim(symbol, end):
+        return Claim("deribit", symbol, "option_summary", "live", "seg-" + symbol, 0, end, is_open=True)
+
+    scheduler = BackgroundScheduler()
+    scheduler.start()
+    final = FinalMinutes(publish, lambda: scheduler, threading.Event())
+    try:
+        for claims, expected in (([claim("A", 65 * US), claim("B", 50 * US)], ["A"]),  # B: not past 00:01 yet
+                                 ([claim("A", 70 * US), claim("B", 61 * US)], ["B"]),  # A: the same minute still
+                                 ([claim("C", 125 * US)], ["C"])):
+            done.clear()
+            final.claimed(claims)
+            assert done.wait(10)
+            wait_until(lambda: not final._running, timeout=10, message="the pass ended")
+            assert published[-1] == expected
+        final.claimed([claim("A", 119 * US)])  # nothing passed a boundary: no pass asked for (decided at once)
+        assert len(published) == 3 and not final._due.is_set()
+    finally:
+        scheduler.shutdown()

@@ -3,7 +3,7 @@
 Run by hand (not collected by pytest):
 
     .venv/bin/python tests/bench/bench_chain.py [--options 500] [--hours 24] [--cache DIR] [--skip-service]
-        [--service-minutes 5]
+        [--service-minutes 5] [--skip-ticks] [--baseline OTHER_CHECKOUT]
 
 Streams: ``--options`` Deribit options x ``option_summary`` (five expiries, strikes around the money, calls and
 puts) plus BTC-PERPETUAL and ETH-PERPETUAL x (``quote_1m``, ``trade_bar_1m``, ``liquidation``, ``book_ticker``),
@@ -166,6 +166,8 @@ def main():
     parser.add_argument("--cache", default="/tmp/gapless-bench-chain")
     parser.add_argument("--skip-service", action="store_true")
     parser.add_argument("--service-minutes", type=float, default=5.0)
+    parser.add_argument("--skip-ticks", action="store_true", help="straight to the service (the database cached)")
+    parser.add_argument("--baseline", help="another checkout: its service is measured first, in the same run")
     args = parser.parse_args()
     os.makedirs(args.cache, exist_ok=True)
     options = chain(args.options)
@@ -188,6 +190,8 @@ def main():
         print("%d streams (%d options x option_summary + %d perpetual streams), %d h: %s" % (
             len(streams), len(options), len(PERPS) * len(PERP_TYPES), args.hours, open(path + ".done").read().strip()))
         database = bench_rebuild.copy_database("sqlite:///" + path, "work_" + name)
+        if args.skip_ticks:
+            raise _SkipTicks()
         common = dict(http_url=info["http_url"], live_from=live_end - 30 * MINUTE_US)
         full = bench_rebuild.step("full", database, streams, start, live_end - MINUTE_US, **common)
         bench_rebuild.line("full publishing pass (baseline)", full)
@@ -196,15 +200,26 @@ def main():
         rows = write_live_minute(database, info["http_url"], options, live_end - MINUTE_US, live_end)
         live = bench_rebuild.step("tick", database, streams, start + MINUTE_US, live_end, **common)
         bench_rebuild.line("tick, one new live minute (%d rows)" % rows, live, full)
+    except _SkipTicks:
+        pass
     finally:
         double.terminate()
         double.wait(10)
+    if args.baseline:
+        print("baseline (%s):" % args.baseline)
+        service(args, options, bench_rebuild.copy_database("sqlite:///" + path, "base_" + name), start,
+                root=args.baseline)
+        print("this code:")
     if not args.skip_service:
         service(args, options, database, start)
 
 
-def service(args, options, database, start):
-    """``python run.py`` over the chain in steady state: CPU, RSS, requests and lines per pass."""
+class _SkipTicks(Exception):
+    """--skip-ticks: no publishing steps."""
+
+
+def service(args, options, database, start, root=ROOT):
+    """``python run.py`` (of ``root``) over the chain in steady state: CPU, RSS, requests and lines per pass."""
     from datetime import datetime, timedelta, timezone
 
     from tests.fake_tardis import FakeClock, FakeTardisMachine, MarketConfig
@@ -218,7 +233,7 @@ def service(args, options, database, start):
                     "GAPLESS_LOOKBACK": "%dh" % args.hours, "GAPLESS_HISTORY_DELAY": "2m",
                     "GAPLESS_TEST_CLOCK": "%f,%f,1" % (clock.now_us() / 1e6, time.time())})
         log_path = os.path.join(directory, "chain-service.log")
-        process = subprocess.Popen([sys.executable, os.path.join(ROOT, "run.py")], env=env, cwd=directory,
+        process = subprocess.Popen([sys.executable, os.path.join(root, "run.py")], env=env, cwd=directory,
                                    stdout=subprocess.DEVNULL, stderr=open(log_path, "w"))
         try:
             began = time.monotonic()
