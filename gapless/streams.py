@@ -119,12 +119,23 @@ def make_group(exchange, symbols, data_types, label="streams", series=True):
     symbols = parse_symbols(symbols, label)
     try:
         types = parse_data_types(data_types if isinstance(data_types, str) else list(data_types))
-        if series:
-            check_series_types(types, label)
     except UsageError as exc:
-        message = str(exc)
-        raise ConfigurationError(message if message.startswith(label) else "%s: %s" % (label, message)) from None
+        raise _labelled(exc, label) from None
+    if series:
+        _check_series(types, label)
     return StreamGroup(exchange, symbols, tuple(t.name for t in types))
+
+
+def _check_series(data_types, label):
+    try:
+        check_series_types(data_types, label)
+    except UsageError as exc:
+        raise _labelled(exc, label) from None
+
+
+def _labelled(exc, label):
+    message = str(exc)
+    return ConfigurationError(message if message.startswith(label) else "%s: %s" % (label, message))
 
 
 def parse_streams(value, label="GAPLESS_STREAMS", series=True):
@@ -146,7 +157,9 @@ def parse_streams(value, label="GAPLESS_STREAMS", series=True):
             items.append(tuple(fields))
     elif value and all(isinstance(g, StreamGroup) for g in value):
         by_exchange = {}
-        for group in value:  # validated already
+        for group in value:  # names validated already; a minute series is asked of them here
+            if series:
+                _check_series(group.data_types, "%s (%s)" % (label, group.exchange))
             by_exchange.setdefault(group.exchange, []).append(group)
         return tuple(merged(groups) for groups in by_exchange.values())
     else:
