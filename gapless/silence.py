@@ -21,6 +21,12 @@ minutes still without lines, the same request with a filter set nothing can have
 plus one no exchange lists, new each time: :func:`gapless.replay.fresh_symbol`): no lines there either is a
 quiet market.
 
+The fresh request starts :data:`~gapless.claims.LOOK_BEHIND_US` before the stretch and asks for disconnect
+messages: the minute a cached empty slice hides may hold the disconnect of a hole in tardis' own recording, and a
+request starting inside the hole shows it as a quiet market. A minute inside a hole is ``history_outage``: no
+claim crosses the hole (cut as after a disconnect the run saw itself), with no book cut (the reconnect snapshot
+rebuilds every filter set's book).
+
 A minute the fresh request has lines for was cached empty (``history_cached_empty``); one it could not ask
 (a failure) is ``unverified_quiet``. Either way no claim covers the exchange times whose events could have
 arrived in it (:data:`CUT_BEFORE_US` before it to :data:`CUT_AFTER_US` after it, from the latency margin and
@@ -37,7 +43,7 @@ import threading
 import numpy as np
 import orjson
 
-from .claims import LATENCY_MARGIN_US, SKEW_BOUND_US
+from .claims import LATENCY_MARGIN_US, LOOK_BEHIND_US, SKEW_BOUND_US
 from .datatypes import parse_data_type
 from .exceptions import GaplessError
 from .intervals import subtract
@@ -51,6 +57,9 @@ CUT_BEFORE_US = LATENCY_MARGIN_US + SKEW_BOUND_US
 CUT_AFTER_US = SKEW_BOUND_US
 PAST_STRETCH_US = 2 * MINUTE_US
 QUIET, CACHED_EMPTY, UNVERIFIED = "quiet", "history_cached_empty", "unverified_quiet"
+# a minute the fresh request shows inside a hole of tardis' own recording: not claimed, but the same in every filter
+# set (books after it are rebuilt from the reconnect snapshot in all of them), so no book cut and nothing settled
+DOWN = "history_outage"
 _AFTER_EVERYTHING = 2 ** 62
 _CHANNEL = {"book_snapshot": "book", "book_change": "book", "trade": "trades", "trade_bar": "trades",
             "derivative_ticker": "ticker", "liquidation": "trades", "book_ticker": "ticker", "option_summary": "ticker"}
@@ -80,6 +89,7 @@ class SilenceCheck:
         self._books = [(s, d) for s, d in request.streams if self.types[d].book_derived]
         self.requests = 0
         self._pending = set()  # silent minutes no claim reached yet
+        self._holes = []  # (disconnect, next line): holes in tardis' recording the fresh checks showed (local time)
         self._book_cut = None  # (local minute, reason): book-derived rows and claims from here on are dropped
         self._book_stamps = {}  # (symbol, book type) -> the newest exchange timestamp of its rows kept
 
@@ -94,16 +104,17 @@ class SilenceCheck:
             self._pending.difference_update(due)
             self._verify(due)
             report = self._report([m for m in due if self.verdicts[m] != QUIET], batch.claims)
-            batch.settled = [(m, self.verdicts[m]) for m in due if self.verdicts[m] != UNVERIFIED]
+            batch.settled = [(m, self.verdicts[m]) for m in due if self.verdicts[m] not in (UNVERIFIED, DOWN)]
         if self._known_bad:
             known = [e for e in self._report(self._known_bad, batch.claims) if e not in self._known_reported]
             self._known_reported.update(known)
             report += known
-        bad = sorted(m for m, verdict in self.verdicts.items() if verdict != QUIET)
-        if bad and self._books and self._book_cut is None:
+        bad = sorted(m for m, verdict in self.verdicts.items() if verdict not in (QUIET, DOWN))
+        wrong_books = bad
+        if wrong_books and self._books and self._book_cut is None:
             # a book rebuilt across a missing minute is wrong for the rest of the run; the day stays asked with a
             # fresh filter set until replay covers all of it (the ledger entry lasts that long)
-            first = bad[0]
+            first = wrong_books[0]
             self._book_cut = (first, self.verdicts[first])
             day_end = first - first % DAY_US + DAY_US
             claimed = {(c.symbol, c.data_type) for c in batch.claims if c.end > first - CUT_BEFORE_US}
@@ -117,7 +128,17 @@ class SilenceCheck:
             self._note_book_stamps(batch.rows)
         if bad:
             batch.claims = [piece for claim in batch.claims for piece in self._cut(claim, bad)]
+        if self._holes:
+            batch.claims = [piece for claim in batch.claims for piece in self._cut_holes(claim)]
         return batch
+
+    def _cut_holes(self, claim):
+        """No claim across a hole in tardis' recording: an event that arrived in it is lost (from the latency margin
+        before the disconnect to the skew bound after the next line; a book is whole again from its reconnect
+        snapshot, stamped at least the skew bound before that line), as after a disconnect the run saw itself."""
+        data_type = self.types.get(claim.data_type)
+        after = -SKEW_BOUND_US if data_type is not None and data_type.book_derived else SKEW_BOUND_US
+        return _pieces(claim, [(a - LATENCY_MARGIN_US, b + after) for a, b in self._holes], DOWN)
 
     # -- asking ----------------------------------------------------------------------------------
     def _verify(self, minutes):
@@ -132,7 +153,13 @@ class SilenceCheck:
             # asked a little past the stretch: an empty minute proves a quiet market only where history is proven
             # available (the run's proven edge, or a later line): upstream may answer a minute not available yet
             # empty
-            fresh = self._ask(rest[0], rest[-1] + MINUTE_US + PAST_STRETCH_US, fresh=True) if rest else set()
+            # the fresh request looks behind the stretch, with disconnect messages: a minute the run's filter set
+            # holds empty may hide the disconnect of a hole in tardis' own recording, and a request that starts
+            # inside the hole shows it as a quiet market (harness seed 81067)
+            downs = []
+            fresh = self._ask(rest[0] - LOOK_BEHIND_US, rest[-1] + MINUTE_US + PAST_STRETCH_US, fresh=True,
+                              downs=downs) if rest else set()
+            self._holes += downs
             for m in stretch:
                 if cached is None or fresh is None:
                     self.verdicts[m] = UNVERIFIED
@@ -140,6 +167,8 @@ class SilenceCheck:
                     self.verdicts[m] = QUIET
                 elif m in fresh:
                     self.verdicts[m] = CACHED_EMPTY
+                elif any(a < m + MINUTE_US and b + SKEW_BOUND_US > m for a, b in downs):
+                    self.verdicts[m] = DOWN  # the history recorder was down in it: not a quiet market
                 else:
                     proven = self.request.proven_until is None or m + MINUTE_US <= self.request.proven_until
                     self.verdicts[m] = QUIET if proven or any(x > m for x in fresh) else UNVERIFIED
@@ -148,6 +177,8 @@ class SilenceCheck:
                                 "which a fresh request has data for: tardis-machine's cache holds it EMPTY (it "
                                 "was asked before it was available); not claimed, asked again with a fresh "
                                 "filter set" if self.verdicts[m] == CACHED_EMPTY else
+                                "inside a hole of tardis' own recording (a fresh request shows its disconnect); "
+                                "not claimed" if self.verdicts[m] == DOWN else
                                 "and it could not be verified; not claimed")
 
     def _ask_cached(self, start, end):
@@ -160,10 +191,11 @@ class SilenceCheck:
                tuple(sorted({_RAW[t.family] for t in self.types.values()})), start, end)
         return self.answers.get(key, lambda: self._ask(start, end, fresh=False))
 
-    def _ask(self, start, end, fresh):
+    def _ask(self, start, end, fresh, downs=None):
         """Local minutes of ``[start, end)`` with raw lines of the run's symbols, through the run's own filter set
         (the raw channels behind its data types, its symbols: the slices it was answered from) or a fresh one
-        (None: the request failed)."""
+        (None: the request failed). ``downs``: a list that gets ``(disconnect, next line)`` local times, the holes
+        in tardis' recording the answer shows (disconnect messages are asked only then)."""
         request = self.request
         raw = sorted({_RAW[t.family] for t in self.types.values()})
         if "book_change" in raw:
@@ -172,20 +204,28 @@ class SilenceCheck:
                                  fresh="check" if fresh else None)
         # a check, not a download: the same filter set (channels and symbols) as the run, but never the very same
         # request as a stream's (whose raw types it may share); raw messages are what count here
-        options["withDisconnectMessages"] = False
+        options["withDisconnectMessages"] = downs is not None
         symbols = set(request.symbols)
         seen = set()
+        down = None  # the local time of a disconnect not yet followed by a line
         self.requests += 1
         try:
             for chunk in self.client.stream_lines(options):
                 for line in chunk:
                     try:
                         message = orjson.loads(line)
-                        if message.get("symbol") in symbols or message.get("type") == "disconnect":
-                            stamp = parse_timestamp_us(message["localTimestamp"])
+                        stamp = parse_timestamp_us(message["localTimestamp"])
+                        if message.get("type") == "disconnect":
+                            down = stamp if down is None else down
+                        elif message.get("symbol") in symbols:
                             seen.add(stamp - stamp % MINUTE_US)
+                            if down is not None:
+                                downs.append((down, stamp))
+                                down = None
                     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
                         continue
+            if down is not None:
+                downs.append((down, _AFTER_EVERYTHING))
         except GaplessError as exc:
             log.warning("%s: checking the silent minutes [%s, %s) failed: %s", request.describe(), iso(start),
                         iso(end), exc)
@@ -197,7 +237,7 @@ class SilenceCheck:
         """Ledger entries of the other streams for the minutes found not quiet just now (a stretch per entry), for
         the streams whose claims they cut (a silent symbol's own gap keeps its own reason)."""
         report = []
-        for reason in (CACHED_EMPTY, UNVERIFIED):
+        for reason in (CACHED_EMPTY, UNVERIFIED, DOWN):
             for first, last in _stretches([m for m in new_bad if self.verdicts[m] == reason]):
                 lo, hi = first - CUT_BEFORE_US, last + MINUTE_US + CUT_AFTER_US
                 cut = {(c.symbol, c.data_type) for c in claims if c.start < hi and c.end > lo}
@@ -214,13 +254,7 @@ class SilenceCheck:
             holes = [(min(self._book_cut[0] - CUT_BEFORE_US, last), _AFTER_EVERYTHING)]
         else:
             holes = [(m - CUT_BEFORE_US, m + MINUTE_US + CUT_AFTER_US) for m in bad]
-        pieces = subtract([(claim.start, claim.end)], holes)
-        if pieces == [(claim.start, claim.end)]:
-            return [claim]
-        return [dataclasses.replace(claim, start=a, end=b,
-                                    segment=claim.segment if a == claim.start else "%s/%d" % (claim.segment, a),
-                                    end_reason=claim.end_reason if b == claim.end else CACHED_EMPTY)
-                for a, b in pieces]
+        return _pieces(claim, holes, CACHED_EMPTY)
 
     def _note_book_stamps(self, rows):
         for table, block in rows.items():
@@ -344,6 +378,17 @@ def _reaches(claims, minute):
     """True when a claim covers exchange times whose events could have arrived in the local ``minute``."""
     lo, hi = minute - CUT_BEFORE_US, minute + MINUTE_US + CUT_AFTER_US
     return any(c.start < hi and c.end > lo for c in claims)
+
+
+def _pieces(claim, holes, reason):
+    """``claim`` without ``holes`` (exchange time): the pieces, each after the first a segment of its own."""
+    pieces = subtract([(claim.start, claim.end)], holes)
+    if pieces == [(claim.start, claim.end)]:
+        return [claim]
+    return [dataclasses.replace(claim, start=a, end=b,
+                                segment=claim.segment if a == claim.start else "%s/%d" % (claim.segment, a),
+                                end_reason=claim.end_reason if b == claim.end else reason)
+            for a, b in pieces]
 
 
 def _stretches(minutes):

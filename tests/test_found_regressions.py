@@ -359,3 +359,17 @@ def test_harness_seed_77014_a_check_asked_by_a_download_worker_is_not_asked_agai
     schedule = draw(77014)
     assert schedule.workers == 1 and "SOL-PERPETUAL" in schedule.symbols
     check(run(schedule, tmp_path))
+
+
+@pytest.mark.slow
+def test_harness_seed_81067_a_silent_stretch_that_hides_a_history_outage_is_not_claimed_quiet(tmp_path):
+    """The whole example (about 70 s): another client asked 23:01-23:07 too early, so the trades filter set holds
+    those minutes empty, the disconnect of a history outage at 23:05:52 included. A trade_bar_10s run through that
+    filter set saw one long silence up to 23:43:13; the silence check's fresh request started inside the hole (no
+    disconnect, no lines: "a quiet market"), and 23:07-23:09 and 23:43 were served as replay with no trades. The
+    check now looks behind the stretch with disconnect messages on: minutes of a hole are never quiet."""
+    from tests.truth_checks import check
+    from tests.truth_harness import draw, run
+    schedule = draw(81067)
+    assert schedule.exchange == "kraken" and "trade_bar_10s" in schedule.data_types and schedule.early_asks
+    check(run(schedule, tmp_path))
