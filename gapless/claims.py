@@ -150,7 +150,10 @@ class ClaimTracker:
         new = [s for s in streams if s not in self.starts]
         if new:
             self._set_starts(block, new, ts, arrivals)
-        kind = _TRADE if table in ("trade", "trade_bar") else (_BOOK if table.startswith("book_") else None)
+        # book evidence: book changes and book samples only (a book_ticker comes from the ticker channel: it says
+        # nothing about when the book's samples are due; harness seeds 80101 and 81091)
+        kind = _TRADE if table in ("trade", "trade_bar") else (
+            _BOOK if table.startswith("book_snapshot") or table == "book_change" else None)
         if kind is None:
             return
         # an arrival proves an exchange time no later than the exchange has shown (live: the clock may be ahead;

@@ -373,3 +373,35 @@ def test_harness_seed_81067_a_silent_stretch_that_hides_a_history_outage_is_not_
     schedule = draw(81067)
     assert schedule.exchange == "kraken" and "trade_bar_10s" in schedule.data_types and schedule.early_asks
     check(run(schedule, tmp_path))
+
+
+def test_book_tickers_are_no_evidence_for_a_book_samples_claim():
+    """Harness seeds 80101 and 81091: with book_ticker beside quote_1m, every book_ticker row counted as book
+    evidence (its table name starts with ``book_``), so a live quote_1m minute was claimed before its sample came and
+    served with the previous minute's book. A book ticker comes from the ticker channel: the quote_1m claim is the
+    same with and without it."""
+    import orjson
+    from gapless.ingest import RunParser
+    from gapless.runs import ReplayRequest
+
+    def at(second):
+        return "2026-11-25T10:%02d:%06.3fZ" % divmod(second, 60)
+
+    head = {"symbol": "BTC-PERPETUAL", "exchange": "deribit"}
+    book = [{"price": 100.0, "amount": 1.0}]
+    quote = orjson.dumps(dict(head, type="book_snapshot", name="quote_1m", depth=1, interval=60000, bids=book,
+                              asks=[{"price": 101.0, "amount": 1.0}], timestamp=at(60), localTimestamp=at(65)))
+    tickers = [orjson.dumps(dict(head, type="book_ticker", bidPrice=100.0, bidAmount=1, askPrice=101.0, askAmount=1,
+                                 timestamp=at(s), localTimestamp=at(s + 0.1))) for s in range(70, 200, 5)]
+
+    def quote_claim_end(lines):
+        request = ReplayRequest("deribit", ("BTC-PERPETUAL",), ("quote_1m", "book_ticker"), 0, 2 ** 62)
+        parser = RunParser(request, source="live", live=True)
+        batches = parser.feed(lines) + [parser.flush()]
+        return max((c.end for b in batches for c in b.claims if c.data_type == "quote_1m"), default=None)
+
+    from gapless.timeutil import parse_timestamp_us
+    # the book's own sample (10:01:00, arrived 10:01:05) proves its interval; ticker rows up to 10:03:15 prove
+    # nothing about when the book's next sample is due: no quote_1m claim reaches 10:02
+    end = quote_claim_end([quote] + tickers)
+    assert end is None or end < parse_timestamp_us(at(120))
