@@ -194,29 +194,24 @@ class Converter:
             _req_num(m["volume"]), _req_num(m["buyVolume"]), _req_num(m["sellVolume"]),
             _req_num(m["trades"]), _num(m.get("vwap")))
 
+    def _fields(self, m, name, exchange, symbol, ts, lts, fields):
+        """The row of a message whose values are optional number fields (tickers): the common columns, ``seq``,
+        one column per field (a field the message omits is NULL, never 0)."""
+        seq = self._next_seq((exchange, symbol, name), ts, lts)
+        return (exchange, symbol, name, name, self.source, ts, lts, seq) + tuple(_num(m.get(f)) for _, f in fields)
+
     def _ticker(self, m, exchange, symbol, ts, lts):
-        row = [exchange, symbol, "derivative_ticker", "derivative_ticker", self.source, ts, lts,
-               self._next_seq((exchange, symbol, "derivative_ticker"), ts, lts)]
-        for _, field in TICKER_FIELDS:
-            row.append(_num(m.get(field)))
         funding = m.get("fundingTimestamp")
-        row.append(_ts(funding) if funding is not None else None)
-        return "derivative_ticker", tuple(row)
+        return "derivative_ticker", self._fields(m, "derivative_ticker", exchange, symbol, ts, lts, TICKER_FIELDS) \
+            + (_ts(funding) if funding is not None else None,)
 
     def _book_ticker(self, m, exchange, symbol, ts, lts):
-        # one message per exchange ticker; a side tardis omits (its best level is empty) is NULL, never 0
-        row = [exchange, symbol, "book_ticker", "book_ticker", self.source, ts, lts,
-               self._next_seq((exchange, symbol, "book_ticker"), ts, lts)]
-        for _, field in BOOK_TICKER_FIELDS:
-            row.append(_num(m.get(field)))
-        return "book_ticker", tuple(row)
+        # one message per exchange ticker; a side tardis omits (its best level is empty) is NULL
+        return "book_ticker", self._fields(m, "book_ticker", exchange, symbol, ts, lts, BOOK_TICKER_FIELDS)
 
     def _option_summary(self, m, exchange, symbol, ts, lts):
-        row = [exchange, symbol, "option_summary", "option_summary", self.source, ts, lts,
-               self._next_seq((exchange, symbol, "option_summary"), ts, lts)]
-        for _, field in OPTION_FIELDS:
-            row.append(_num(m.get(field)))
-        return "option_summary", tuple(row) + option_contract(m)
+        return "option_summary", self._fields(m, "option_summary", exchange, symbol, ts, lts, OPTION_FIELDS) \
+            + option_contract(m)
 
     def _book_change(self, m, exchange, symbol, ts, lts):
         sides = []

@@ -10,6 +10,7 @@ minutes, named with the reasons met.
 import numpy as np
 import pandas as pd
 
+from .intervals import mask_runs
 from .timeutil import MINUTE_US
 
 MAX_BANDS = 12
@@ -61,22 +62,13 @@ def _gaps_of(frame, gaps, key):
     """The group's gaps: each stretch of minutes some stream misses, with the reasons of the gaps inside it."""
     out = []
     missing = frame["missing"].to_numpy(dtype=bool)
-    minutes = frame.index.as_unit("us").asi8
-    i = 0
-    while i < len(missing):
-        if not missing[i]:
-            i += 1
-            continue
-        j = i
-        while j < len(missing) and missing[j]:
-            j += 1
-        a, b = int(minutes[i]), int(minutes[j - 1]) + MINUTE_US
+    first = int(frame.index.as_unit("us").asi8[0]) if len(frame.index) else 0
+    for a, b in mask_runs(missing, first, MINUTE_US):  # the group's frame has every minute of its span
         reasons = sorted({g["reason"] for g in gaps if _us(g["start"]) < b and _us(g["end"]) > a})
         # named like the band's key, (exchange,) symbol, data type: the picture looks gaps up by it
         out.append({"symbol": key[-2], "data_type": key[-1], "exchange": key[0] if len(key) == 3 else None,
                     "start": pd.Timestamp(a * 1000, tz="UTC").isoformat(), "end": pd.Timestamp(b * 1000, tz="UTC")
                     .isoformat(), "reason": ", ".join(reasons) or "missing"})
-        i = j
     return out
 
 
