@@ -110,7 +110,8 @@ def test_live_book_tickers_and_option_summaries_equal_the_market_model_through_a
             first = us(DAY + timedelta(hours=7, minutes=2))
             wait_until(lambda: tm.clock.now_us() > first + 100 * US, timeout=30, message="100 s recorded")
             tm.exchange_drop(1.5)
-            wait_until(lambda: recorder.health()["disconnects"] == 1, timeout=10, message="the drop")
+            # one disconnect line per product's exchange connection: 2, in one commit or two
+            wait_until(lambda: recorder.health()["disconnects"] >= 1, timeout=10, message="the drop")
             last = first + 4 * MINUTE_US
             wait_until(lambda: tm.clock.now_us() > last + 30 * US, timeout=60, message="four minutes recorded")
         finally:
