@@ -12,13 +12,13 @@ import re
 
 import numpy as np
 import orjson
-import pandas as pd
+
+from .aggtable import Aggregates
 
 from .datatypes import parse_data_type
 from .schema import LIQUIDATION_VALUES, OPTION_VALUES, QUOTE_VALUES, TICKER_VALUES, TRADE_VALUES
 from .timeutil import MINUTE_US
 
-AGG_META = ("n", "first_ts", "last_ts")
 _BOOK_TICKER_LEVELS = {"bid_price": "bids_0_price", "bid_amount": "bids_0_amount", "ask_price": "asks_0_price",
                        "ask_amount": "asks_0_amount"}
 _TOP_OF_BOOK = parse_data_type("quote")
@@ -93,8 +93,8 @@ def source_columns(data_type):
 def aggregate(data_type, rows):
     """Per-minute aggregates of one stream's rows (a DataFrame with :func:`source_columns`).
 
-    Returns a DataFrame indexed by minute (int µs) with ``n``, ``first_ts``, ``last_ts``, the value columns
-    that the family has, and ``levels`` (a JSON list of the deeper book levels, or None).
+    Returns :class:`~gapless.aggtable.Aggregates`: per minute ``n``, ``first_ts``, ``last_ts``, the value columns
+    that the family has, and for book snapshots ``levels`` (a JSON list of the deeper book levels).
     """
     data_type = _as_type(data_type)
     if rows is None or not len(rows):
@@ -118,7 +118,7 @@ def aggregate(data_type, rows):
 
 
 def _empty():
-    return pd.DataFrame(columns=list(AGG_META) + ["levels"], index=pd.Index([], dtype=np.int64, name="minute"))
+    return Aggregates.empty()
 
 
 def _groups(label_array):
@@ -131,12 +131,8 @@ def _groups(label_array):
     return first, last
 
 
-def _frame(label_array, first, last, ts, columns):
-    out = pd.DataFrame(columns, index=pd.Index(label_array[first], name="minute"))
-    out.insert(0, "last_ts", ts[last])
-    out.insert(0, "first_ts", ts[first])
-    out.insert(0, "n", last - first + 1)
-    return out
+def _frame(label_array, first, last, ts, columns, levels=None):
+    return Aggregates.from_groups(label_array, first, last, ts, columns, levels)
 
 
 def _book(data_type, rows):
@@ -154,14 +150,12 @@ def _book(data_type, rows):
             "mid_open": _first_valid(mid, first, last), "mid_high": np.fmax.reduceat(mid, first),
             "mid_low": np.fmin.reduceat(mid, first), "mid_close": mid[last],
         }
-    out = _frame(minute, first, last, ts, columns)
     deeper = list(deeper_level_columns(data_type.depth))
+    levels = None
     if deeper:
         values = rows[deeper].to_numpy(dtype=float)[last]
-        out["levels"] = [orjson.dumps([None if v != v else v for v in row]).decode() for row in values.tolist()]
-    else:
-        out["levels"] = None
-    return out
+        levels = [orjson.dumps([None if v != v else v for v in row]).decode() for row in values.tolist()]
+    return _frame(minute, first, last, ts, columns, levels)
 
 
 def _first_valid(values, first, last):
@@ -206,16 +200,13 @@ def _trades(rows):
         "sell_volume": np.add.reduceat(np.where(side == "sell", amount, 0.0), first),
         "trades": (last - first + 1).astype(float), "vwap": vwap,
     }
-    out = _frame(minute, first, last, ts, columns)
-    out["levels"] = None
-    return out
+    return _frame(minute, first, last, ts, columns)
 
 
 def _liquidations(rows):
     # the fills that liquidated someone: counted, their volume by side and their vwap (no prices of their own:
     # the minute's prices are the trades')
-    out = _trades(rows).rename(columns={"trades": "liquidations"})
-    return out[list(AGG_META) + list(LIQUIDATION_VALUES) + ["levels"]]
+    return _trades(rows).renamed({"trades": "liquidations"}).select(list(LIQUIDATION_VALUES))
 
 
 def _bars(rows):
@@ -243,22 +234,19 @@ def _bars(rows):
         "sell_volume": np.add.reduceat(rows["sell_volume"].to_numpy(dtype=float), first),
         "trades": np.add.reduceat(rows["trades"].to_numpy(dtype=float), first), "vwap": minute_vwap,
     }
-    out = _frame(minute, first, last, ts, columns)
-    out["levels"] = None
-    return out
+    return _frame(minute, first, last, ts, columns)
 
 
 def _last_message(rows, columns):
     # each message is the instrument's whole state (a field it omits is absent, e.g. no bid: NaN), so the state at
     # the close is the minute's last message as it is, nothing taken from earlier ones
-    rows = rows.sort_values(["timestamp", "local_timestamp", "seq"], kind="stable")
     ts = rows["timestamp"].to_numpy(dtype=np.int64)
+    order = np.lexsort((rows["seq"].to_numpy(dtype=np.int64), rows["local_timestamp"].to_numpy(dtype=np.int64), ts))
+    ts = ts[order]
     minute = labels(ts, False)
     first, last = _groups(minute)
-    values = rows[list(columns)].to_numpy(dtype=float)[last]
-    out = _frame(minute, first, last, ts, {c: values[:, i] for i, c in enumerate(columns)})
-    out["levels"] = None
-    return out
+    values = rows[list(columns)].to_numpy(dtype=float)[order][last]
+    return _frame(minute, first, last, ts, {c: values[:, i] for i, c in enumerate(columns)})
 
 
 def _tickers(rows):
@@ -268,6 +256,4 @@ def _tickers(rows):
     first, last = _groups(minute)
     # each field's last known value in the minute (a ticker message carries only what changed)
     values = rows[list(TICKER_VALUES)].astype(float).groupby(minute, sort=True).last()
-    out = _frame(minute, first, last, ts, {c: values[c].to_numpy() for c in TICKER_VALUES})
-    out["levels"] = None
-    return out
+    return _frame(minute, first, last, ts, {c: values[c].to_numpy() for c in TICKER_VALUES})

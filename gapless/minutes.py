@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .aggregate import AGG_META, aggregate, load_range, source_columns
+from .aggregate import aggregate, load_range, source_columns
+from .aggtable import Aggregates
 from .datatypes import parse_data_type
 from .intervals import merge, subtract
 from .exceptions import GaplessError
@@ -97,11 +98,11 @@ class MinuteStore:
                 for lo, hi in ranges:
                     for a in range(lo, hi, CHUNK_US):
                         b = min(hi, a + CHUNK_US)
-                        frame = self._compute(key, data_type, a, b)
+                        aggregates = self._compute(key, data_type, a, b)
                         if persist:
-                            self._store(key, a, b, frame)
+                            self._store(key, a, b, aggregates)
                         else:
-                            result.overlay.setdefault(key, []).append((a, b, frame))
+                            result.overlay.setdefault(key, []).append((a, b, aggregates))
             except Exception as exc:  # one stream's bad rows must not keep the others from being refreshed
                 log.exception("aggregating %s %s %s (%s) failed", *key)
                 result.errors[key[:3]] = "%s: %s" % (exc.__class__.__name__, exc)
@@ -117,22 +118,18 @@ class MinuteStore:
         a, b = load_range(data_type, lo, hi)
         columns, rows = self.storage.read_rows(data_type.table, exchange, symbol, name, source, a, b,
                                                columns=source_columns(data_type))
-        frame = pd.DataFrame.from_records(rows, columns=columns) if rows else None
+        if not rows:
+            return aggregate(data_type, None)
+        if data_type.family in ("trade", "liquidation"):  # ids and sides are text
+            frame = pd.DataFrame.from_records(rows, columns=columns)
+        else:  # numbers only (NULL: NaN), one block: inferring each column's type cost more than the aggregation
+            frame = pd.DataFrame(np.array(rows, dtype=float), columns=columns)
         return aggregate(data_type, frame)
 
-    def _store(self, key, lo, hi, frame):
+    def _store(self, key, lo, hi, aggregates):
         exchange, symbol, name, source = key
-        agg = self.models["minute_agg"]
-        columns = ["exchange", "symbol", "data_type", "source", "minute"] + list(AGG_META) + list(
-            c for c in frame.columns if c not in AGG_META)
-        rows = []
-        if len(frame):
-            prefix = [exchange, symbol, name, source]
-            values = frame.reset_index()
-            for record in values.itertuples(index=False, name=None):
-                rows.append(tuple(prefix) + tuple(None if (isinstance(v, float) and v != v) else v
-                                                  for v in record))
-            columns = ["exchange", "symbol", "data_type", "source"] + list(values.columns)
+        rows, names = aggregates.to_rows((exchange, symbol, name, source))
+        columns = ["exchange", "symbol", "data_type", "source"] + names
         m = "?" if self.storage.is_sqlite else "%s"
         with self.storage.write_transaction():
             # plain SQL: these run for every chunk of every stream on every pass
@@ -140,7 +137,7 @@ class MinuteStore:
                 'DELETE FROM "minute_agg" WHERE "exchange" = {m} AND "symbol" = {m} AND "data_type" = {m} AND '
                 '"source" = {m} AND "minute" >= {m} AND "minute" < {m}'.format(m=m), (exchange, symbol, name, source,
                                                                                     lo, hi))
-            self.storage.bulk_insert(agg, columns, rows)
+            self.storage.bulk_insert(self.models["minute_agg"], columns, rows)
             self.storage.db.execute_sql(
                 'INSERT INTO "dirty_series" ("exchange", "symbol", "data_type", "lo", "hi") VALUES '
                 '({m}, {m}, {m}, {m}, {m})'.format(m=m), (exchange, symbol, name, lo, hi))
@@ -155,62 +152,61 @@ class MinuteStore:
 
     # -- reading -----------------------------------------------------------------------------------
     def read(self, key, lo, hi, columns, overlay=None):
-        """Aggregates of ``key`` = (exchange, symbol, data_type, source) for minutes ``[lo, hi)``.
+        """Aggregates of ``key`` = (exchange, symbol, data_type, source) for minutes ``[lo, hi)``, in minute order.
 
-        A DataFrame indexed by minute with ``n``, ``first_ts``, ``last_ts`` and ``columns``; overlay ranges
-        (an in-memory refresh) replace what the table holds there.
+        :class:`Aggregates` with ``columns`` (``levels`` kept as texts); overlay ranges (an in-memory refresh)
+        replace what the table holds there. Column-wise arrays, not a DataFrame: the publisher reads a few
+        minutes of hundreds of streams on every tick, and building a DataFrame cost more than the query.
         """
-        wanted = list(AGG_META) + list(columns)
         parts = []
         covered = []
-        for a, b, frame in (overlay or {}).get(key, ()):
+        for a, b, aggregates in (overlay or {}).get(key, ()):
             if b > lo and a < hi:
-                part = frame[(frame.index >= max(a, lo)) & (frame.index < min(b, hi))]
-                parts.append(part.reindex(columns=wanted))
+                part = aggregates.select(columns)
+                parts.append(part.take((part.minutes >= max(a, lo)) & (part.minutes < min(b, hi))))
                 covered.append((max(a, lo), min(b, hi)))
         for a, b in subtract([(lo, hi)], covered):
-            parts.append(self._select(key, a, b, wanted, order="ASC"))
-        parts = [p for p in parts if len(p)]
-        if not parts:
-            return pd.DataFrame(columns=wanted, index=pd.Index([], dtype=np.int64, name="minute"))
-        return pd.concat(parts).sort_index()
+            parts.append(self._select(key, a, b, columns, order="ASC"))
+        return Aggregates.concat(parts, columns)
 
     def last_before(self, key, before, not_before, columns, overlay=None):
-        """The latest aggregate of ``key`` with ``not_before <= minute < before`` (a Series) or None."""
-        wanted = list(AGG_META) + list(columns)
+        """The latest aggregate of ``key`` with ``not_before <= minute < before`` (:class:`Aggregates` of one
+        minute) or None."""
         candidates = []
-        for a, b, frame in (overlay or {}).get(key, ()):
-            part = frame[(frame.index >= not_before) & (frame.index < before)]
+        for a, b, aggregates in (overlay or {}).get(key, ()):
+            part = aggregates.select(columns)
+            part = part.take((part.minutes >= not_before) & (part.minutes < before))
             if len(part):
-                candidates.append(part.reindex(columns=wanted).iloc[[-1]])
+                candidates.append(part.take(np.arange(len(part) - 1, len(part))))
         # the table, outside the overlay's ranges (they replace it there)
         spans = [(a, b) for a, b, _ in (overlay or {}).get(key, ())]
         for a, b in reversed(subtract([(not_before, before)], spans)):
-            found = self._select(key, a, b, wanted, order="DESC", limit=1)
+            found = self._select(key, a, b, columns, order="DESC", limit=1)
             if len(found):
                 candidates.append(found)
                 break
         if not candidates:
             return None
-        best = pd.concat(candidates).sort_index()
-        return best.iloc[-1]
+        best = Aggregates.concat(candidates, columns)
+        return best.take(np.arange(len(best) - 1, len(best)))
 
     def first_at_or_after(self, key, lo, hi):
         """The first minute in ``[lo, hi)`` with an aggregate of ``key`` in the table (or None)."""
         found = self._select(key, lo, hi, [], limit=1)
-        return int(found.index[0]) if len(found) else None
+        return int(found.minutes[0]) if len(found) else None
 
-    def _select(self, key, lo, hi, wanted, order="ASC", limit=None):
+    def _select(self, key, lo, hi, columns, order="ASC", limit=None):
         exchange, symbol, name, source = key
         storage = self.storage
         if not storage.has_table("minute_agg") or hi <= lo:
-            return pd.DataFrame(columns=wanted, index=pd.Index([], dtype=np.int64, name="minute"))
+            return Aggregates.from_rows([], columns, meta=False)
         mark = "?" if storage.is_sqlite else "%s"
-        sql = ('SELECT "minute"%s FROM "minute_agg" WHERE "exchange" = %s AND "symbol" = %s AND "data_type" = %s '
-               'AND "source" = %s AND "minute" >= %s AND "minute" < %s ORDER BY "minute" %s%s' % (
-                   "".join(', "%s"' % c for c in wanted), mark, mark, mark, mark, mark, mark, order,
+        sql = ('SELECT "minute", "last_ts"%s FROM "minute_agg" WHERE "exchange" = %s AND "symbol" = %s AND '
+               '"data_type" = %s AND "source" = %s AND "minute" >= %s AND "minute" < %s ORDER BY "minute" %s%s' % (
+                   "".join(', "%s"' % c for c in columns), mark, mark, mark, mark, mark, mark, order,
                    " LIMIT %d" % limit if limit else ""))
         rows = storage.db.execute_sql(sql, (exchange, symbol, name, source, lo, hi)).fetchall()
-        frame = pd.DataFrame.from_records(rows, columns=["minute"] + wanted)
-        frame.index = pd.Index(frame.pop("minute").to_numpy(dtype=np.int64), name="minute")
-        return frame
+        if order == "DESC":
+            rows.reverse()
+        return Aggregates.from_rows(rows, columns, meta=False)
+

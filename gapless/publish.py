@@ -24,13 +24,16 @@ from .schema import SERIES_VALUES
 from .published import export_frames, published_frames
 from .sequence import PublishSequence
 from .series import Reader
-from .stitch import Comparison, stitch_stream
+from .stitch import Comparison, stitch_values
 from .timeutil import MINUTE_US, US, ceil_minute, floor_minute, iso
 
 log = logging.getLogger(__name__)
 
 SERIES_COLUMNS = ["exchange", "symbol", "data_type", "minute", "source", "missing"] + list(SERIES_VALUES) + [
     "levels", "seq", "revision"]
+STATUS_COLUMNS = ["exchange", "symbol", "data_type", "window_start", "window_end", "minutes_replay", "minutes_live",
+                  "minutes_missing", "compared", "disagreements", "max_difference", "worst_minute", "worst_column",
+                  "rebuilt_at", "error"]
 COMPARE_COLUMNS = ["exchange", "symbol", "data_type", "minute", "differs", "difference", "column"]
 
 
@@ -156,6 +159,10 @@ class _Statements:
                        for part, where in (("inside", inside), ("outside", outside))}
         self.worst = ('SELECT "minute", "difference", "column" FROM "minute_compare" WHERE ' + stream +
                       ' AND "differs" ORDER BY "difference" DESC, "minute" LIMIT 1')
+        self.upsert = ('INSERT INTO "stream_status" (%s) VALUES (%s) ON CONFLICT ("exchange", "symbol", "data_type") '
+                       'DO UPDATE SET %s' % (", ".join('"%s"' % c for c in STATUS_COLUMNS),
+                                             ", ".join([m] * len(STATUS_COLUMNS)),
+                                             ", ".join('"%s" = excluded."%s"' % (c, c) for c in STATUS_COLUMNS[3:])))
         self.mark = m
 
     def consume(self, n):
@@ -220,13 +227,17 @@ def _publish_stream(storage, reader, key, start, end, now_us, full, sequence):
     published = changed = 0
     for lo, hi in ranges:
         for a in range(lo, hi, CHUNK_US):
-            stitched = stitch_stream(reader, exchange, symbol, data_type, a, min(hi, a + CHUNK_US))
-            rows, events = sequence.stamp(_series_rows(exchange, symbol, name, stitched.frame), old)
+            stitched = stitch_values(reader, exchange, symbol, data_type, a, min(hi, a + CHUNK_US))
+            rows, events = sequence.stamp(_series_rows(exchange, symbol, name, stitched), old)
             storage.bulk_insert(storage.models["minute_series"], SERIES_COLUMNS, rows)
-            for source, n in stitched.frame["source"].value_counts().items():
-                counts[source] += int(n)
-            differences = [(exchange, symbol, name, int(t.value // 1000), bool(d.differs), float(d.difference),
-                            d.column) for t, d in stitched.differences.iterrows()]
+            replay, live = stitched.known["replay"], stitched.known["live"]
+            counts["replay"] += int(replay.sum())
+            counts["live"] += int((live & ~replay).sum())
+            counts["missing"] += int((~(replay | live)).sum())
+            n = len(stitched.compared)
+            differences = list(zip([exchange] * n, [symbol] * n, [name] * n,
+                                   stitched.minutes[stitched.compared].tolist(), stitched.differs.tolist(),
+                                   stitched.difference.tolist(), stitched.column.tolist()))
             storage.bulk_insert(storage.models["minute_compare"], COMPARE_COLUMNS, differences)
             compared[0] += len(differences)
             for row in differences:
@@ -247,7 +258,7 @@ def _publish_stream(storage, reader, key, start, end, now_us, full, sequence):
         comparison.worst_minute = pd.Timestamp(worst[1] * 1000, tz="UTC")
         comparison.worst_column = worst[2]
     result = StreamResult(minutes=counts, comparison=comparison, published=published, events=changed)
-    _upsert_status(storage.models["stream_status"], key, start, end, now_us, result)
+    _upsert_status(storage, key, start, end, now_us, result)
     ids = [m[0] for m in marks]
     for i in range(0, len(ids), 500):
         chunk = ids[i:i + 500]
@@ -294,39 +305,35 @@ def _carry_extent(reader, key, data_type, lo, hi, end):
     return lo, min(reach, end)
 
 
-def _series_rows(exchange, symbol, name, frame):
-    n = len(frame)
-    minutes = frame.index.as_unit("us").asi8.tolist()
+def _series_rows(exchange, symbol, name, stitched):
+    """Row tuples of ``minute_series`` (without seq and revision) from a stream's stitched values."""
+    n = len(stitched.values)
+    columns = stitched.columns
+    by_column = stitched.values.T.tolist()
     values = []
     for column in SERIES_VALUES:
-        if column in frame.columns:
-            values.append([None if v != v else v for v in frame[column].to_numpy(dtype=float).tolist()])
+        if column in columns:
+            values.append([None if v != v else v for v in by_column[columns.index(column)]])
         else:
             values.append([None] * n)
-    deeper = [c for c in frame.columns if c.startswith(("bids_", "asks_"))]
+    deeper = [i for i, c in enumerate(columns) if c.startswith(("bids_", "asks_"))]
     levels = [None] * n
     if deeper:
         import orjson
         levels = [orjson.dumps([None if v != v else v for v in row]).decode()
-                  for row in frame[deeper].to_numpy(dtype=float).tolist()]
-    return list(zip([exchange] * n, [symbol] * n, [name] * n, minutes, frame["source"].tolist(),
-                    frame["missing"].astype(bool).tolist(), *values, levels))
+                  for row in stitched.values[:, deeper].tolist()]
+    return list(zip([exchange] * n, [symbol] * n, [name] * n, stitched.minutes.tolist(), stitched.source.tolist(),
+                    stitched.missing.tolist(), *values, levels))
 
 
-def _upsert_status(status, key, start, end, now_us, result, error=None):
-    exchange, symbol, name = key
+def _upsert_status(storage, key, start, end, now_us, result, error=None):
     c = result.comparison
-    values = dict(
-        exchange=exchange, symbol=symbol, data_type=name, window_start=start, window_end=end,
-        minutes_replay=result.minutes.get("replay", 0), minutes_live=result.minutes.get("live", 0),
-        minutes_missing=result.minutes.get("missing", 0), compared=c.compared, disagreements=c.disagreements,
-        max_difference=c.max_difference, worst_minute=int(c.worst_minute.value // 1000) if c.worst_minute is not None
-        else None, worst_column=c.worst_column, rebuilt_at=now_us, error=error)
-    keys = (status.exchange, status.symbol, status.data_type)
-    # an upsert both SQLite and PostgreSQL understand (REPLACE is SQLite only)
-    status.insert(**values).on_conflict(
-        conflict_target=keys,
-        preserve=[f for f in status._meta.sorted_fields if f.name not in ("exchange", "symbol", "data_type")]).execute()
+    worst = int(c.worst_minute.value // 1000) if c.worst_minute is not None else None
+    values = tuple(key) + (start, end, result.minutes.get("replay", 0), result.minutes.get("live", 0),
+                           result.minutes.get("missing", 0), c.compared, c.disagreements, c.max_difference, worst,
+                           c.worst_column, now_us, error)
+    # an upsert both SQLite and PostgreSQL understand (REPLACE is SQLite only), as SQL text built once
+    storage.db.execute_sql(_Statements(storage).upsert, values)
 
 
 def _record_error(storage, key, start, end, now_us, error):
@@ -339,7 +346,7 @@ def _record_error(storage, key, start, end, now_us, error):
     if previous is not None:
         result.minutes = {"replay": previous.minutes_replay, "live": previous.minutes_live,
                           "missing": previous.minutes_missing}
-    _upsert_status(status, key, start, end, now_us, result, error=error)
+    _upsert_status(storage, key, start, end, now_us, result, error=error)
 
 
 def rebuild(storage, streams, start, end, export=None, now_us=None, full=False):

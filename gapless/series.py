@@ -108,14 +108,16 @@ def source_values(reader, exchange, symbol, data_type, start, end, source):
     columns = list(value_columns(data_type))
     key = (exchange, symbol, data_type.name, source)
     stored_cols = columns if data_type.family != "book_snapshot" else list(QUOTE_VALUES) + ["levels"]
-    agg = reader.store.read(key, start, end, stored_cols, reader.overlay)
     values = np.full((n, len(columns)), np.nan)
     own = np.zeros(n, dtype=bool)
     last_ts = np.full(n, -1, dtype=np.int64)
+    if not (block >= 0).any():
+        return values, own, columns  # the source covers none of these minutes: nothing of it to read
+    agg = reader.store.read(key, start, end, stored_cols, reader.overlay)
     if len(agg):
-        pos = ((agg.index.to_numpy(dtype=np.int64) - start) // MINUTE_US).astype(np.int64)
+        pos = ((agg.minutes - start) // MINUTE_US).astype(np.int64)
         own[pos] = True
-        last_ts[pos] = agg["last_ts"].to_numpy(dtype=np.int64)
+        last_ts[pos] = agg.last_ts
         values[pos] = _agg_values(agg, data_type, columns)
     seeds = {} if data_type.family == "liquidation" else \
         _seeds(reader, key, stored_cols, data_type, start, block, intervals, own, last_ts, values, columns)
@@ -144,12 +146,13 @@ def _type(data_type):
 
 
 def _agg_values(agg, data_type, columns):
-    """The aggregates as a float array in ``columns`` order (deeper book levels unpacked)."""
+    """The aggregates (:class:`~gapless.minutes.Aggregates`) as a float array in ``columns`` order (deeper book
+    levels unpacked)."""
     if data_type.family != "book_snapshot":
-        return agg[columns].to_numpy(dtype=float)
-    top = agg[list(QUOTE_VALUES)].to_numpy(dtype=float)
+        return agg.values if agg.columns == list(columns) else agg.values[:, [agg.columns.index(c) for c in columns]]
+    top = agg.values[:, [agg.columns.index(c) for c in QUOTE_VALUES]]
     width = len(columns) - len(QUOTE_VALUES)
-    return np.hstack([top, _levels(agg["levels"], width)]) if width else top
+    return np.hstack([top, _levels(agg.levels, width)]) if width else top
 
 
 def _levels(texts, width):
@@ -174,8 +177,8 @@ def _seeds(reader, key, stored_cols, data_type, start, block, intervals, own, la
                 seeds[k] = seed
         elif first == 0:
             row = reader.store.last_before(key, start, floor_minute(a), stored_cols, reader.overlay)
-            if row is not None and int(row["last_ts"]) >= a:
-                seeds[k] = _agg_values(row.to_frame().T, data_type, columns)[0]
+            if row is not None and int(row.last_ts[0]) >= a:
+                seeds[k] = _agg_values(row, data_type, columns)[0]
         else:
             previous = first - 1
             if own[previous] and last_ts[previous] >= a and start + previous * MINUTE_US >= floor_minute(a):
@@ -198,12 +201,13 @@ def _ticker_seed(reader, key, columns, start, interval_start):
         agg = reader.store.read(key, lo, hi, columns, reader.overlay)
         if len(agg):
             # the minute where the interval began counts only if its last row is inside the interval
-            agg = agg[(agg.index > floor_a) | (agg["last_ts"].to_numpy(dtype=np.int64) >= interval_start)]
+            inside = (agg.minutes > floor_a) | (agg.last_ts >= interval_start)
             for i, column in enumerate(columns):
                 if np.isnan(seed[i]):
-                    present = agg[column].dropna()
+                    present = agg.column(column)[inside]
+                    present = present[~np.isnan(present)]
                     if len(present):
-                        seed[i] = float(present.iloc[-1])
+                        seed[i] = float(present[-1])
         hi = lo
     return None if np.isnan(seed).all() else seed
 

@@ -18,7 +18,7 @@ import pandas as pd
 from .contract import clip_to_life, option_contract
 from .datatypes import parse_data_type
 from .series import SOURCES, Reader, minute_index, source_values, stream_series
-from .timeutil import ceil_minute, floor_minute
+from .timeutil import MINUTE_US, ceil_minute, floor_minute
 
 log = logging.getLogger(__name__)
 
@@ -71,31 +71,71 @@ def combine(frames):
     return result
 
 
-def stitch_stream(reader, exchange, symbol, data_type, start, end):
-    """The combined minute series of one stream over ``[start, end)`` and its replay/live comparison."""
+@dataclass
+class StitchedValues:
+    """One stream over ``[start, end)`` as arrays: the combined values (minutes x ``columns``), what each source
+    knows, and the comparison of the minutes both know (``compared``: their positions). What the publisher
+    writes; :class:`Stitched` is the same as DataFrames."""
+
+    start: int
+    values: np.ndarray
+    columns: list
+    known: dict
+    compared: np.ndarray  # positions of the minutes both sources know
+    differs: np.ndarray
+    difference: np.ndarray
+    column: np.ndarray  # the column that differs most (None where the minute agrees)
+
+    @property
+    def minutes(self):
+        """Minute starts (µs)."""
+        return self.start + np.arange(len(self.values), dtype=np.int64) * MINUTE_US
+
+    @property
+    def source(self):
+        """Per minute: ``replay``, ``live`` or ``missing``."""
+        return np.where(self.known["replay"], "replay", np.where(self.known["live"], "live", "missing"))
+
+    @property
+    def missing(self):
+        """Per minute: no source knows it."""
+        return ~(self.known["replay"] | self.known["live"])
+
+
+def stitch_values(reader, exchange, symbol, data_type, start, end):
+    """The combined minute values of one stream over ``[start, end)`` and its replay/live comparison, as arrays."""
     data_type = parse_data_type(data_type) if isinstance(data_type, str) else data_type
     start, end = floor_minute(start), ceil_minute(end)
-    index = minute_index(start, end)
     values, known = {}, {}
     for source in PRIORITY:
         values[source], known[source], columns = source_values(reader, exchange, symbol, data_type, start, end,
                                                                source)
     replay, live = known["replay"], known["live"]
     combined = np.where(replay[:, None], values["replay"], np.where(live[:, None], values["live"], np.nan))
-    frame = pd.DataFrame(combined, index=index, columns=columns)
-    frame["source"] = np.where(replay, "replay", np.where(live, "live", "missing"))
-    frame["missing"] = ~(replay | live)
-    differences = compare_minutes(values, known, columns, data_type, index)
-    return Stitched(frame, differences, summarize(differences), known=known)
+    both = np.flatnonzero(replay & live)
+    differs, difference, column = _compare(values, both, columns, data_type)
+    return StitchedValues(start, combined, columns, known, both, differs, difference, column)
 
 
-def compare_minutes(values, known, columns, data_type, index):
-    """Per minute both sources know: whether they differ, the largest difference, and its column."""
-    both = known["replay"] & known["live"]
-    minutes = index[both]
-    worst = np.zeros(int(both.sum()))
+def stitch_stream(reader, exchange, symbol, data_type, start, end):
+    """The combined minute series of one stream over ``[start, end)`` and its replay/live comparison."""
+    result = stitch_values(reader, exchange, symbol, data_type, start, end)
+    index = minute_index(start, end)
+    frame = pd.DataFrame(result.values, index=index, columns=result.columns)
+    frame["source"] = result.source
+    frame["missing"] = result.missing
+    differences = pd.DataFrame({"differs": result.differs, "difference": result.difference,
+                                "column": result.column}, index=index[result.compared])
+    return Stitched(frame, differences, summarize(differences), known=result.known)
+
+
+def _compare(values, both, columns, data_type):
+    """For the minutes at positions ``both``: whether the sources differ, by how much, and in which column."""
+    worst = np.zeros(len(both))
     worst_col = np.array([""] * len(worst), dtype=object)
     bad = np.zeros(len(worst), dtype=bool)
+    if not len(both):
+        return bad, worst, np.array([], dtype=object)
     for column in COMPARED[data_type.family]:
         i = columns.index(column)
         a = values["replay"][both, i]
@@ -113,8 +153,7 @@ def compare_minutes(values, known, columns, data_type, index):
         larger = (diff > worst) | (first_bad & (worst == 0))
         worst = np.where(larger, diff, worst)
         worst_col = np.where(larger, column, worst_col)
-    return pd.DataFrame({"differs": bad, "difference": np.where(bad, worst, 0.0),
-                         "column": np.where(bad, worst_col, None)}, index=minutes)
+    return bad, np.where(bad, worst, 0.0), np.where(bad, worst_col, None)
 
 
 def summarize(differences):

@@ -80,6 +80,7 @@ class Storage(WritePath):
         self.models, self._snapshot_factory = make_models(self.db)
         self._insert_sql = {}
         self._bulk_sql = {}
+        self._read_sql = {}
         self._copy_inserter = None  # PostgreSQL bulk inserts (made on first use)
         self._lock = threading.Lock()
         self._tables = set()
@@ -324,33 +325,36 @@ class Storage(WritePath):
         """Rows of one stream with ``start <= timestamp < end`` as ``(columns, list of tuples)``."""
         if not self.has_table(table):
             return list(columns or table_columns(table)), []
-        model = self.model(table)
         columns = list(columns or table_columns(table))
-        fields = [model._meta.fields[c] for c in columns]
-        query = (model.select(*fields)
-                 .where((model.exchange == exchange) & (model.symbol == symbol) & (model.source == source)
-                        & (model.timestamp >= start) & (model.timestamp < end)))
-        if table != "trade":
-            query = query.where(model.name == name)
-        sql, params = query.order_by(model.timestamp).sql()
-        cursor = self.db.execute_sql(sql, params)
-        return columns, cursor.fetchall()
+        sql, params = self._rows_sql(table, columns, "ASC", exchange, symbol, name, source, start, end)
+        return columns, self.db.execute_sql(sql, params).fetchall()
 
     def last_row_before(self, table, exchange, symbol, name, source, before, not_before, columns=None):
         """The latest row of a stream with ``not_before <= timestamp < before`` (or None)."""
         if not self.has_table(table):
             return None
-        model = self.model(table)
         columns = list(columns or table_columns(table))
-        fields = [model._meta.fields[c] for c in columns]
-        query = (model.select(*fields)
-                 .where((model.exchange == exchange) & (model.symbol == symbol) & (model.source == source)
-                        & (model.timestamp >= not_before) & (model.timestamp < before)))
-        if table != "trade":
-            query = query.where(model.name == name)
-        sql, params = query.order_by(model.timestamp.desc()).limit(1).sql()
-        row = self.db.execute_sql(sql, params).fetchone()
-        return row
+        sql, params = self._rows_sql(table, columns, "DESC LIMIT 1", exchange, symbol, name, source, not_before,
+                                     before)
+        return self.db.execute_sql(sql, params).fetchone()
+
+    def _rows_sql(self, table, columns, order, exchange, symbol, name, source, start, end):
+        """One stream's rows in a timestamp range, as SQL text built once per (table, columns, order): building
+        it with the ORM on every read cost more than the read, with hundreds of streams per pass."""
+        key = (table, tuple(columns), order)
+        sql = self._read_sql.get(key)
+        if sql is None:
+            model = self.model(table)
+            m = "?" if self.is_sqlite else "%s"
+            names = ", ".join('"%s"' % model._meta.fields[c].column_name for c in columns)
+            # the trade table holds one channel for trade-derived types: its rows are not per data type name
+            by_name = "" if table == "trade" else ' AND "name" = %s' % m
+            sql = ('SELECT {names} FROM "{table}" WHERE "exchange" = {m} AND "symbol" = {m} AND "source" = {m} '
+                   'AND "timestamp" >= {m} AND "timestamp" < {m}{by_name} ORDER BY "timestamp" {order}').format(
+                names=names, table=model._meta.table_name, m=m, by_name=by_name, order=order)
+            self._read_sql[key] = sql
+        params = (exchange, symbol, source, start, end) + (() if table == "trade" else (name,))
+        return sql, params
 
     def count_rows(self, table, **where):
         """Number of rows in a table matching equality filters (used by status and tests)."""
