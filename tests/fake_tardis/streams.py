@@ -287,6 +287,10 @@ class RawFeed:
                 while pseudo and (pseudo[0][0], pseudo[0][1]) < (loc, 1):
                     p = heapq.heappop(pseudo)
                     yield p[3], p[4], p[5], p[6], p[0]
+                if ex < self._drop_until:
+                    # a drop came while a connection event before this one was out: the market event is lost
+                    # with the rest (sent after the disconnect line it would be data from before the reconnect)
+                    continue
                 yield kinds[j], views[parts[j]], idxs[j], ex, loc
             while pseudo and pseudo[0][0] < hi:
                 p = heapq.heappop(pseudo)
