@@ -254,8 +254,8 @@ class Recorder:
             ws = websocket.create_connection(self.url, timeout=self.connect_timeout, skip_utf8_validation=True,
                                              enable_multithread=False)
         except (OSError, websocket.WebSocketException) as exc:
-            log.warning("recorder %s: cannot connect to tardis-machine at %s (%s)", self.exchange, self.ws_url,
-                        _reason(exc))
+            log.warning("recorder %s: cannot connect to tardis-machine at %s (%s)%s", self.exchange, self.ws_url,
+                        _reason(exc), _too_long(exc, self.url))
             return False
         self._count(connections=1)
         with self._lock:
@@ -391,6 +391,15 @@ class Recorder:
                     raise
                 log.warning("recorder %s: write failed (%s); retrying", self.exchange, exc)
                 time.sleep(min(2.0, 0.1 * failures))
+
+
+def _too_long(exc, url):
+    """What to do when the server refused the subscription for its size (HTTP 414/431: tardis-machine is a Node
+    server, whose request head is limited to 16 KiB by default, and every symbol is in the URL)."""
+    if getattr(exc, "status_code", None) not in (414, 431):
+        return ""
+    return ("; the subscription URL is %d bytes, more than the server takes: follow fewer symbols per service, or "
+            "start tardis-machine's Node with a larger --max-http-header-size" % len(url))
 
 
 def _reason(exc):

@@ -277,3 +277,27 @@ def test_a_recorder_whose_database_fails_dies_visibly(busy_tardis, tmp_path, cap
     assert recorder.error is not None and "trade" in str(recorder.error)
     assert recorder.health()["alive"] is False and recorder.health()["error"]
     assert any("recorder deribit died" in r.getMessage() for r in caplog.records)
+
+
+def test_a_subscription_too_long_for_the_server_says_so_and_what_to_do(store, caplog):
+    """tardis-machine is a Node server: a request head over 16 KiB is refused with 431, and every symbol of the
+    subscription is in its URL (about 29 bytes an option). The recorder keeps retrying (the server may be
+    restarted with a larger limit) and its warning says why it cannot connect and what to do."""
+    from gapless.recorder import stream_url
+    chain = ["BTC-%dDEC26-%d-%s" % (day, 60000 + 500 * k, side) for day in (4, 11, 18, 25) for k in range(80)
+             for side in "CP"]
+    with FakeTardisMachine(clock=FakeClock(), market=MarketConfig()) as tardis:
+        assert len(stream_url(tardis.ws_url, "deribit", chain, ["option_summary"])) > 16 * 1024
+        recorder = Recorder(store, tardis.ws_url, "deribit", chain, ["option_summary"], backoff_base=0.05,
+                            backoff_cap=0.2, clock=lambda: tardis.clock.now_us() / 1e6)
+        with caplog.at_level(logging.WARNING, logger="gapless.recorder"):
+            recorder.start()
+            try:
+                wait_until(lambda: sum("cannot connect" in r.getMessage() for r in caplog.records) >= 2,
+                           message="two refused attempts")
+                assert recorder.is_alive() and not tardis.connections
+            finally:
+                recorder.stop()
+    warning = next(r.getMessage() for r in caplog.records if "cannot connect" in r.getMessage())
+    assert "431" in warning and "bytes, more than the server takes" in warning, warning
+    assert "--max-http-header-size" in warning

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 __all__ = ["StreamServer", "ConnectionRecord"]
 
 _BACKLOG_LIMIT = 5 * 1024 * 1024  # like tardis-machine: a client this far behind is closed (1008)
+HEAD_LIMIT = 16 * 1024  # Node's default --max-http-header-size: the request line and the headers together
 
 
 @dataclass
@@ -171,6 +172,9 @@ class _Session:
         self.sock.settimeout(5.0)
         head = read_head(self.sock, self.rbuf)
         if head is None:
+            raise _Closed("client_gone")
+        if len(head) > HEAD_LIMIT:  # Node's http parser (tardis-machine is a Node server): 431, nothing else
+            self.sock.sendall(b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\n\r\n")
             raise _Closed("client_gone")
         request_line, *lines = head.decode("latin-1").split("\r\n")
         headers = {k.strip().lower(): v.strip() for k, v in (h.split(":", 1) for h in lines if ":" in h)}
