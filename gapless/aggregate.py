@@ -240,12 +240,14 @@ def _bars(rows):
 def _last_message(rows, columns):
     # each message is the instrument's whole state (a field it omits is absent, e.g. no bid: NaN), so the state at
     # the close is the minute's last message as it is, nothing taken from earlier ones
-    ts = rows["timestamp"].to_numpy(dtype=np.int64)
-    order = np.lexsort((rows["seq"].to_numpy(dtype=np.int64), rows["local_timestamp"].to_numpy(dtype=np.int64), ts))
+    names = list(rows.columns)
+    block = rows.to_numpy(dtype=float)  # numbers only (one block): column lookups cost more than the work
+    ts = block[:, names.index("timestamp")].astype(np.int64)
+    order = np.lexsort((block[:, names.index("seq")], block[:, names.index("local_timestamp")], ts))
     ts = ts[order]
     minute = labels(ts, False)
     first, last = _groups(minute)
-    values = rows[list(columns)].to_numpy(dtype=float)[order][last]
+    values = block[order[last]][:, [names.index(c) for c in columns]]
     return _frame(minute, first, last, ts, {c: values[:, i] for i, c in enumerate(columns)})
 
 

@@ -123,7 +123,7 @@ class MinuteStore:
         if data_type.family in ("trade", "liquidation"):  # ids and sides are text
             frame = pd.DataFrame.from_records(rows, columns=columns)
         else:  # numbers only (NULL: NaN), one block: inferring each column's type cost more than the aggregation
-            frame = pd.DataFrame(np.array(rows, dtype=float), columns=columns)
+            frame = pd.DataFrame(np.array(rows, dtype=float), columns=pd.Index(columns, dtype=object))
         return aggregate(data_type, frame)
 
     def _store(self, key, lo, hi, aggregates):
