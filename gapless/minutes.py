@@ -31,6 +31,8 @@ from .timeutil import MINUTE_US, ceil_minute, floor_minute
 log = logging.getLogger(__name__)
 
 CHUNK_US = 6 * 60 * MINUTE_US
+WRITE_MINUTES = 20_000  # aggregates written per transaction, at most (memory stays flat)
+ID_CHUNK = 900  # ids per DELETE: under SQLite's oldest limit of 999 parameters
 # -- the store -----------------------------------------------------------------------------------------
 @dataclass
 class RefreshResult:
@@ -63,17 +65,23 @@ class MinuteStore:
         """
         if not self.storage.has_table("dirty_rows"):
             return {}
-        dirty = self.models["dirty_rows"]
         wanted = None if streams is None else {tuple(s) for s in streams}
+        ours = {}  # data type name: whether it is one of ours
         spans = {}
-        for row in dirty.select().tuples().iterator():
-            ident, exchange, symbol, data_type, source, lo, hi = row
+        # plain SQL: with hundreds of streams the recorder leaves a mark per stream and write, over 100,000 a minute
+        rows = self.storage.db.execute_sql('SELECT "id", "exchange", "symbol", "data_type", "source", "lo", "hi" '
+                                           'FROM "dirty_rows"').fetchall()
+        for ident, exchange, symbol, data_type, source, lo, hi in rows:
             if wanted is not None and (exchange, symbol, data_type) not in wanted:
                 continue
-            try:
-                parse_data_type(data_type)
-            except GaplessError:
-                continue  # not a data type of ours (written by something else): leave it
+            if data_type not in ours:
+                try:
+                    parse_data_type(data_type)
+                    ours[data_type] = True
+                except GaplessError:
+                    ours[data_type] = False  # not a data type of ours (written by something else): leave it
+            if not ours[data_type]:
+                continue
             ranges, ids = spans.setdefault((exchange, symbol, data_type, source), ([], []))
             ranges.append((floor_minute(lo), ceil_minute(hi)))
             ids.append(ident)
@@ -85,11 +93,23 @@ class MinuteStore:
         ``persist``: write them (and the ranges to ``dirty_series``) and consume the dirty marks; else keep
         them in the returned overlay and write nothing (readers). A stream whose rows cannot be aggregated
         (e.g. a value that is not a number) is reported in ``errors`` and keeps its dirty marks; the others
-        are refreshed all the same.
+        are refreshed all the same. Writes go in transactions of many streams (a commit per stream cost more
+        than its work, with hundreds of streams), each at most :data:`WRITE_MINUTES` minutes of aggregates.
         """
         import time
         began = time.monotonic()
         result = RefreshResult()
+        writes, consumed, held = [], [], [0]  # held: minutes of aggregates waiting in ``writes``
+
+        def write():
+            if writes or consumed:
+                with self.storage.write_transaction():
+                    for key, a, b, aggregates in writes:
+                        self._store(key, a, b, aggregates)
+                    self._consume(consumed)
+                del writes[:], consumed[:]
+                held[0] = 0
+
         for key, (ranges, ids) in self.pending(streams).items():
             data_type = parse_data_type(key[2])
             if data_type.family == "book_change":
@@ -100,16 +120,21 @@ class MinuteStore:
                         b = min(hi, a + CHUNK_US)
                         aggregates = self._compute(key, data_type, a, b)
                         if persist:
-                            self._store(key, a, b, aggregates)
+                            writes.append((key, a, b, aggregates))
+                            held[0] += len(aggregates) + 1
+                            if held[0] >= WRITE_MINUTES:
+                                write()
                         else:
                             result.overlay.setdefault(key, []).append((a, b, aggregates))
             except Exception as exc:  # one stream's bad rows must not keep the others from being refreshed
                 log.exception("aggregating %s %s %s (%s) failed", *key)
                 result.errors[key[:3]] = "%s: %s" % (exc.__class__.__name__, exc)
-                continue
+                continue  # its marks stay (what of it was computed may be written: it is recomputed anyway)
             result.ranges[key] = ranges
-            if persist and ids:
-                self._consume(ids)
+            if persist:
+                consumed.extend(ids)
+        if persist:
+            write()
         result.seconds = time.monotonic() - began
         return result
 
@@ -127,28 +152,27 @@ class MinuteStore:
         return aggregate(data_type, frame)
 
     def _store(self, key, lo, hi, aggregates):
+        """Replace the aggregates of ``key`` in ``[lo, hi)`` and tell the publisher (in the caller's transaction)."""
         exchange, symbol, name, source = key
         rows, names = aggregates.to_rows((exchange, symbol, name, source))
         columns = ["exchange", "symbol", "data_type", "source"] + names
         m = "?" if self.storage.is_sqlite else "%s"
-        with self.storage.write_transaction():
-            # plain SQL: these run for every chunk of every stream on every pass
-            self.storage.db.execute_sql(
-                'DELETE FROM "minute_agg" WHERE "exchange" = {m} AND "symbol" = {m} AND "data_type" = {m} AND '
-                '"source" = {m} AND "minute" >= {m} AND "minute" < {m}'.format(m=m), (exchange, symbol, name, source,
-                                                                                    lo, hi))
-            self.storage.bulk_insert(self.models["minute_agg"], columns, rows)
-            self.storage.db.execute_sql(
-                'INSERT INTO "dirty_series" ("exchange", "symbol", "data_type", "lo", "hi") VALUES '
-                '({m}, {m}, {m}, {m}, {m})'.format(m=m), (exchange, symbol, name, lo, hi))
+        # plain SQL: these run for every chunk of every stream on every pass
+        self.storage.db.execute_sql(
+            'DELETE FROM "minute_agg" WHERE "exchange" = {m} AND "symbol" = {m} AND "data_type" = {m} AND '
+            '"source" = {m} AND "minute" >= {m} AND "minute" < {m}'.format(m=m), (exchange, symbol, name, source, lo, hi))
+        self.storage.bulk_insert(self.models["minute_agg"], columns, rows)
+        self.storage.db.execute_sql(
+            'INSERT INTO "dirty_series" ("exchange", "symbol", "data_type", "lo", "hi") VALUES '
+            '({m}, {m}, {m}, {m}, {m})'.format(m=m), (exchange, symbol, name, lo, hi))
 
     def _consume(self, ids):
+        """Delete dirty marks by id (in the caller's transaction)."""
         m = "?" if self.storage.is_sqlite else "%s"
-        with self.storage.write_transaction():
-            for i in range(0, len(ids), 500):
-                chunk = ids[i:i + 500]
-                self.storage.db.execute_sql('DELETE FROM "dirty_rows" WHERE "id" IN (%s)' % ", ".join([m] * len(chunk)),
-                                            chunk)
+        for i in range(0, len(ids), ID_CHUNK):
+            chunk = ids[i:i + ID_CHUNK]
+            self.storage.db.execute_sql('DELETE FROM "dirty_rows" WHERE "id" IN (%s)' % ", ".join([m] * len(chunk)),
+                                        chunk)
 
     # -- reading -----------------------------------------------------------------------------------
     def read(self, key, lo, hi, columns, overlay=None):
