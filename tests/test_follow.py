@@ -254,17 +254,21 @@ def test_a_follower_in_another_process_is_woken_by_postgresql_notify(fast_tardis
 def test_the_sequence_numbers_new_and_changed_minutes_only(tmp_path):
     """A republished minute keeps its seq and revision when nothing about it changed (source, missing flag, every
     value); any change, a value alone included, takes the next seq with the next revision."""
+    from gapless.aggregate import value_columns
     from gapless.schema import SERIES_VALUES
     from gapless.sequence import PublishSequence
     store = Storage("sqlite:///%s" % (tmp_path / "s.db"))
     try:
         sequence = PublishSequence(store)
-        blank = (None,) * len(SERIES_VALUES)
+        at = SERIES_VALUES.index("close")
         row = lambda minute, source, close: ("deribit", "X", "trade", minute, source, source == "missing",  # noqa: E731
-                                             *((close,) + blank[1:]))
+                                             *((None,) * at + (close,) + (None,) * (len(SERIES_VALUES) - at - 1)),
+                                             None)  # levels last
         first, events = sequence.stamp([row(0, "live", 1.0), row(60, "missing", None)], {})
         assert events == 2 and [r[-2:] for r in first] == [(1, 0), (2, 0)]
-        old = {r[3]: (r[-2], r[-1], r[4], r[5]) + r[6:-2] for r in first}
+        # as old_rows reads them: minute, seq, revision, source, missing, then the columns a trade stream fills
+        columns = [SERIES_VALUES.index(c) for c in value_columns("trade") if c in SERIES_VALUES] + [len(SERIES_VALUES)]
+        old = {r[3]: (r[3], r[-2], r[-1], r[4], r[5]) + tuple(r[6 + i] for i in columns) for r in first}
         again, events = sequence.stamp([row(0, "live", 1.0), row(60, "missing", None)], old)
         assert events == 0 and [r[-2:] for r in again] == [(1, 0), (2, 0)]
         changed, events = sequence.stamp([row(0, "live", 1.5), row(60, "replay", 2.0)], old)
