@@ -62,7 +62,7 @@ def test_the_double_steps_its_hosts_wall_clock_for_live_frames_only():
     clock = ManualClock(at("00:20"))
     with FakeTardisMachine(clock=clock, market=MarketConfig(trade_rate=2.0)) as tm:
         import websocket
-        from gapless.recorder import stream_url
+        from gapless.subscription import stream_url
         ws = websocket.create_connection(stream_url(tm.ws_url, "deribit", ["BTC-PERPETUAL"], ["trade"]), timeout=5)
         try:
             assert tm.wait_for(lambda: tm.connections)

@@ -283,7 +283,7 @@ def test_a_subscription_too_long_for_the_server_says_so_and_what_to_do(store, ca
     """tardis-machine is a Node server: a request head over 16 KiB is refused with 431, and every symbol of the
     subscription is in its URL (about 29 bytes an option). The recorder keeps retrying (the server may be
     restarted with a larger limit) and its warning says why it cannot connect and what to do."""
-    from gapless.recorder import stream_url
+    from gapless.subscription import stream_url
     chain = ["BTC-%dDEC26-%d-%s" % (day, 60000 + 500 * k, side) for day in (4, 11, 18, 25) for k in range(80)
              for side in "CP"]
     with FakeTardisMachine(clock=FakeClock(), market=MarketConfig()) as tardis:

@@ -20,7 +20,8 @@ import websocket
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import fresh_database, start_double  # noqa: E402
 
-from gapless.recorder import Recorder, stream_url  # noqa: E402
+from gapless.recorder import Recorder  # noqa: E402
+from gapless.subscription import stream_url  # noqa: E402
 from gapless.storage import Storage  # noqa: E402
 
 
