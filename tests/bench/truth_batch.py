@@ -38,15 +38,25 @@ def one(seed):
             return False, wrong, str(exc), schedule, follower
 
 
+def draws_new_types(schedule):
+    """Whether an example plays one of issue 19's Deribit types: liquidations, book tickers or an option chain."""
+    return bool(schedule.options) or bool({"liquidation", "book_ticker"} & set(schedule.data_types))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--first", type=int, default=0, help="first seed")
     parser.add_argument("--count", type=int, default=100, help="number of examples")
     parser.add_argument("--out", default="truth-batch.log", help="log file (appended to)")
+    parser.add_argument("--new-types", action="store_true",
+                        help="play only the seeds that draw issue 19's types (liquidation, book_ticker, an option "
+                             "chain); the others are skipped, not counted")
     args = parser.parse_args()
     passed = failed = false_total = 0
     with open(args.out, "a", buffering=1) as log:
         for seed in range(args.first, args.first + args.count):
+            if args.new_types and not draws_new_types(draw(seed)):
+                continue
             started = time.monotonic()
             try:
                 ok, wrong, message, s, follower = one(seed)
