@@ -169,6 +169,8 @@ class RowBlock:
             parts = [b.columns[i] for b in blocks]
             if all(p.__class__ is Const for p in parts) and len({repr(p.value) for p in parts}) == 1:
                 columns.append(parts[0])
+            elif all(isinstance(p, np.ndarray) for p in parts) and len({p.dtype for p in parts}) == 1:
+                columns.append(np.concatenate(parts))  # numbers stay an array: cheap to send and to iterate
             else:
                 merged = []
                 for b in blocks:
