@@ -153,10 +153,10 @@ class BatchConverter(Converter):
                 levels = [s[i] if len(s) > i else _EMPTY for s in side]
                 columns.append([level.get("price") for level in levels])
                 columns.append([level.get("amount") for level in levels])
-        _check_numbers(columns, optional=True)
+        checked = _check_numbers(columns, optional=True)
         return RowBlock("book_snapshot_%d" % depth, [
             _column(exchanges), _column(symbols), Const("book_snapshot"), Const(name), Const(self.source),
-            ts.array, lts.array, seqs] + columns, n)
+            ts.array, lts.array, seqs] + (list(checked) if checked is not None else columns), n)
 
     def _trades_fast(self, group):
         exchanges, symbols, ts, lts = self._common(group)
@@ -166,7 +166,7 @@ class BatchConverter(Converter):
             raise _FastPathMiss()
         prices = [m["price"] for m in group]
         amounts = [m["amount"] for m in group]
-        _check_numbers([prices, amounts], optional=False)
+        prices, amounts = _check_numbers([prices, amounts], optional=False)
         sides = [m.get("side") for m in group]
         if not set(sides) <= _SIDES:
             raise _FastPathMiss()
@@ -237,13 +237,20 @@ def _column(values):
 
 
 def _check_numbers(columns, optional):
-    """Every value a finite int/float (or None when ``optional``) below the sanity bound."""
+    """Every value a finite int/float (or None when ``optional``) below the sanity bound.
+
+    Returns the columns as one float array (a row per column) when no value is None, else None. The array is
+    what a block should carry: the storage columns are REAL (an int is stored as the same float), and an array
+    crosses to the writer process as one buffer instead of a pickled number per row.
+    """
     kinds = set(map(type, chain.from_iterable(columns)))
     if kinds <= _NUMBER_TYPES:
-        array = np.array(columns, dtype=np.float64)  # one C call for all the columns
+        array = checked = np.array(columns, dtype=np.float64)  # one C call for all the columns
     elif optional and kinds <= _OPTIONAL_NUMBER_TYPES:
         array = np.array([v for v in chain.from_iterable(columns) if v is not None], dtype=np.float64)
+        checked = None
     else:
         raise _FastPathMiss()
     if array.size and not (np.abs(array) < MAX_ABS).all():  # false for NaN and inf too
         raise _FastPathMiss()
+    return checked
