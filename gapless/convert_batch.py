@@ -9,6 +9,7 @@ from itertools import chain
 import numpy as np
 
 from .convert_message import MAX_ABS, Converter, MalformedMessage, option_contract
+from .typed_lines import RECORDS, BookSnapshot
 from .rows import BOOK_TICKER_FIELDS, OPTION_FIELDS, TICKER_FIELDS, Const, RowBlock
 
 
@@ -28,8 +29,14 @@ class BatchConverter(Converter):
         """
         if not messages:
             return {}, []
-        kinds = [m.get("type") for m in messages]
-        names = [m.get("name") for m in messages]
+        record = messages[0].__class__
+        typed = record in RECORDS and set(map(type, messages)) == {record}
+        if typed:  # decoded by gapless.typed_lines: types checked, fields read as attributes
+            kinds = [record.type] * len(messages)
+            names = [m.name for m in messages] if record is BookSnapshot else [None] * len(messages)
+        else:
+            kinds = [m.get("type") for m in messages]
+            names = [m.get("name") for m in messages]
         if len(set(kinds)) == 1 and len(set(names)) == 1:
             groups = {(kinds[0], names[0]): messages}  # the common case: one stream type per batch
         else:
@@ -48,9 +55,10 @@ class BatchConverter(Converter):
             try:
                 if kind == "book_snapshot":
                     depth = self.data_type(name).depth
-                    table, rows = "book_snapshot_%d" % depth, self._snapshots_fast(group, name, depth)
+                    table, rows = "book_snapshot_%d" % depth, (
+                        self._snapshots_typed if typed else self._snapshots_fast)(group, name, depth)
                 elif kind == "trade":
-                    table, rows = "trade", self._trades_fast(group)
+                    table, rows = "trade", (self._trades_typed if typed else self._trades_fast)(group)
                 elif kind == "derivative_ticker":
                     table, rows = "derivative_ticker", self._tickers_fast(group)
                 elif kind == "book_ticker":
@@ -88,6 +96,45 @@ class BatchConverter(Converter):
         ts = _timestamps([m["timestamp"] for m in group])
         lts = _timestamps([m["localTimestamp"] for m in group])
         return exchanges, symbols, ts, lts
+
+    def _common_typed(self, group):
+        """:meth:`_common` of records (gapless.typed_lines): their strings are strings already."""
+        exchanges = [m.exchange for m in group]
+        symbols = [m.symbol for m in group]
+        distinct = (set(exchanges), set(symbols))
+        if "" in distinct[0] or "" in distinct[1]:
+            raise _FastPathMiss()
+        self._single_stream = len(distinct[0]) == 1 and len(distinct[1]) == 1
+        return exchanges, symbols, _timestamps([m.timestamp for m in group]), \
+            _timestamps([m.localTimestamp for m in group])
+
+    def _snapshots_typed(self, group, name, depth):
+        """:meth:`_snapshots_fast` of records: levels are typed, a side shorter than ``depth`` takes the general
+        path."""
+        exchanges, symbols, ts, lts = self._common_typed(group)
+        seqs = self._seqs(exchanges, symbols, name, ts, lts)
+        columns = []
+        for side in ([m.bids for m in group], [m.asks for m in group]):
+            for i in range(depth):
+                levels = [s[i] for s in side]  # IndexError for a shorter side: the per-message path pads it
+                columns.append([level.price for level in levels])
+                columns.append([level.amount for level in levels])
+        numbers = _finite(columns)
+        return RowBlock("book_snapshot_%d" % depth, [
+            _column(exchanges), _column(symbols), Const("book_snapshot"), Const(name), Const(self.source),
+            ts.array, lts.array, seqs] + list(numbers), len(group))
+
+    def _trades_typed(self, group):
+        """:meth:`_trades_fast` of records."""
+        ids = [m.id for m in group]
+        sides = [m.side for m in group]
+        if set(map(type, ids)) != {str} or "" in set(ids) or not set(sides) <= _SIDES:
+            raise _FastPathMiss()  # trades without ids, or without a side: the per-message path
+        exchanges, symbols, ts, lts = self._common_typed(group)
+        prices, amounts = _finite([[m.price for m in group], [m.amount for m in group]])
+        return RowBlock("trade", [_column(exchanges), _column(symbols), Const("trade"), Const("trade"),
+                                  Const(self.source), ts.array, lts.array, ids, prices, amounts, sides,
+                                  Const(None)], len(group))
 
     def _seqs(self, exchanges, symbols, name, ts, lts):
         """``seq`` of each row: 0 unless an earlier message of the stream had the same timestamps.
@@ -234,6 +281,15 @@ def _column(values):
     if values.count(first) == len(values):
         return Const(first)
     return values
+
+
+def _finite(columns):
+    """Float columns (already typed) as one array, a row per column; a value beyond the sanity bound (or inf)
+    sends the group down the per-message path, which reports it."""
+    array = np.array(columns, dtype=np.float64)
+    if array.size and not (np.abs(array) < MAX_ABS).all():
+        raise _FastPathMiss()
+    return array
 
 
 def _check_numbers(columns, optional):

@@ -28,6 +28,7 @@ from .datatypes import asked_types, parse_data_type
 from .runs import Batch, ReplayRequest  # noqa: F401 (the run's types, imported from here by older code)
 from .timeutil import MINUTE_US, iso, parse_timestamp_us
 from .trade_keys import vouched
+from .typed_lines import decode_lines, message_text
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +80,15 @@ class RunParser:
         control message, an unparseable line or an odd field goes line by line.
         """
         try:
-            messages = [orjson.loads(line) for line in lines]
-            kinds = [m["type"] for m in messages]
-            texts = [m["localTimestamp"] for m in messages]
-            if "disconnect" in kinds or "error" in kinds or set(map(type, texts)) != _STR:
-                raise _LineByLine()
+            messages = decode_lines(lines)  # a bulk chunk of one of the bulk types: typed records
+            if messages is not None:
+                texts = [m.localTimestamp for m in messages]
+            else:
+                messages = [orjson.loads(line) for line in lines]
+                kinds = [m["type"] for m in messages]
+                texts = [m["localTimestamp"] for m in messages]
+                if "disconnect" in kinds or "error" in kinds or set(map(type, texts)) != _STR:
+                    raise _LineByLine()
             # arrival order, checked on the ISO texts (one format per server, so text order is time
             # order); any doubt, e.g. a different precision, goes the exact line-by-line way
             if (self._last_lts_text is not None and texts and texts[0] < self._last_lts_text) or \
@@ -263,7 +268,7 @@ class RunParser:
         self._pending = []
         rows, malformed = self.converter.convert_many(messages) if messages else ({}, [])
         for message, reason in malformed:
-            self._bad(orjson.dumps(message), reason)
+            self._bad(message_text(message), reason)
         # packets that arrived entirely before the bound are complete (see _gather_evidence)
         if evidence_bound is None:
             evidence_bound = self._arrival if progress_us is None else progress_us
