@@ -150,7 +150,7 @@ class Downloader:
     def _write(self, batch, report, bar, progress_state, request):
         report.rows_inserted += self.storage.write(batch.rows, batch.claims)
         if self.settled is not None:
-            self.settled.add(request, batch.settled)
+            self.settled.add(request, batch.settled, batch.holes)
         if batch.unclaimed:
             ledger.record(self.storage, request.exchange, batch.unclaimed, self.now(), request.claim_end,
                           anchored=request.anchored)
@@ -220,7 +220,8 @@ class Downloader:
 
         def submit(request):
             if self.settled is not None:
-                request = dataclasses.replace(request, settled=self.settled.of(request))
+                request = dataclasses.replace(request, settled=self.settled.of(request),
+                                              holes=self.settled.holes_of(request))
             if self.history_ends is not None and request.request_end > self.history_ends:
                 request = dataclasses.replace(request, past_edge=True)
             task_id = fetchers.next_task_id()

@@ -50,6 +50,7 @@ class ReplayRequest:
     fresh: bool = False  # asked with a filter set of its own: tardis-machine's cache cannot answer it
     past_edge: bool = False  # reaches past where history is expected to end: a refusal there is its end
     settled: tuple = ()  # ((local minute, verdict), ...) an earlier run of the same filter set settled
+    holes: tuple = ()  # ((disconnect, next line), ...) local times: holes in tardis' recording earlier runs found
     pairs: tuple = ()  # ((symbol, data_type), ...) exactly, when not every symbol x data type (a live connection)
 
     @property
@@ -92,3 +93,4 @@ class Batch:
     # cached EMPTY answer of a minute asked too early looks exactly like that (see gapless.silence)
     silent: list = field(default_factory=list)
     settled: list = field(default_factory=list)  # [(silent minute, verdict)] settled (gapless.silence)
+    holes: list = field(default_factory=list)  # [(disconnect, next line)] closed holes in tardis' recording found

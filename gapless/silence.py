@@ -89,7 +89,9 @@ class SilenceCheck:
         self._books = [(s, d) for s, d in request.streams if self.types[d].book_derived]
         self.requests = 0
         self._pending = set()  # silent minutes no claim reached yet
-        self._holes = []  # (disconnect, next line): holes in tardis' recording the fresh checks showed (local time)
+        # (disconnect, next line): holes in tardis' recording the fresh checks showed (local time), or an earlier
+        # run did (settled with their minutes: a restart does not ask them again, seed 86045)
+        self._holes = list(getattr(request, "holes", ()))
         self._book_cut = None  # (local minute, reason): book-derived rows and claims from here on are dropped
         self._book_stamps = {}  # (symbol, book type) -> the newest exchange timestamp of its rows kept
 
@@ -104,7 +106,12 @@ class SilenceCheck:
             self._pending.difference_update(due)
             self._verify(due)
             report = self._report([m for m in due if self.verdicts[m] != QUIET], batch.claims)
-            batch.settled = [(m, self.verdicts[m]) for m in due if self.verdicts[m] not in (UNVERIFIED, DOWN)]
+            # a minute in a hole is settled with the hole, when the hole is closed (the next line was seen): a later
+            # run cuts its claims there without asking; an open one may still end, so it is asked again
+            closed = [h for h in self._holes if h[1] < _AFTER_EVERYTHING]
+            batch.settled = [(m, self.verdicts[m]) for m in due if self.verdicts[m] != UNVERIFIED and (
+                self.verdicts[m] != DOWN or any(a < m + MINUTE_US and b + SKEW_BOUND_US > m for a, b in closed))]
+            batch.holes = closed
         if self._known_bad:
             known = [e for e in self._report(self._known_bad, batch.claims) if e not in self._known_reported]
             self._known_reported.update(known)
@@ -325,9 +332,11 @@ class SettledMinutes:
     then a minute kept as cached empty is only asked fresh once more than needed)."""
 
     LIMIT = 20_000  # per exchange: the oldest are forgotten (a forgotten minute is only checked again)
+    HOLES = 200  # per filter set: the newest holes are kept (a minute whose hole is forgotten is only checked again)
 
     def __init__(self):
         self._minutes = {}  # (channels, symbols) -> {minute: verdict}
+        self._holes = {}  # (channels, symbols) -> {(disconnect, next line)}: closed holes in tardis' recording
 
     @staticmethod
     def _key(request):
@@ -340,9 +349,14 @@ class SettledMinutes:
         memory = cls()
         try:
             rows = orjson.loads(storage.meta_value(cls._meta_key(exchange)) or "[]")
-            for channels, symbols, quiet, cached in rows:
-                kept = memory._minutes[(str(channels), str(symbols))] = dict.fromkeys(map(int, quiet), QUIET)
+            for row in rows:
+                channels, symbols, quiet, cached = row[:4]
+                down, holes = row[4:6] if len(row) >= 6 else ([], [])  # rows kept before holes were settled
+                key = (str(channels), str(symbols))
+                kept = memory._minutes[key] = dict.fromkeys(map(int, quiet), QUIET)
                 kept.update(dict.fromkeys(map(int, cached), CACHED_EMPTY))
+                kept.update(dict.fromkeys(map(int, down), DOWN))
+                memory._holes[key] = {(int(a), int(b)) for a, b in holes}
         except (orjson.JSONDecodeError, TypeError, ValueError):
             log.warning("%s: the settled silent minutes are unreadable; they will be checked again", exchange)
         return memory
@@ -354,8 +368,11 @@ class SettledMinutes:
         for m, key, verdict in every[-self.LIMIT:]:
             kept.setdefault(key, {})[m] = verdict
         self._minutes = kept
+        self._holes = {key: holes for key, holes in self._holes.items() if key in kept}
         rows = [[channels, symbols, sorted(m for m, v in minutes.items() if v == QUIET),
-                 sorted(m for m, v in minutes.items() if v == CACHED_EMPTY)]
+                 sorted(m for m, v in minutes.items() if v == CACHED_EMPTY),
+                 sorted(m for m, v in minutes.items() if v == DOWN),
+                 sorted(self._holes.get((channels, symbols), ()))[-self.HOLES:]]
                 for (channels, symbols), minutes in kept.items()]
         storage.put_meta(self._meta_key(exchange), orjson.dumps(rows).decode())
 
@@ -368,10 +385,17 @@ class SettledMinutes:
         minutes = self._minutes.get(self._key(request), {})
         return tuple(sorted((m, v) for m, v in minutes.items() if request.start <= m < request.request_end))
 
-    def add(self, request, verdicts):
-        """``[(minute, verdict)]`` a run of ``request`` settled."""
+    def holes_of(self, request):
+        """``((disconnect, next line), ...)`` kept that overlap a request's range."""
+        holes = self._holes.get(self._key(request), ())
+        return tuple(sorted((a, b) for a, b in holes if a < request.request_end and b > request.start))
+
+    def add(self, request, verdicts, holes=()):
+        """``[(minute, verdict)]`` a run of ``request`` settled, and the closed holes its minutes in holes lie in."""
         if verdicts:
             self._minutes.setdefault(self._key(request), {}).update(verdicts)
+        if holes:
+            self._holes.setdefault(self._key(request), set()).update(holes)
 
 
 def _reaches(claims, minute):

@@ -405,3 +405,48 @@ def test_book_tickers_are_no_evidence_for_a_book_samples_claim():
     # nothing about when the book's next sample is due: no quote_1m claim reaches 10:02
     end = quote_claim_end([quote] + tickers)
     assert end is None or end < parse_timestamp_us(at(120))
+
+
+def test_harness_seed_86045_a_minute_in_a_hole_of_history_is_not_checked_again_after_a_restart(tmp_path):
+    """Harness seed 86045: a silent minute of a book-derived run that a fresh request showed inside a hole of
+    tardis' own recording (``history_outage``) was not settled, so after each restart the next from-00:00 run
+    checked it again through its own filter set: the very same request, sooner than its backoff. The minute is
+    now settled with its hole when the hole is closed, and a later run (a new process) cuts its claims at the
+    hole without asking."""
+    from gapless.download import Downloader
+    from gapless.silence import CheckAnswers, SettledMinutes
+    from tests.truth_checks import repeated_requests
+    ten = DAY + timedelta(hours=10)
+    clock = ManualClock(ten)
+    hole = Outage(ten - timedelta(minutes=30, seconds=17), ten - timedelta(minutes=20))
+    with FakeTardisMachine(clock=clock, market=MarketConfig(book_rate=1.0, trade_rate=1.0),
+                           replay_outages=[hole], availability_delay=timedelta(seconds=60)) as tm:
+        path = tmp_path / "g.db"
+        a, b = ten - timedelta(minutes=40), ten - timedelta(minutes=5)
+
+        def run(end):  # one process: the settled minutes restored from the database, no answers in memory
+            store = Storage("sqlite:///%s" % path)
+            try:
+                settled = SettledMinutes.restored(store, "deribit")
+                downloader = Downloader(store, tm.http_url, workers=0, progress=False, now=clock.now_us)
+                downloader.settled, downloader.check_answers = settled, CheckAnswers()
+                downloader.download("deribit", SYMBOLS, ["quote"], int(a.timestamp()) * US, int(end.timestamp()) * US)
+                settled.save(store, "deribit")
+                return {s: store.covered("deribit", s, "quote", "replay") for s in SYMBOLS}
+            finally:
+                store.close()
+
+        def checks():  # the silence checks through the run's own filter set
+            return [r for r in tm.requests if r.options and r.options[0].get("dataTypes") == ["book_change"]
+                    and not any(s.startswith("GAPLESS-") for s in r.options[0]["symbols"])]
+
+        run(b)
+        assert len(checks()) == 1
+        for minutes in (3, 6):  # restarts: the same day re-read from 00:00 (the 00:00 rule), a little further
+            clock.advance(3 * 60)
+            covered = run(b + timedelta(minutes=minutes))
+            down_from, down_to = int(hole.start.timestamp()) * US, int(hole.end.timestamp()) * US
+            for symbol, ranges in covered.items():  # never claimed across the hole
+                assert not any(x < down_to and y > down_from for x, y in ranges), (symbol, ranges)
+        assert len(checks()) == 1, checks()
+        assert repeated_requests(tm) == []
