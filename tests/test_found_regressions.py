@@ -28,6 +28,9 @@
   The feed's answers to such checks (``CheckAnswers``) are shared by fetcher threads only; worker processes
   had none, so every run asked for itself. Each worker now keeps its own, for as long as it lives (a feed
   keeps its workers across passes).
+* harness seed 86045: a silent minute inside a hole of tardis' own recording was never settled, so every
+  restarted service's next from-00:00 run asked its check again through the run's own filter set, sooner than
+  the backoff. A minute in a closed hole is now settled with the hole in the database.
 """
 import json
 from datetime import datetime, timedelta, timezone
