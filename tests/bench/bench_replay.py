@@ -13,6 +13,7 @@ Prints, from one run on one machine:
 """
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -120,7 +121,7 @@ def copy_ceiling(rows, url):
 
 
 def ingest(args, database, info, day, body, directory, curl_rate):
-    """One end-to-end download into ``database``, then its driver ceiling; returns (msg/s, ceiling rows/s)."""
+    """One end-to-end download into ``database``; returns its messages/s."""
     store = Storage(fresh_database(database, "ingest", args.pg_url))
     sampler = RssSampler()
     rss_start = sampler.rss()
@@ -152,15 +153,21 @@ def ingest(args, database, info, day, body, directory, curl_rate):
     print("  RSS (this process + workers): start %.0f MB, peak up to 500k lines %.0f MB, peak to the end "
           "(%dk lines) %.0f MB (%+.1f%%)" % (rss_start / 1e6, peak_500k / 1e6, report.lines // 1000,
                                              peak_end / 1e6, 100.0 * (peak_end - peak_500k) / peak_500k))
-    rows = prepared_rows(body, day)  # after the ingest: they would inflate its RSS figures
+    return rate
+
+
+def ceiling(args, database, day, body, directory, rate):
+    """The driver ceiling of ``database`` on the same rows, and gapless' ratio to it (after every ingest: the
+    prepared rows would inflate an ingest's RSS figures, also of a later one in this process)."""
+    rows = prepared_rows(body, day)
     if database == "sqlite":
         ceiling = executemany_ceiling(rows, directory)
-        print("  ceiling sqlite3 executemany of the same %d prepared rows (Peewee's SQL, 5000/txn): %.0f rows/s"
+        print("ceiling sqlite3 executemany of the same %d prepared rows (Peewee's SQL, 5000/txn): %.0f rows/s"
               % (len(rows), ceiling))
     else:
         ceiling = copy_ceiling(rows, fresh_database("postgresql", "ceiling", args.pg_url))
-        print("  ceiling psycopg COPY of the same %d prepared rows (5000/txn): %.0f rows/s" % (len(rows), ceiling))
-    print("  ratio gapless / driver ceiling: %.2f" % (rate / ceiling))
+        print("ceiling psycopg COPY of the same %d prepared rows (5000/txn): %.0f rows/s" % (len(rows), ceiling))
+    print("%s: ratio gapless / driver ceiling: %.2f" % (database, rate / ceiling))
     return rate, ceiling
 
 
@@ -187,15 +194,17 @@ def main():
         curl = min(curl_seconds(url) for _ in range(3))
         print("ceiling curl -s URL > /dev/null: %.2fs = %.0f lines/s" % (curl, lines / curl))
 
-        results = {}
-        for database in (("sqlite", "postgresql") if args.database == "both" else (args.database,)):
-            results[database] = ingest(args, database, info, day, body, directory, lines / curl)
+        results, databases = {}, ("sqlite", "postgresql") if args.database == "both" else (args.database,)
+        rates = {database: ingest(args, database, info, day, body, directory, lines / curl) for database in databases}
+        for database in databases:
+            results[database] = ceiling(args, database, day, body, directory, rates[database])
         if len(results) == 2:
             print("PostgreSQL / SQLite (same run): gapless %.2f, driver ceilings %.2f"
                   % (results["postgresql"][0] / results["sqlite"][0], results["postgresql"][1] / results["sqlite"][1]))
     finally:
         double.terminate()
         double.wait(10)
+        shutil.rmtree(directory, ignore_errors=True)  # the body and the databases: about 1 GB
 
 
 if __name__ == "__main__":
