@@ -180,7 +180,7 @@ class Follower:
 
     def _query(self, name, params):
         if not self._sql:
-            m = "?" if self.storage.is_sqlite else "%s"
+            m = self.storage.mark
             columns = ", ".join('"%s"' % c for c in _COLUMNS)
             self._sql["page"] = ('SELECT {c} FROM "minute_series" WHERE "minute" >= {m} AND "minute" < {m} AND '
                                  '"seq" <= {m} ORDER BY "minute", "exchange", "symbol", "data_type"'

@@ -45,7 +45,7 @@ class GapReasons:
     def _run(self, key, minute):
         """``[lo, hi)``: the published missing minutes around ``minute`` (up to the published minutes next to it)."""
         if self._sql is None:
-            m = "?" if self.storage.is_sqlite else "%s"
+            m = self.storage.mark
             stream = '"exchange" = {m} AND "symbol" = {m} AND "data_type" = {m}'.format(m=m)
             self._sql = (
                 'SELECT MAX("minute") FROM "minute_series" WHERE {s} AND "minute" < {m} AND NOT "missing"'

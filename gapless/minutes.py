@@ -156,7 +156,7 @@ class MinuteStore:
         exchange, symbol, name, source = key
         rows, names = aggregates.to_rows((exchange, symbol, name, source))
         columns = ["exchange", "symbol", "data_type", "source"] + names
-        m = "?" if self.storage.is_sqlite else "%s"
+        m = self.storage.mark
         # plain SQL: these run for every chunk of every stream on every pass
         self.storage.db.execute_sql(
             'DELETE FROM "minute_agg" WHERE "exchange" = {m} AND "symbol" = {m} AND "data_type" = {m} AND '
@@ -168,7 +168,7 @@ class MinuteStore:
 
     def _consume(self, ids):
         """Delete dirty marks by id (in the caller's transaction)."""
-        m = "?" if self.storage.is_sqlite else "%s"
+        m = self.storage.mark
         for i in range(0, len(ids), ID_CHUNK):
             chunk = ids[i:i + ID_CHUNK]
             self.storage.db.execute_sql('DELETE FROM "dirty_rows" WHERE "id" IN (%s)' % ", ".join([m] * len(chunk)),
@@ -224,7 +224,7 @@ class MinuteStore:
         storage = self.storage
         if not storage.has_table("minute_agg") or hi <= lo:
             return Aggregates.from_rows([], columns, meta=False)
-        mark = "?" if storage.is_sqlite else "%s"
+        mark = storage.mark
         sql = ('SELECT "minute", "last_ts"%s FROM "minute_agg" WHERE "exchange" = %s AND "symbol" = %s AND '
                '"data_type" = %s AND "source" = %s AND "minute" >= %s AND "minute" < %s ORDER BY "minute" %s%s' % (
                    "".join(', "%s"' % c for c in columns), mark, mark, mark, mark, mark, mark, order,

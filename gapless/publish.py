@@ -139,7 +139,7 @@ class _Statements:
         kind = "sqlite" if storage.is_sqlite else "postgresql"
         if kind not in cls._cache:
             cls._cache[kind] = super().__new__(cls)
-            cls._cache[kind]._build("?" if storage.is_sqlite else "%s")
+            cls._cache[kind]._build(storage.mark)
         return cls._cache[kind]
 
     def _build(self, m):

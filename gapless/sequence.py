@@ -49,7 +49,7 @@ class PublishSequence:
         ``[lo, hi)``, with the values its data type can fill (see :meth:`stamp`)."""
         name = key[2]
         if name not in self._old_sql:
-            m = "?" if self.storage.is_sqlite else "%s"
+            m = self.storage.mark
             columns = list(_HEAD) + [_SERIES_COLUMNS[i] for i in self._columns(name)]
             self._old_sql[name] = ('SELECT {c} FROM "minute_series" WHERE "exchange" = {m} AND "symbol" = {m} AND '
                                    '"data_type" = {m} AND "minute" >= {m} AND "minute" < {m}'

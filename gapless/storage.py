@@ -80,6 +80,7 @@ class Storage(WritePath):
         self.redacted_url = redact_url(url)
         self.db = _connect(url, timeout)
         self.is_sqlite = isinstance(self.db, SqliteDatabase)
+        self.mark = "?" if self.is_sqlite else "%s"  # the driver's placeholder of a bound parameter in plain SQL
         self.models, self._snapshot_factory = make_models(self.db)
         self._insert_sql = {}
         self._bulk_sql = {}
@@ -309,7 +310,7 @@ class Storage(WritePath):
     def covered(self, exchange, symbol, data_type, source):
         """Merged ``[(start, end), ...]`` this stream has stored from this source."""
         from .intervals import merge
-        m = "?" if self.is_sqlite else "%s"
+        m = self.mark
         # plain SQL: every reader asks this for every stream and source, on every pass
         rows = self.db.execute_sql(
             'SELECT "start", "end" FROM "coverage" WHERE "exchange" = {m} AND "symbol" = {m} AND "data_type" = {m} '
@@ -348,7 +349,7 @@ class Storage(WritePath):
         sql = self._read_sql.get(key)
         if sql is None:
             model = self.model(table)
-            m = "?" if self.is_sqlite else "%s"
+            m = self.mark
             names = ", ".join('"%s"' % model._meta.fields[c].column_name for c in columns)
             # the trade table holds one channel for trade-derived types: its rows are not per data type name
             by_name = "" if table == "trade" else ' AND "name" = %s' % m

@@ -101,7 +101,7 @@ class WritePath:
         """What the claims change in coverage (against the stored segments), as dirty ranges."""
         segments = sorted({c.segment for c in claims})
         old = {}
-        m = "?" if self.is_sqlite else "%s"
+        m = self.mark
         for chunk in _chunks(segments, 200):
             for row in self.db.execute_sql(
                     'SELECT "segment", "exchange", "symbol", "data_type", "source", "start", "end" FROM "coverage" '
