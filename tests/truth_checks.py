@@ -120,10 +120,13 @@ def repeated_requests(machine, first_wait_us=2 * MINUTE_US, most=8):
     asks = {}
     for record in machine.requests:
         key = repr(sorted((k, repr(v)) for o in record.options for k, v in o.items()))
-        asks.setdefault(key, []).append(int(record.received_at.timestamp() * 1_000_000))
+        asks.setdefault(key, []).append((int(record.received_at.timestamp() * 1_000_000), record.fault))
     found = []
-    for key, times in asks.items():
-        waits = [b - a for a, b in zip(times, times[1:])]
+    for key, answers in asks.items():
+        # a request the server cut is a failure: asking it again after a short backoff is what a retry is (only
+        # asks after an answer count, harness replay faults)
+        times = [t for t, _ in answers]
+        waits = [b - a for (a, fault), (b, _) in zip(answers, answers[1:]) if fault != "cut"]
         early = [i for i, w in enumerate(waits) if w < first_wait_us * 2 ** i]
         if early or len(times) > most:
             found.append((key, len(times), [w // 1_000_000 for w in waits]))

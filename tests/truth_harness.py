@@ -37,6 +37,9 @@ IDLESS_SHARE = 0.25  # examples on an exchange without trade ids (issue 21)
 LIQUIDATION_SHARE = 0.3  # examples with Deribit's liquidation stream (issue 19)
 BOOK_TICKER_SHARE = 0.3  # examples with Deribit's book_ticker (issue 19)
 CHAIN_SHARE = 0.25  # examples with a few Deribit options' option_summary in one more group (issue 19)
+# examples whose replay requests meet a cut connection or a garbage line (the replay read and the typed parse of
+# bulk chunks fall back line by line around it)
+REPLAY_FAULT_SHARE = 0.3
 OPTIONS = ("BTC-27NOV26-84000-P", "BTC-27NOV26-90000-C", "BTC-27NOV26-60000-P", "BTC-29JAN27-85000-C",
            "ETH-8DEC26-3000-P", "BTC-27NOV26-152600-C")
 
@@ -69,6 +72,9 @@ class Schedule:
     upgrade: str = "daily"  # when the service upgrades live minutes of book-derived types (GAPLESS_UPGRADE)
     workers: int = 0  # download worker processes (GAPLESS_WORKERS; 0: fetcher threads in the service's process)
     options: tuple = ()  # option symbols kept with option_summary only (one more GAPLESS_STREAMS group, issue 19)
+    # ((kind, after_lines), ...): faults of the next replay requests, whatever they are: "cut" (the connection
+    # closed after that many lines) or "malformed" (a garbage line inserted there, nothing lost)
+    replay_faults: tuple = ()
 
     def describe(self):
         """One line to reproduce the example by hand."""
@@ -144,6 +150,10 @@ def draw(seed):
         schedule = replace(schedule, data_types=tuple(sorted(set(schedule.data_types) | {"book_ticker"})))
     if schedule.exchange == "deribit" and more.random() < CHAIN_SHARE:
         schedule = replace(schedule, options=tuple(sorted(more.sample(OPTIONS, more.randint(2, 4)))))
+    faults = random.Random("replay-faults/%d" % seed)  # from their own draws, like every part added later
+    if faults.random() < REPLAY_FAULT_SHARE:
+        schedule = replace(schedule, replay_faults=tuple(
+            (faults.choice(("cut", "malformed")), faults.randint(1, 3000)) for _ in range(faults.randint(1, 3))))
     return schedule
 
 
@@ -222,6 +232,11 @@ def run(schedule, tmp_path, checkpoint_every=4):
     lookback = schedule.end - schedule.start + FINAL_ADVANCE + 125 * MINUTE
     result = Result(schedule, machine, database_url, lookback)
     with machine:
+        for kind, after in schedule.replay_faults:
+            if kind == "cut":
+                machine.add_replay_fault("cut", after_lines=after)
+            else:
+                machine.add_replay_fault("malformed", after_lines=after, line=b'{"type":"trade","symbol":')
         if schedule.refused:
             try:
                 _service(schedule, machine, database_url, lookback, schedule.data_types + schedule.refused)

@@ -66,12 +66,12 @@ def main():
             failed += not ok
             false_total += wrong
             log.write("%s seed=%d secs=%.1f false=%d exchange=%s types=%s outages=%d drops=%d second=%d "
-                      "restarts=%d clock_steps=%d early_asks=%d mode=%s upgrade=%s workers=%d options=%d "
+                      "restarts=%d clock_steps=%d early_asks=%d mode=%s upgrade=%s workers=%d options=%d faults=%d "
                       "follower=%s\n" % (
                           "ok" if ok else "FAIL", seed, time.monotonic() - started, wrong, s.exchange,
                           ",".join(s.data_types), len(s.history_outages), len(s.live_events),
                           len(s.second_recorder), len(s.restarts), len(s.clock_steps), len(s.early_asks),
-                          s.availability_mode, s.upgrade, s.workers, len(s.options), follower))
+                          s.availability_mode, s.upgrade, s.workers, len(s.options), len(s.replay_faults), follower))
             if message:
                 log.write("".join("    %s\n" % line for line in message.splitlines()[:12]))
     print("%d passed, %d failed, %d false minutes" % (passed, failed, false_total))
