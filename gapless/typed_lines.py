@@ -9,8 +9,8 @@ The records answer ``m["field"]`` and ``m.get("field")`` like the dicts they rep
 messages (ordering checks, claims, the per-message converter) works on them unchanged; the batch converter reads
 their attributes directly (:data:`RECORDS`). A chunk with a line the schema does not take (another data type, a
 control message, a missing or mistyped field, a malformed line) is not decoded here at all: the caller parses it
-line by line with orjson as before, so what is stored and what is reported malformed never depends on this path.
-Fields the converter does not read are not kept, as a dict's would be ignored.
+with orjson as before (line by line where needed), so what is stored and what is reported malformed never depends
+on this path. Fields no consumer reads are not kept, as they were ignored in the dict.
 """
 from typing import List, Optional, Union
 
