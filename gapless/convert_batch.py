@@ -299,8 +299,6 @@ def _fixed_width_us(texts):
     if len(data) != width * n or not (width == 20 or 22 <= width <= 30):
         return None
     chars = np.frombuffer(data, dtype=np.uint8).reshape(n, width)
-    if (chars[:, -1] != ord("Z")).any() or (width > 20 and (chars[:, 19] != ord(".")).any()):
-        return None
     for at, mark in _SEPARATORS + ((width - 1, b"Z"),) + (((19, b"."),) if width > 20 else ()):
         if (chars[:, at] != mark[0]).any():
             return None

@@ -110,7 +110,7 @@ class SilenceCheck:
             # run cuts its claims there without asking; an open one may still end, so it is asked again
             closed = [h for h in self._holes if h[1] < _AFTER_EVERYTHING]
             batch.settled = [(m, self.verdicts[m]) for m in due if self.verdicts[m] != UNVERIFIED and (
-                self.verdicts[m] != DOWN or any(a < m + MINUTE_US and b + SKEW_BOUND_US > m for a, b in closed))]
+                self.verdicts[m] != DOWN or _in_hole(m, closed))]
             batch.holes = closed
         if self._known_bad:
             known = [e for e in self._report(self._known_bad, batch.claims) if e not in self._known_reported]
@@ -174,7 +174,7 @@ class SilenceCheck:
                     self.verdicts[m] = QUIET
                 elif m in fresh:
                     self.verdicts[m] = CACHED_EMPTY
-                elif any(a < m + MINUTE_US and b + SKEW_BOUND_US > m for a, b in downs):
+                elif _in_hole(m, downs):
                     self.verdicts[m] = DOWN  # the history recorder was down in it: not a quiet market
                 else:
                     proven = self.request.proven_until is None or m + MINUTE_US <= self.request.proven_until
@@ -396,6 +396,11 @@ class SettledMinutes:
             self._minutes.setdefault(self._key(request), {}).update(verdicts)
         if holes:
             self._holes.setdefault(self._key(request), set()).update(holes)
+
+
+def _in_hole(minute, holes):
+    """True when the local ``minute`` overlaps one of ``holes`` ((disconnect, next line), the skew bound after it)."""
+    return any(a < minute + MINUTE_US and b + SKEW_BOUND_US > minute for a, b in holes)
 
 
 def _reaches(claims, minute):
