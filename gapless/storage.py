@@ -86,6 +86,7 @@ class Storage(WritePath):
         self._bulk_sql = {}
         self._read_sql = {}
         self._copy_inserter = None  # PostgreSQL bulk inserts (made on first use)
+        self._values_inserter = None  # SQLite bulk inserts of row blocks (made on first use)
         self._lock = threading.Lock()
         self._tables = set()
         # rows inserted by this process per (exchange, source, table), for monitoring (gapless_rows_stored_total)

@@ -12,6 +12,7 @@ from peewee import SQL
 from .convert import Const, RowBlock, table_columns
 from .dberrors import DRIVER_ERRORS, clean_error
 from .exceptions import StorageError
+from .sqlite_insert import ValuesInserter
 from .timeutil import MINUTE_US, US
 
 
@@ -93,9 +94,15 @@ class WritePath:
                 from .pgstore import CopyInserter
                 self._copy_inserter = CopyInserter()
             return self._copy_inserter.insert(cursor, table, table_columns(table), rows)
-        before = self.db.connection().total_changes
-        cursor.executemany(self.insert_sql(table), iter(rows))
-        return self.db.connection().total_changes - before
+        connection = self.db.connection()
+        before = connection.total_changes
+        if isinstance(rows, RowBlock):
+            if self._values_inserter is None:
+                self._values_inserter = ValuesInserter(connection)
+            self._values_inserter.insert(cursor, table, table_columns(table), rows)
+        else:
+            cursor.executemany(self.insert_sql(table), iter(rows))
+        return connection.total_changes - before
 
     def _claim_ranges(self, claims, dirty):
         """What the claims change in coverage (against the stored segments), as dirty ranges."""

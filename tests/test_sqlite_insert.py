@@ -1,0 +1,113 @@
+"""SQLite's multi-row insert of row blocks (gapless.sqlite_insert) stores exactly what ``executemany`` stores.
+
+Randomized blocks of every bulk table's shape (columns the same in every row, NumPy arrays, lists with NULLs,
+NaN, duplicates inside the block and rows already stored) go through ``Storage.write`` into one database and
+through a plain ``executemany`` of the same row tuples into another; the stored rows, their storage classes and
+the counts of inserted rows must be equal.
+"""
+import math
+import random
+import sqlite3
+
+import numpy as np
+import pytest
+
+from gapless.rows import Const, RowBlock, table_columns
+from gapless.sqlite_insert import ValuesInserter, values_sql
+from gapless.storage import Storage
+
+TABLES = ("book_snapshot_1", "book_snapshot_25", "trade", "book_ticker", "option_summary", "derivative_ticker")
+TEXT = {"exchange", "symbol", "dtype", "name", "source", "trade_id", "side", "option_type", "underlying_index"}
+INTEGER = {"timestamp", "local_timestamp", "seq", "funding_timestamp", "expiration_date"}
+KEY = ("exchange", "symbol", "name", "source", "timestamp", "local_timestamp")
+
+
+def _value(rng, column, row, nullable):
+    if column in ("exchange", "source"):
+        return rng.choice(["deribit", "replay"]) if column == "exchange" else "replay"
+    if column == "symbol":
+        return rng.choice(["BTC-PERPETUAL", "BTC-29JAN27-85000-C"])
+    if column in TEXT:
+        return rng.choice(["buy", "sell", "call", None, "t%d" % row, "é\u00a0x"]) if column != "dtype" else "x"
+    if column in ("timestamp", "local_timestamp"):
+        return 1_796_428_800_000_000 + rng.randrange(0, 40) * rng.choice([1, 1000, 60_000_000])
+    if column in INTEGER:
+        return rng.choice([0, 1, 7, 2 ** 53 + 1, None])
+    missing = [float("nan"), None] if nullable else []
+    return rng.choice([0.0, 1930.0, 84011.5, -0.1, 1e-300, 2.5e300, rng.random()] + missing)
+
+
+def _block(rng, table, n, fields):
+    """A RowBlock of ``n`` random rows of ``table``, each column drawn as a Const, an array or a list (NULLs,
+    NaN included, only where the column may be NULL)."""
+    built = []
+    for column in table_columns(table):
+        shape = rng.choice(["const", "array", "list"])
+        nullable = fields[column].null
+        values = [_value(rng, column, row, nullable) for row in range(n)]
+        if not nullable:
+            values = [("0" if column in TEXT else 0) if v is None else v for v in values]
+        if shape == "const" and n:
+            built.append(Const(values[0]))
+        elif shape == "array" and column in INTEGER and None not in values:
+            built.append(np.asarray(values, dtype=np.int64))
+        elif shape == "array" and column not in TEXT and column not in INTEGER:
+            built.append(np.asarray([math.nan if v is None else v for v in values], dtype=np.float64))
+        else:
+            built.append(values)
+    return RowBlock(table, built, n)
+
+
+def _stored(path, table):
+    columns = table_columns(table)
+    connection = sqlite3.connect(path)
+    try:
+        picked = ", ".join('"%s", typeof("%s")' % (c, c) for c in columns)
+        order = ", ".join('"%s"' % c for c in columns if c in KEY or c in ("seq", "trade_id"))
+        return connection.execute('SELECT %s FROM "%s" ORDER BY %s' % (picked, table, order)).fetchall()
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_row_blocks_are_stored_exactly_as_executemany_stores_their_rows(tmp_path, seed):
+    rng = random.Random(seed)
+    ours = Storage("sqlite:///%s" % (tmp_path / "ours.db"))
+    reference = Storage("sqlite:///%s" % (tmp_path / "reference.db"))
+    used = set()
+    try:
+        for round_no in range(6):
+            table = rng.choice(TABLES)
+            n = rng.choice([0, 1, 2, 9, 11, 99, 101, 999, 1000, 1001, rng.randrange(0, 2600)])
+            for store in (ours, reference):
+                store.ensure_tables({table})
+            used.add(table)
+            block = _block(rng, table, n, ours.model(table)._meta.fields)
+            if n and rng.random() < 0.5:  # some of the rows are stored already: both must skip them
+                earlier = list(block)[: rng.randrange(1, n + 1)]
+                for store in (ours, reference):
+                    with store.db.atomic():
+                        store.db.cursor().executemany(store.insert_sql(table), earlier)
+            inserted = ours.write({table: block})
+            connection = reference.db.connection()
+            before = connection.total_changes
+            with reference.db.atomic():
+                reference.db.cursor().executemany(reference.insert_sql(table), iter(block))
+            assert inserted == connection.total_changes - before, (seed, round_no, table, n)
+        for table in used:
+            assert _stored(tmp_path / "ours.db", table) == _stored(tmp_path / "reference.db", table), table
+    finally:
+        ours.close()
+        reference.close()
+
+
+def test_statement_sizes_fit_the_variable_limit_and_reach_every_count(tmp_path):
+    connection = sqlite3.connect(tmp_path / "x.db")
+    inserter = ValuesInserter(connection)
+    inserter.variables = 999  # SQLite's limit before 3.32
+    ladder = inserter._ladder(5, 103)  # book_snapshot_25: 108 columns, 5 the same in every row
+    assert ladder[0] == (999 - 5) // 103 and ladder[-1] == 1
+    assert all(a > b for a, b in zip(ladder, ladder[1:]))
+    sql = values_sql("t", ("a", "b", "c"), (1,), 2)
+    assert sql == ('INSERT INTO "t" ("a", "b", "c") SELECT column1, ?, column2 FROM (VALUES (?, ?), (?, ?)) '
+                   'WHERE true ON CONFLICT DO NOTHING')
