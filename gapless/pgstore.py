@@ -10,6 +10,8 @@ from urllib.parse import parse_qsl, urlsplit
 from peewee import PostgresqlDatabase
 
 from .exceptions import DatabaseUrlError
+from .pg_binary import binary_copy
+from .rows import RowBlock
 from .urls import redact_url
 
 # pg_advisory_xact_lock key for schema changes: several services starting at once create tables in turn
@@ -92,30 +94,44 @@ class CopyInserter:
     def __init__(self):
         self._staging_left = {}
 
-    def insert(self, cursor, table, columns, rows):
-        """Insert ``rows`` (tuples in ``columns`` order); returns how many were new. In the caller's
-        transaction."""
+    def insert(self, cursor, table, columns, rows, kinds=None):
+        """Insert ``rows`` (tuples in ``columns`` order, or a RowBlock) ; returns how many were new. In the
+        caller's transaction. ``kinds``: the columns' binary kinds (:func:`gapless.pg_binary.column_kinds`), which
+        let a RowBlock go as binary COPY."""
         if not rows:
             return 0
         if self._staging_left.get(table, 0) > 0:
             self._staging_left[table] -= 1
-            return copy_rows(cursor, table, columns, rows)
+            return copy_rows(cursor, table, columns, rows, kinds)
         from psycopg.errors import UniqueViolation
-        column_list = ", ".join('"%s"' % c for c in columns)
         cursor.execute("SAVEPOINT gapless_copy")
         try:
-            with cursor.copy('COPY "%s" (%s) FROM STDIN' % (table, column_list)) as copy:
-                for row in rows:
-                    copy.write_row(row)
+            copy_into(cursor, table, columns, rows, kinds)
         except UniqueViolation:
             cursor.execute("ROLLBACK TO SAVEPOINT gapless_copy")
             self._staging_left[table] = self.STAGING_BATCHES_AFTER_CONFLICT
-            return copy_rows(cursor, table, columns, rows)
+            return copy_rows(cursor, table, columns, rows, kinds)
         cursor.execute("RELEASE SAVEPOINT gapless_copy")
         return len(rows)
 
 
-def copy_rows(cursor, table, columns, rows):
+def copy_into(cursor, table, columns, rows, kinds=None):
+    """COPY ``rows`` into ``table``: a RowBlock that packs (see :mod:`gapless.pg_binary`) as one binary buffer,
+    anything else row by row."""
+    column_list = ", ".join('"%s"' % c for c in columns)
+    data = None
+    if kinds is not None and isinstance(rows, RowBlock):
+        data = binary_copy(rows, kinds, cursor.connection.info.encoding)
+    if data is not None:
+        with cursor.copy('COPY "%s" (%s) FROM STDIN (FORMAT BINARY)' % (table, column_list)) as copy:
+            copy.write(data)
+        return
+    with cursor.copy('COPY "%s" (%s) FROM STDIN' % (table, column_list)) as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
+def copy_rows(cursor, table, columns, rows, kinds=None):
     """Insert rows through COPY into a staging table, skipping rows whose key already exists.
 
     Returns the number of rows inserted. Runs inside the caller's transaction.
@@ -127,9 +143,7 @@ def copy_rows(cursor, table, columns, rows):
     # table and column names come from our own schema, never from user input
     cursor.execute('CREATE TEMP TABLE IF NOT EXISTS "%s" (LIKE "%s" INCLUDING DEFAULTS) ON COMMIT DELETE ROWS'
                    % (staging, table))
-    with cursor.copy('COPY "%s" (%s) FROM STDIN' % (staging, column_list)) as copy:
-        for row in rows:
-            copy.write_row(row)
+    copy_into(cursor, staging, columns, rows, kinds)
     cursor.execute('INSERT INTO "%s" (%s) SELECT %s FROM "%s" ON CONFLICT DO NOTHING'
                    % (table, column_list, column_list, staging))
     inserted = cursor.rowcount

@@ -87,6 +87,7 @@ class Storage(WritePath):
         self._read_sql = {}
         self._copy_inserter = None  # PostgreSQL bulk inserts (made on first use)
         self._values_inserter = None  # SQLite bulk inserts of row blocks (made on first use)
+        self._copy_kinds = {}  # PostgreSQL: table -> its columns' binary COPY kinds
         self._lock = threading.Lock()
         self._tables = set()
         # rows inserted by this process per (exchange, source, table), for monitoring (gapless_rows_stored_total)

@@ -12,6 +12,7 @@ from peewee import SQL
 from .convert import Const, RowBlock, table_columns
 from .dberrors import DRIVER_ERRORS, clean_error
 from .exceptions import StorageError
+from .pg_binary import column_kinds
 from .sqlite_insert import ValuesInserter
 from .timeutil import MINUTE_US, US
 
@@ -93,7 +94,11 @@ class WritePath:
             if self._copy_inserter is None:
                 from .pgstore import CopyInserter
                 self._copy_inserter = CopyInserter()
-            return self._copy_inserter.insert(cursor, table, table_columns(table), rows)
+            columns = table_columns(table)
+            kinds = self._copy_kinds.get(table)
+            if kinds is None:
+                kinds = self._copy_kinds[table] = column_kinds(self.model(table), columns)
+            return self._copy_inserter.insert(cursor, table, columns, rows, kinds)
         connection = self.db.connection()
         before = connection.total_changes
         if isinstance(rows, RowBlock):

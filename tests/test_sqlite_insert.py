@@ -5,58 +5,15 @@ NaN, duplicates inside the block and rows already stored) go through ``Storage.w
 through a plain ``executemany`` of the same row tuples into another; the stored rows, their storage classes and
 the counts of inserted rows must be equal.
 """
-import math
 import random
 import sqlite3
 
-import numpy as np
 import pytest
 
-from gapless.rows import Const, RowBlock, table_columns
+from gapless.rows import table_columns
 from gapless.sqlite_insert import ValuesInserter, values_sql
 from gapless.storage import Storage
-
-TABLES = ("book_snapshot_1", "book_snapshot_25", "trade", "book_ticker", "option_summary", "derivative_ticker")
-TEXT = {"exchange", "symbol", "dtype", "name", "source", "trade_id", "side", "option_type", "underlying_index"}
-INTEGER = {"timestamp", "local_timestamp", "seq", "funding_timestamp", "expiration_date"}
-KEY = ("exchange", "symbol", "name", "source", "timestamp", "local_timestamp")
-
-
-def _value(rng, column, row, nullable):
-    if column in ("exchange", "source"):
-        return rng.choice(["deribit", "replay"]) if column == "exchange" else "replay"
-    if column == "symbol":
-        return rng.choice(["BTC-PERPETUAL", "BTC-29JAN27-85000-C"])
-    if column in TEXT:
-        return rng.choice(["buy", "sell", "call", None, "t%d" % row, "é\u00a0x"]) if column != "dtype" else "x"
-    if column in ("timestamp", "local_timestamp"):
-        return 1_796_428_800_000_000 + rng.randrange(0, 40) * rng.choice([1, 1000, 60_000_000])
-    if column in INTEGER:
-        return rng.choice([0, 1, 7, 2 ** 53 + 1, None])
-    missing = [float("nan"), None] if nullable else []
-    return rng.choice([0.0, 1930.0, 84011.5, -0.1, 1e-300, 2.5e300, rng.random()] + missing)
-
-
-def _block(rng, table, n, fields):
-    """A RowBlock of ``n`` random rows of ``table``, each column drawn as a Const, an array or a list (NULLs,
-    NaN included, only where the column may be NULL)."""
-    built = []
-    for column in table_columns(table):
-        shape = rng.choice(["const", "array", "list"])
-        nullable = fields[column].null
-        values = [_value(rng, column, row, nullable) for row in range(n)]
-        if not nullable:
-            values = [("0" if column in TEXT else 0) if v is None else v for v in values]
-        if shape == "const" and n:
-            built.append(Const(values[0]))
-        elif shape == "array" and column in INTEGER and None not in values:
-            built.append(np.asarray(values, dtype=np.int64))
-        elif shape == "array" and column not in TEXT and column not in INTEGER:
-            built.append(np.asarray([math.nan if v is None else v for v in values], dtype=np.float64))
-        else:
-            built.append(values)
-    return RowBlock(table, built, n)
-
+from tests.row_blocks import KEY, TABLES, random_block
 
 def _stored(path, table):
     columns = table_columns(table)
@@ -82,7 +39,7 @@ def test_row_blocks_are_stored_exactly_as_executemany_stores_their_rows(tmp_path
             for store in (ours, reference):
                 store.ensure_tables({table})
             used.add(table)
-            block = _block(rng, table, n, ours.model(table)._meta.fields)
+            block = random_block(rng, table, n, ours.model(table)._meta.fields)
             if n and rng.random() < 0.5:  # some of the rows are stored already: both must skip them
                 earlier = list(block)[: rng.randrange(1, n + 1)]
                 for store in (ours, reference):
