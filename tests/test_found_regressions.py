@@ -453,3 +453,16 @@ def test_harness_seed_86045_a_minute_in_a_hole_of_history_is_not_checked_again_a
                 assert not any(x < down_to and y > down_from for x, y in ranges), (symbol, ranges)
         assert len(checks()) == 1, checks()
         assert repeated_requests(tm) == []
+
+
+def test_harness_seed_84441_another_clients_early_ask_cut_by_a_replay_fault_does_not_stop_the_example():
+    """Harness seed 84441: the schedule's replay faults hit the next requests whoever makes them, and the first
+    was the harness's own "another client asks too early": its cut answer raised out of the harness and ended the
+    example after 3.8 s, before gapless did anything. That client now shrugs a cut off; the server served it."""
+    from tests.truth_harness import _ask_too_early
+    ten = DAY + timedelta(hours=10)
+    with FakeTardisMachine(clock=ManualClock(ten), market=MarketConfig(book_rate=5.0, trade_rate=5.0)) as tm:
+        tm.add_replay_fault("cut", after_lines=3)
+        at = int(ten.timestamp() * US) - 5 * MINUTE_US
+        _ask_too_early(tm, "deribit", at, "trade", ("BTC-PERPETUAL",), 4)
+        assert len(tm.requests) == 1 and tm.requests[0].fault == "cut"

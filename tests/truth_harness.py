@@ -302,11 +302,17 @@ def run(schedule, tmp_path, checkpoint_every=4):
 
 
 def _ask_too_early(machine, exchange, at, data_type, symbols, back):
-    """Another client of the server asks ``back`` minutes before ``at`` up to the minute after it."""
+    """Another client of the server asks ``back`` minutes before ``at`` up to the minute after it.
+
+    The replay faults of a schedule hit the next requests, whoever makes them: a cut of this client's answer is
+    its own concern (seed 84441 stopped the whole example on it), the server has served it all the same."""
     first = at - at % MINUTE - back * MINUTE
     options = {"exchange": exchange, "symbols": list(symbols), "from": _dt(first).isoformat(),
                "to": _dt(at - at % MINUTE + MINUTE).isoformat(), "dataTypes": [data_type]}
-    requests.get(machine.http_url + "/replay-normalized", params={"options": json.dumps(options)}, timeout=30)
+    try:
+        requests.get(machine.http_url + "/replay-normalized", params={"options": json.dumps(options)}, timeout=30)
+    except requests.exceptions.ChunkedEncodingError:
+        pass  # cut by a replay fault of the schedule
 
 
 def _dt(us):
