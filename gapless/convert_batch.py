@@ -341,8 +341,12 @@ def _column(values):
 def _finite(columns):
     """Float columns (already typed) as one array, a row per column; a value beyond the sanity bound (or inf)
     sends the group down the per-message path, which reports it."""
-    array = np.array(columns, dtype=np.float64)
-    if array.size and not (np.abs(array) < MAX_ABS).all():
+    return _bounded(np.array(columns, dtype=np.float64))
+
+
+def _bounded(array):
+    """``array`` when every value is below the sanity bound; NaN, inf or a value beyond it raise _FastPathMiss."""
+    if array.size and not (np.abs(array) < MAX_ABS).all():  # false for NaN and inf too
         raise _FastPathMiss()
     return array
 
@@ -362,6 +366,5 @@ def _check_numbers(columns, optional):
         checked = None
     else:
         raise _FastPathMiss()
-    if array.size and not (np.abs(array) < MAX_ABS).all():  # false for NaN and inf too
-        raise _FastPathMiss()
+    _bounded(array)
     return checked

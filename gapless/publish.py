@@ -19,7 +19,7 @@ import pandas as pd
 from .contract import clip_to_life
 from .datatypes import parse_data_type
 from .intervals import merge
-from .minutes import CHUNK_US
+from .minutes import CHUNK_US, ID_CHUNK
 from .schema import SERIES_VALUES
 from .published import export_frames, published_frames
 from .sequence import PublishSequence
@@ -260,8 +260,8 @@ def _publish_stream(storage, reader, key, start, end, now_us, full, sequence):
     result = StreamResult(minutes=counts, comparison=comparison, published=published, events=changed)
     _upsert_status(storage, key, start, end, now_us, result)
     ids = [m[0] for m in marks]
-    for i in range(0, len(ids), 500):
-        chunk = ids[i:i + 500]
+    for i in range(0, len(ids), ID_CHUNK):
+        chunk = ids[i:i + ID_CHUNK]
         run(sql.consume(len(chunk)), chunk)
     return result
 
