@@ -4,7 +4,7 @@ Per-message conversion (:class:`~gapless.convert_message.Converter`) costs sever
 path converts a batch column by column and falls back to the per-message path for any group it does
 not handle.
 """
-from itertools import chain
+from itertools import chain, repeat
 
 import numpy as np
 
@@ -232,7 +232,16 @@ class BatchConverter(Converter):
 
     def _options_fast(self, group):
         block = self._fields_fast(group, "option_summary", OPTION_FIELDS)
-        contracts = [option_contract(m) for m in group]  # MalformedMessage: the per-message path isolates it
+        # the contract's fields are the same in every message of an instrument: each distinct combination is
+        # checked and converted once (the strike's type is part of the key: True == 1, but True is no strike)
+        known = {}
+        contracts = []
+        for key in zip(*(map(dict.get, group, repeat(field)) for field in _CONTRACT_FIELDS)):
+            key += (key[1].__class__,)
+            contract = known.get(key)
+            if contract is None:  # MalformedMessage: the per-message path isolates the message
+                contract = known[key] = option_contract(dict(zip(_CONTRACT_FIELDS, key)))
+            contracts.append(contract)
         block.columns += [list(column) for column in zip(*contracts)]
         return block
 
@@ -240,7 +249,7 @@ class BatchConverter(Converter):
         """Messages of a type whose row is its optional number fields (tickers): one column per field."""
         exchanges, symbols, ts, lts = self._common(group)
         seqs = self._seqs(exchanges, symbols, name, ts, lts)
-        columns = [[m.get(field) for m in group] for _, field in fields]
+        columns = [list(map(dict.get, group, repeat(field))) for _, field in fields]
         _check_numbers(columns, optional=True)
         return RowBlock(name, [_column(exchanges), _column(symbols), Const(name), Const(name),
                                Const(self.source), ts.array, lts.array, seqs] + columns, len(group))
@@ -251,6 +260,7 @@ class _FastPathMiss(Exception):
 
 
 _EMPTY = {}
+_CONTRACT_FIELDS = ("optionType", "strikePrice", "expirationDate", "underlyingIndex")
 _SIDES = frozenset(("buy", "sell", "unknown"))
 _NUMBER_TYPES = frozenset((int, float))
 _OPTIONAL_NUMBER_TYPES = frozenset((int, float, type(None)))

@@ -101,6 +101,10 @@ def test_a_malformed_option_summary_is_counted_and_not_stored(store):
     batches = store_run(store, [summary(1), summary(2, optionType="future"), summary(3, strikePrice="x")], start,
                         start + MINUTE_US)
     assert sum(b.malformed for b in batches) == 2 and store.count_rows("option_summary") == 1
+    # strike 1 and strike True are equal as dict keys: the batch converter checks each distinct contract once,
+    # and must still refuse True (alone with a good message in its batch, so the batch path meets it)
+    batches = store_run(store, [summary(4, strikePrice=1), summary(5, strikePrice=True)], start, start + MINUTE_US)
+    assert sum(b.malformed for b in batches) == 1 and store.count_rows("option_summary") == 2
 
 
 def test_an_option_ends_at_its_expiration_outside_the_stream_not_missing(store):
