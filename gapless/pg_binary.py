@@ -12,6 +12,8 @@ The stored rows are those of ``write_row``: the same values, NaN stays NaN, a No
 """
 import numpy as np
 
+from .rows import Const
+
 SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"  # magic, flags, no extension
 TRAILER = b"\xff\xff"
 _KINDS = {"BIGINT": "int8", "INT": "int4", "INTEGER": "int4", "DOUBLE": "float8", "VARCHAR": "text",
@@ -30,7 +32,6 @@ def binary_copy(block, kinds, encoding="utf-8"):
     """The whole binary COPY data (signature, rows, trailer) of ``block``, or None when a column cannot be packed
     with a fixed width (see the module docstring). ``encoding``: the connection's client encoding, which the
     server converts binary text from."""
-    from .rows import Const
     if None in kinds:
         return None
     fields = [("count", ">i2")]
