@@ -11,7 +11,7 @@ import sqlite3
 import pytest
 
 from gapless.rows import table_columns
-from gapless.sqlite_insert import ValuesInserter, values_sql
+from gapless.sqlite_insert import MAX_PARAMETERS, ValuesInserter, values_sql
 from gapless.storage import Storage
 from tests.row_blocks import KEY, TABLES, random_block
 
@@ -64,6 +64,8 @@ def test_statement_sizes_fit_the_variable_limit_and_reach_every_count(tmp_path):
     inserter.variables = 999  # SQLite's limit before 3.32
     ladder = inserter._ladder(5, 103)  # book_snapshot_25: 108 columns, 5 the same in every row
     assert ladder[0] == (999 - 5) // 103 and ladder[-1] == 1
+    inserter.variables = 32766  # SQLite 3.32 and later: the statement's own cap applies
+    assert inserter._ladder(5, 7)[0] * 7 + 5 <= MAX_PARAMETERS and inserter._ladder(5, 103)[0] * 103 + 5 <= MAX_PARAMETERS
     assert all(a > b for a, b in zip(ladder, ladder[1:]))
     sql = values_sql("t", ("a", "b", "c"), (1,), 2)
     assert sql == ('INSERT INTO "t" ("a", "b", "c") SELECT column1, ?, column2 FROM (VALUES (?, ?), (?, ?)) '
