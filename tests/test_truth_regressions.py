@@ -190,7 +190,7 @@ def test_a_quiet_book_is_known_live_from_the_connect_snapshot_and_status_agrees_
 def test_a_quiet_end_of_day_is_claimed_and_the_day_is_not_downloaded_again_and_again(tmp_path):
     quiet = (("*", at("23:50") // 1000, at("00:25", 1) // 1000),)
     clock = ManualClock(at("01:00", 1))
-    with FakeTardisMachine(clock=clock, market=MarketConfig(quiet=quiet)) as tm:
+    with FakeTardisMachine(clock=clock, market=MarketConfig(quiet=quiet, book_rate=0.25)) as tm:
         store = Storage("sqlite:///%s" % (tmp_path / "g.db"))
         types = ["trade_bar_1m", "quote_1m"]
         download(store, tm, types, at("23:30"), at("00:00", 1))
