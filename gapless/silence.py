@@ -93,6 +93,7 @@ class SilenceCheck:
         # run did (settled with their minutes: a restart does not ask them again, seed 86045)
         self._holes = list(getattr(request, "holes", ()))
         self._book_cut = None  # (local minute, reason): book-derived rows and claims from here on are dropped
+        self._book_cut_reported = set()  # the books whose claims the cut reached: their ledger entry is made
         self._book_stamps = {}  # (symbol, book type) -> the newest exchange timestamp of its rows kept
 
     def vet(self, batch):
@@ -121,12 +122,17 @@ class SilenceCheck:
         if wrong_books and self._books and self._book_cut is None:
             # a book rebuilt across a missing minute is wrong for the rest of the run; the day stays asked with a
             # fresh filter set until replay covers all of it (the ledger entry lasts that long)
-            first = wrong_books[0]
-            self._book_cut = (first, self.verdicts[first])
+            self._book_cut = (wrong_books[0], self.verdicts[wrong_books[0]])
+        if self._book_cut is not None:
+            # each book whose claims reach the cut gets its entry, in whichever batch they first do: a cut known
+            # from the first batch (minutes an earlier run settled) cuts claims that reach it only in a later one,
+            # and without an entry nothing ever asks that book fresh (harness seed 86562)
+            first, reason = self._book_cut
             day_end = first - first % DAY_US + DAY_US
-            claimed = {(c.symbol, c.data_type) for c in batch.claims if c.end > first - CUT_BEFORE_US}
-            report += [(s, d, first - CUT_BEFORE_US, day_end, self.verdicts[first]) for s, d in self._books
-                       if (s, d) in claimed]
+            reached = {(c.symbol, c.data_type) for c in batch.claims if c.end > first - CUT_BEFORE_US}
+            newly = [k for k in self._books if k in reached and k not in self._book_cut_reported]
+            self._book_cut_reported.update(newly)
+            report += [(s, d, first - CUT_BEFORE_US, day_end, reason) for s, d in newly]
         if report:
             batch.unclaimed = list(batch.unclaimed) + report
         if self._books and (self._book_cut is None or batch.rows):

@@ -466,3 +466,19 @@ def test_harness_seed_84441_another_clients_early_ask_cut_by_a_replay_fault_does
         at = int(ten.timestamp() * US) - 5 * MINUTE_US
         _ask_too_early(tm, "deribit", at, "trade", ("BTC-PERPETUAL",), 4)
         assert len(tm.requests) == 1 and tm.requests[0].fault == "cut"
+
+
+@pytest.mark.slow
+def test_harness_seed_86562_a_book_cut_known_from_the_start_reports_every_book_it_cuts(tmp_path):
+    """The whole example (about 45 s): another client asked ``book_change`` of all three symbols too early
+    (23:39-23:41 held empty for that symbol set). After two restarts, the day-end upgrade asked the day's
+    ``book_snapshot_5_1s`` for the same three symbols. Its silence check knew the cut from an earlier run's settled
+    minutes, and it cut BTC's claims in every batch. It made the ledger entry only in the batch where the cut was
+    first set, and only for books whose claims reached it there; BTC's did so only in the last batch. So nothing
+    asked BTC fresh, the same request came again an hour later, and 23:52-23:59 stayed live for good. Each book
+    the cut reaches now gets its entry, in whichever batch its claims first reach the cut."""
+    from tests.truth_checks import check
+    from tests.truth_harness import draw, run
+    schedule = draw(86562)
+    assert schedule.early_asks and len(schedule.restarts) == 2 and "book_snapshot_5_1s" in schedule.data_types
+    check(run(schedule, tmp_path))
