@@ -6,7 +6,9 @@ retries), 2 bad input (a one-line error naming what is wrong; nothing stored is 
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 
 from .cli_follow import add_parser as add_follow_parser, cmd_follow
 from .config import load_settings, make_clock
@@ -253,6 +255,10 @@ def cmd_series(args, settings, now_us):
 
 def cmd_serve(args, settings, now_us):
     """``serve`` (and no command): run the service until SIGTERM/SIGINT."""
+    # a stop asked for while we start (the health check, opening the database) is a clean stop, not a death by
+    # the signal's default action (exit -15, nothing flushed, nothing logged)
+    early_stop = threading.Event()
+    _on_stop_signals(early_stop.set)
     from .service import Gapless
 
     from .replay import ReplayClient
@@ -262,7 +268,16 @@ def cmd_serve(args, settings, now_us):
         # not fatal for a service: tardis-machine may come up after us; healing retries
         log.warning("%s; will keep trying", exc)
     gapless = Gapless.from_settings(settings)
-    return gapless.run()
+    _on_stop_signals(gapless.stop_event.set)
+    if early_stop.is_set():  # (checked after the hand-over: a signal in between sets the one or the other)
+        log.info("stop asked for while starting")
+        gapless.stop_event.set()
+    return gapless.run(install_signals=False)
+
+
+def _on_stop_signals(callback):
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: callback())
 
 
 def cmd_status(args, settings, now_us, gaps_only=False):

@@ -373,6 +373,8 @@ class Gapless:
                  self.horizon.state()["delay"] // MINUTE_US, self.rebuild_interval, self.storage.redacted_url)
         status = EXIT_OK
         try:
+            if self.stop_event.is_set():  # stopped before we were up: start nothing
+                return status
             self.monitor.start()
             for feed in self.feeds:
                 feed.recorder.start()

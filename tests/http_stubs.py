@@ -74,3 +74,34 @@ class SilentSymbols(_Server):
                 pass
 
         super().__init__(Handler)
+
+
+class HeldHealthCheck(_Server):
+    """A tardis-machine whose ``GET /health-check`` waits until ``release()`` (``asked`` is set when it arrives);
+    every other request is answered 503. For what a process does while it waits on its first request."""
+
+    def __init__(self):
+        self.asked, self.released = threading.Event(), threading.Event()
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                if self.path.startswith("/health-check"):
+                    stub.asked.set()
+                    stub.released.wait(30)
+                    status, body = 200, b'{"status":"Healthy"}'
+                else:
+                    status, body = 503, b"{}"
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        super().__init__(Handler)
+
+    def release(self):
+        self.released.set()

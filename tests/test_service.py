@@ -19,6 +19,7 @@ from gapless import GapWarning, get_data_without_gap
 from gapless.service import Gapless
 from gapless.storage import Storage
 from tests.fake_tardis import FakeClock, FakeTardisMachine, MarketConfig, Outage
+from tests.http_stubs import HeldHealthCheck
 from tests.service_process import run_status, start_service
 from tests.support import live_rows_by_table, sent_rows_by_table, wait_until
 
@@ -294,6 +295,27 @@ def test_sigterm_under_load_exits_0_quickly_with_every_received_frame_stored(clo
         assert final, log[-2000:]
         assert int(final.group(1)) == int(final.group(2)) + int(final.group(3)) == stored_count
         del sent
+
+
+def test_sigterm_while_the_service_starts_exits_0(tardis, tmp_path):
+    """A stop asked for before the service is up (here: during its health check) is a clean stop with exit 0,
+    not a death by SIGTERM's default action (exit -15 and an empty log: seen once in CI in the SIGKILL loop,
+    whose last SIGTERM can reach a service that is still starting)."""
+    with HeldHealthCheck() as held:
+        service = start_service(tardis, "sqlite:///%s" % (tmp_path / "g.db"), tmp_path,
+                                GAPLESS_TARDIS_URL=held.url)
+        try:
+            assert held.asked.wait(30), Path(service.log_path).read_text()
+            service.send_signal(signal.SIGTERM)
+            held.release()
+            code = service.wait(15)
+        finally:
+            if service.poll() is None:
+                service.kill()
+    log = Path(service.log_path).read_text()
+    assert code == 0, log[-3000:]
+    assert "stop asked for while starting" in log and "stopped in" in log, log[-3000:]
+    assert not tardis.connections or all(not c.sent for c in tardis.connections)  # never started recording
 
 
 READER = """
