@@ -119,9 +119,8 @@ class Downloader:
     def download_wanted(self, exchange, wanted):
         """Download what replay coverage lacks of ``{(symbol, DataType): [(start, end), ...]}``."""
         self.storage.ensure_tables({dt.table for _, dt in wanted})
-        for symbol, data_type in wanted:
-            ledger.forget_covered(self.storage, exchange, symbol, data_type.name,
-                                  self.storage.covered(exchange, symbol, data_type.name, "replay"))
+        ledger.forget_covered(self.storage, exchange, {(symbol, data_type.name) for symbol, data_type in wanted},
+                              lambda symbol, data_type: self.storage.covered(exchange, symbol, data_type, "replay"))
         requests = plan_wanted(self.storage, exchange, wanted, now_us=self.now(), limit=self.limit,
                                proven_until=self.proven_until)
         return self.run([r for r in requests if self.admit is None or self.admit(r)])

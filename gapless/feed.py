@@ -181,10 +181,10 @@ class Feed:
     def _held_of(self, now_us, limit):
         """``held_of(symbol, data_type)``: what the replay ledger holds back now (see :mod:`gapless.ledger`)."""
         anchors = Anchors(self.storage, self.exchange)
+        by_stream = ledger.entries_by_stream(self.storage, self.exchange)
 
         def held_of(symbol, data_type):
-            entries = ledger.entries(self.storage, self.exchange, symbol, data_type)
-            return ledger.held_back(entries, now_us, anchors, limit)[0]
+            return ledger.held_back(by_stream.get((symbol, data_type), []), now_us, anchors, limit)[0]
 
         return held_of
 

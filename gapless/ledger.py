@@ -82,48 +82,93 @@ def entries(storage, exchange, symbol=None, data_type=None):
     return list(query.order_by(model.start).dicts())
 
 
+def entries_by_stream(storage, exchange):
+    """The ledger entries of an exchange, ``{(symbol, data_type): [entry, ...]}`` (ordered by start), in one read."""
+    by_stream = {}
+    for e in entries(storage, exchange):
+        by_stream.setdefault((e["symbol"], e["data_type"]), []).append(e)
+    return by_stream
+
+
 def record(storage, exchange, unclaimed, now_us, asked_end, anchored=False):
     """Record what a complete run did not claim: ``[(symbol, data_type, start, end, reason)]``.
 
     ``asked_end`` is the end the run could have claimed (its claim end).
 
-    An entry counts one more attempt than the entries of the same stream and reason it overlaps or touches.
+    An entry counts one more attempt than the entries of the same stream and reason it overlaps or touches
+    (entries recorded earlier in the same call included). One read and one batch of writes however many entries:
+    a chain of 500 options leaves 500 quiet tails every pass.
     """
     if not unclaimed:
         return
     model = storage.models["replay_ledger"]
+    streams = {(symbol, data_type) for symbol, data_type, *_ in unclaimed}
     with storage.write_transaction():
+        known = {}  # (symbol, data_type) -> {start: entry}: what the database holds, updated as we go
+        for e in model.select().where(model.exchange == exchange).dicts():
+            if (e["symbol"], e["data_type"]) in streams:
+                known.setdefault((e["symbol"], e["data_type"]), {})[e["start"]] = e
+        stored = {(s, d, a) for (s, d), by_start in known.items() for a in by_start}
+        written = {}
         for symbol, data_type, start, end, reason in unclaimed:
-            stream = (model.exchange == exchange) & (model.symbol == symbol) & (model.data_type == data_type)
-            key = stream & (model.start == start)
-            old = model.get_or_none(key)
+            by_start = known.setdefault((symbol, data_type), {})
+            old = by_start.get(start)
             # a history outage is its own hole (asked again once after its day); the backoff reasons count the
             # attempts of what they overlap
-            near = (model.start == start) if reason in ("history_outage", "history_cached_empty") else \
-                (model.start <= end) & (model.end >= start)
-            before = [e.attempts for e in model.select(model.attempts).where(stream & (model.reason == reason) & near)]
-            attempts = max(before) + 1 if before else (old.attempts + 1 if old is not None else 1)
-            values = dict(end=end, reason=reason, attempts=attempts, asked_at=now_us, asked_end=asked_end,
-                          retry_at=next_ask(reason, attempts, start, now_us), anchored=bool(anchored))
-            if old is None:
-                model.insert(exchange=exchange, symbol=symbol, data_type=data_type, start=start, **values).execute()
+            if reason in ("history_outage", "history_cached_empty"):
+                before = [e["attempts"] for e in by_start.values() if e["reason"] == reason and e["start"] == start]
             else:
-                model.update(**values).where(key).execute()
-            log.info("%s %s %s [%s, %s) came back unclaimed (%s, attempt %d); asking again after %s", exchange,
-                     symbol, data_type, iso(start), iso(end), reason, attempts,
-                     iso(values["retry_at"]) if values["retry_at"] < 2 ** 62 else "never")
+                before = [e["attempts"] for e in by_start.values()
+                          if e["reason"] == reason and e["start"] <= end and e["end"] >= start]
+            attempts = max(before) + 1 if before else (old["attempts"] + 1 if old is not None else 1)
+            entry = dict(exchange=exchange, symbol=symbol, data_type=data_type, start=start, end=end, reason=reason,
+                         attempts=attempts, asked_at=now_us, asked_end=asked_end,
+                         retry_at=next_ask(reason, attempts, start, now_us), anchored=bool(anchored))
+            by_start[start] = written[(symbol, data_type, start)] = entry
+            log.debug("%s %s %s [%s, %s) came back unclaimed (%s, attempt %d)", exchange, symbol, data_type,
+                      iso(start), iso(end), reason, attempts)
+        for key, entry in written.items():
+            if key in stored:
+                symbol, data_type, start = key
+                model.update(**{k: v for k, v in entry.items() if k not in ("exchange", "symbol", "data_type",
+                                                                            "start")}).where(
+                    (model.exchange == exchange) & (model.symbol == symbol) & (model.data_type == data_type)
+                    & (model.start == start)).execute()
+        fresh = [entry for key, entry in written.items() if key not in stored]
+        for i in range(0, len(fresh), 100):
+            model.insert_many(fresh[i:i + 100]).execute()
+    _log_recorded(exchange, list(written.values()))
 
 
-def forget_covered(storage, exchange, symbol, data_type, covered):
-    """Drop the entries of a stream whose range replay now covers."""
+def _log_recorded(exchange, recorded):
+    """One line per reason, whatever the number of streams (each entry is logged at DEBUG)."""
+    by_reason = {}
+    for e in recorded:
+        by_reason.setdefault(e["reason"], []).append(e)
+    for reason, group in by_reason.items():
+        first = group[0]
+        retry = min(e["retry_at"] for e in group)
+        log.info("%s: %d range(s) came back unclaimed (%s), e.g. %s %s [%s, %s) attempt %d; asking again after %s",
+                 exchange, len(group), reason, first["symbol"], first["data_type"], iso(first["start"]),
+                 iso(first["end"]), first["attempts"], iso(retry) if retry < 2 ** 62 else "never")
+
+
+def forget_covered(storage, exchange, streams, covered):
+    """Drop the entries of ``streams`` (``{(symbol, data_type)}``) whose range replay now covers; ``covered(symbol,
+    data_type)`` gives a stream's replay coverage (asked only of streams with entries). One read of the
+    exchange's ledger, one transaction."""
     model = storage.models["replay_ledger"]
-    stale = [e for e in entries(storage, exchange, symbol, data_type)
-             if not subtract([(e["start"], e["end"])], covered)]
+    stale = [e for (symbol, data_type), stream_entries in entries_by_stream(storage, exchange).items()
+             if (symbol, data_type) in streams for e in _covered_entries(stream_entries, covered(symbol, data_type))]
     if stale:
         with storage.write_transaction():
             for e in stale:
-                model.delete().where((model.exchange == exchange) & (model.symbol == symbol)
-                                     & (model.data_type == data_type) & (model.start == e["start"])).execute()
+                model.delete().where((model.exchange == exchange) & (model.symbol == e["symbol"])
+                                     & (model.data_type == e["data_type"]) & (model.start == e["start"])).execute()
+
+
+def _covered_entries(stream_entries, covered):
+    return [e for e in stream_entries if not subtract([(e["start"], e["end"])], covered)]
 
 
 def held_back(stream_entries, now_us, anchored_at, reach):

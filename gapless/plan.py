@@ -57,13 +57,14 @@ def plan_wanted(storage, exchange, wanted, now_us=None, limit=None, proven_until
     now_us = int(time.time() * US) if now_us is None else now_us
     anchors = Anchors(storage, exchange)
     groups, skips, knowns = {}, {}, set()
+    ledger_entries = ledger.entries_by_stream(storage, exchange)
     for (symbol, data_type), ranges in wanted.items():
         covered = storage.covered(exchange, symbol, data_type.name, "replay")
         # nothing after an option's expiration: its minutes there are outside the stream (gapless.contract)
         ranges = [r for r in (clip_to_life(exchange, symbol, floor_minute(a), ceil_minute(b)) for a, b in ranges)
                   if r[1] > r[0]]
         reach = max((b for _, b in ranges), default=0)
-        stream_entries = ledger.entries(storage, exchange, symbol, data_type.name)
+        stream_entries = ledger_entries.get((symbol, data_type.name), [])
         held, tails = ledger.held_back(stream_entries, now_us, anchors, reach)
         # what tardis-machine's cache holds empty for the stream's filter set is asked with a fresh one; so is a
         # history outage's retry: a minute the cache holds empty right after the outage's end looks exactly
