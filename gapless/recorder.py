@@ -24,7 +24,7 @@ from .exceptions import StorageError
 from .ingest import ReplayRequest, RunParser
 from .owners import OWNER, owner_is_gone
 from .streams import filters_of
-from .subscription import data_silence_tolerance, default_flush_interval, refused_for_size, stream_url
+from .subscription import data_silence_tolerance, default_flush_interval, read_ahead, refused_for_size, stream_url
 from .timeutil import US, iso
 
 log = logging.getLogger(__name__)
@@ -222,8 +222,8 @@ class Recorder:
     def _session(self):
         """One connection: connect, receive and commit until it drops or we stop. True if it connected."""
         try:
-            ws = websocket.create_connection(self.url, timeout=self.connect_timeout, skip_utf8_validation=True,
-                                             enable_multithread=False)
+            ws = read_ahead(websocket.create_connection(self.url, timeout=self.connect_timeout,
+                                                        skip_utf8_validation=True, enable_multithread=False))
         except (OSError, websocket.WebSocketException) as exc:
             log.warning("recorder %s: cannot connect to tardis-machine at %s (%s)%s", self.exchange, self.ws_url,
                         _reason(exc), refused_for_size(exc, self.url))
