@@ -3,7 +3,8 @@
 A minute's *own* aggregate is what the rows inside it say, nothing carried: for books the state after
 its last snapshot and the mid's open/high/low/close over its snapshots; for trades and bars the OHLC,
 volumes, count and vwap; for tickers the last value of each field. Only minutes that have rows get an
-aggregate. What a quiet minute carries (the last book, the last price) and whether a minute is covered
+aggregate, once its source's claims have passed its end (before that it is not final, and a live minute
+would be aggregated again on every write). What a quiet minute carries (the last book, the last price) and whether a minute is covered
 at all is decided later, when the series is stitched (:mod:`gapless.series`), from these aggregates and
 the coverage table: that is what makes the store incremental.
 
@@ -99,7 +100,7 @@ class MinuteStore:
         import time
         began = time.monotonic()
         result = RefreshResult()
-        writes, consumed, held = [], [], [0]  # held: minutes of aggregates waiting in ``writes``
+        writes, consumed, later, held = [], [], [], [0]  # held: minutes of aggregates waiting in ``writes``
 
         def write():
             if writes or consumed:
@@ -107,13 +108,23 @@ class MinuteStore:
                     for key, a, b, aggregates in writes:
                         self._store(key, a, b, aggregates)
                     self._consume(consumed)
-                del writes[:], consumed[:]
+                    self._mark_later(later)
+                del writes[:], consumed[:], later[:]
                 held[0] = 0
 
-        for key, (ranges, ids) in self.pending(streams).items():
+        pending = self.pending(streams)
+        final_ends = self.final_ends() if pending else {}
+        for key, (ranges, ids) in pending.items():
             data_type = parse_data_type(key[2])
             if data_type.family == "book_change":
                 continue  # stored for download users; it has no minute series (see datatypes.series_problem)
+            # a minute its source's claims have not passed yet is not final: computed once they pass it, not on
+            # every write before (a live minute was aggregated three times over, 500 options each second)
+            final_end = final_ends.get(key, 0)
+            waiting = [(max(lo, final_end), hi) for lo, hi in ranges if hi > final_end]
+            ranges = [(lo, min(hi, final_end)) for lo, hi in ranges if lo < final_end]
+            if not ranges:
+                continue  # its marks stay
             try:
                 for lo, hi in ranges:
                     for a in range(lo, hi, CHUNK_US):
@@ -133,6 +144,7 @@ class MinuteStore:
             result.ranges[key] = ranges
             if persist:
                 consumed.extend(ids)
+                later.extend((key, lo, hi) for lo, hi in waiting)  # the marks of what waits, in the same write
         if persist:
             write()
         result.seconds = time.monotonic() - began
@@ -165,6 +177,21 @@ class MinuteStore:
         self.storage.db.execute_sql(
             'INSERT INTO "dirty_series" ("exchange", "symbol", "data_type", "lo", "hi") VALUES '
             '({m}, {m}, {m}, {m}, {m})'.format(m=m), (exchange, symbol, name, lo, hi))
+
+    def final_ends(self):
+        """``{(exchange, symbol, data_type, source): minute}``: the minutes before it may be final (its claims end
+        at or past their ends); a minute at or after it is not covered whole by any claim of its source yet."""
+        rows = self.storage.db.execute_sql('SELECT "exchange", "symbol", "data_type", "source", MAX("end") FROM '
+                                           '"coverage" WHERE "end" > "start" GROUP BY "exchange", "symbol", '
+                                           '"data_type", "source"').fetchall()
+        return {tuple(row[:4]): floor_minute(row[4]) for row in rows}
+
+    def _mark_later(self, later):
+        """Mark again what a refresh left for later (in the caller's transaction)."""
+        if later:
+            model = self.models["dirty_rows"]
+            self.storage.bulk_insert(model, ["exchange", "symbol", "data_type", "source", "lo", "hi"],
+                                     [key + (lo, hi) for key, lo, hi in later])
 
     def _consume(self, ids):
         """Delete dirty marks by id (in the caller's transaction)."""

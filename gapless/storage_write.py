@@ -10,8 +10,9 @@ import numpy as np
 from peewee import SQL
 
 from .convert import Const, RowBlock, table_columns
+from .datatypes import parse_data_type
 from .dberrors import DRIVER_ERRORS, clean_error
-from .exceptions import StorageError
+from .exceptions import GaplessError, StorageError
 from .pg_binary import column_kinds
 from .sqlite_insert import ValuesInserter
 from .timeutil import MINUTE_US, US
@@ -184,7 +185,7 @@ def _row_ranges(rows, dirty):
     """Add the time range of each stream's rows in ``rows`` (a RowBlock or row tuples) to ``dirty``.
 
     Rows are keyed by (exchange, symbol, name, source): a row's ``name`` is its data type. Sampled rows are
-    stamped at their interval's end, so a range reaches one minute back to the minute they describe.
+    stamped at their interval's end, so their range reaches back to the minute they describe (:func:`_reach_back`).
     """
     if isinstance(rows, RowBlock):
         if not rows:
@@ -206,10 +207,28 @@ def _row_ranges(rows, dirty):
             groups = [(key, np.asarray(span, dtype=np.int64)) for key, span in spans.items()]
         for key, stamps in groups:
             if len(stamps):
-                _widen(dirty, key, int(stamps.min()) - MINUTE_US, int(stamps.max()) + 1)
+                _widen(dirty, key, int(stamps.min()) - _reach_back(key[2]), int(stamps.max()) + 1)
         return
     for row in rows:
-        _widen(dirty, (row[0], row[1], row[3], row[4]), row[5] - MINUTE_US, row[5] + 1)
+        _widen(dirty, (row[0], row[1], row[3], row[4]), row[5] - _reach_back(row[3]), row[5] + 1)
+
+
+_REACH_BACK = {}
+
+
+def _reach_back(name):
+    """How far before its timestamp a row's minute may start: a sampled row (stamped at its interval's end)
+    describes the minute of the microsecond before; any other row its own. (A whole minute back for every row made
+    every write mark the minute before it too, and the minute store aggregated it again.) A name that is not one
+    of our data types: a minute, as before."""
+    back = _REACH_BACK.get(name)
+    if back is None:
+        try:
+            back = 1 if parse_data_type(name).interval else 0
+        except GaplessError:
+            back = MINUTE_US
+        _REACH_BACK[name] = back
+    return back
 
 
 def _first_value(rows, index):

@@ -274,3 +274,56 @@ def test_a_reader_never_sees_half_a_publishing_pass(database_url, tmp_path):
         reader.close()
     assert not problems, problems[:5]
     assert len(set(seen)) >= 5  # the reader did watch several passes go by
+
+
+@pytest.mark.parametrize("data_type", ["trade", "quote_1m"])
+def test_a_live_minute_is_aggregated_once_when_its_claims_pass_its_end(tmp_path, data_type):
+    """A recorder writes every few seconds; each write marks what it changed. A minute its claims have not
+    passed is not final: it is aggregated once, when they pass its end, not again after every write (a live
+    minute of 500 options was aggregated about three times over). ``quote_1m`` rows are stamped at the end of the
+    minute they describe: they must still be aggregated into that minute, once."""
+    from gapless.minutes import MinuteStore
+    rng = random.Random(7)
+    market = Market(rng, 12)
+    store = Storage("sqlite:///%s" % (tmp_path / "g.db"))
+    try:
+        store.ensure_tables({"book_snapshot_1"})
+        minutes = MinuteStore(store)
+        key = ("deribit", "BTC-PERPETUAL", data_type, "live")
+        computed = {}  # minute -> times aggregated
+        live_from, written = T0 + 30 * US, T0 + 30 * US
+        claim_end = live_from
+        while written < T0 + 10 * MINUTE_US:
+            now = written + rng.randrange(1 * US, 8 * US)
+            rows, claims = write_piece(market, "live", "live0", written, now, live_from, now - 500_000, is_open=True)
+            store.write(rows, claims)
+            written, claim_end = now, now - 500_000
+            result = minutes.refresh([key[:3]])
+            for lo, hi in result.ranges.get(key, ()):
+                for minute in range(lo, hi, MINUTE_US):
+                    assert minute + MINUTE_US <= claim_end, "%s aggregated before its claims passed its end" % iso(
+                        minute)
+                    computed[minute] = computed.get(minute, 0) + 1
+        assert len(computed) >= 8
+        assert set(computed.values()) == {1}, {iso(m): n for m, n in computed.items() if n != 1}
+        # and what was aggregated is what one computation of the same rows, written at once, says
+        whole = Storage("sqlite:///%s" % (tmp_path / "whole.db"))
+        try:
+            whole.ensure_tables({"book_snapshot_1"})
+            whole.write(*write_piece(market, "live", "live0", live_from, written, live_from, claim_end))
+            MinuteStore(whole).refresh([key[:3]])
+            final = claim_end - claim_end % MINUTE_US
+            assert minute_aggs(store, key, final) == minute_aggs(whole, key, final)
+            assert len(minute_aggs(store, key, final)) >= 5  # minutes with rows (a quiet one has none)
+        finally:
+            whole.close()
+    finally:
+        store.close()
+
+
+def minute_aggs(store, key, before):
+    cursor = store.db.execute_sql('SELECT * FROM "minute_agg" WHERE "exchange" = ? AND "symbol" = ? AND "data_type" = ? '
+                                  'AND "source" = ? AND "minute" < ? ORDER BY "minute"', key + (before,))
+    names = [d[0] for d in cursor.description]
+    return [{k: v for k, v in zip(names, row) if k != "id" and not (isinstance(v, float) and v != v)}
+            for row in cursor.fetchall()]
