@@ -10,6 +10,7 @@ parsing run in *fetchers*; the one writer (the caller, see :class:`gapless.downl
 * :class:`~gapless.fetch_workers.ProcessFetchers`: ``workers`` spawned processes, each running
   ``concurrency / workers`` threads (parsing on several cores).
 """
+import gc
 import itertools
 import logging
 import queue
@@ -80,6 +81,9 @@ def _fetch_loop(tasks, results, abort, config, client):
             log.exception("download fetcher failed on %s", request.describe())
             failure = ServerError("fetcher error: %s" % exc)
         results.put(("done", task_id, (client.bytes_received - before, failure)))
+        del failure
+        if config.get("collect_after_task"):  # a worker process, whose cyclic GC is off (see fetch_workers)
+            gc.collect()
 
 
 class ThreadFetchers:
