@@ -29,18 +29,21 @@ class _Server:
         self.thread.join(5)
 
 
+def _answer(handler, status, content_type, body):
+    handler.send_response(status)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 class NotTardis(_Server):
     """Answers every GET with 200 and an HTML page (e.g. some other web application)."""
 
     def __init__(self):
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
-                body = b"<html><body>It works!</body></html>"
-                self.send_response(200)
-                self.send_header("Content-Type", "text/html")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                _answer(self, 200, "text/html", b"<html><body>It works!</body></html>")
 
             def log_message(self, *args):
                 pass
@@ -92,11 +95,7 @@ class HeldHealthCheck(_Server):
                     status, body = 200, b'{"status":"Healthy"}'
                 else:
                     status, body = 503, b"{}"
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                _answer(self, status, "application/json", body)
 
             def log_message(self, *args):
                 pass
