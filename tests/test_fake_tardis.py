@@ -1085,8 +1085,10 @@ def test_harness_seed_81131_after_a_drop_seen_late_no_trade_from_before_the_reco
         tm.exchange_drop(2.0)
         move(start + 216 * 1_000_000)  # the second one only once the clock jumped a minute
         move(start + 300 * 1_000_000)
-        count = len(received)
-        wait_until(lambda: len(received) == count and tm.live_caught_up(), message="everything read")
+        # every frame the double wrote (caught up: its buffer is empty) has been read (a reader thread starved on a
+        # loaded machine was still behind: seen once, running beside truth batches with the suite on both cores)
+        (connection,) = tm.connections
+        wait_until(lambda: tm.live_caught_up() and len(received) >= len(connection.sent), message="everything read")
         ws.close()
     kinds = [m["type"] for m in received]
     assert kinds.count("disconnect") == 2
