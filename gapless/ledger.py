@@ -104,10 +104,9 @@ def record(storage, exchange, unclaimed, now_us, asked_end, anchored=False):
     model = storage.models["replay_ledger"]
     streams = {(symbol, data_type) for symbol, data_type, *_ in unclaimed}
     with storage.write_transaction():
-        known = {}  # (symbol, data_type) -> {start: entry}: what the database holds, updated as we go
-        for e in model.select().where(model.exchange == exchange).dicts():
-            if (e["symbol"], e["data_type"]) in streams:
-                known.setdefault((e["symbol"], e["data_type"]), {})[e["start"]] = e
+        # (symbol, data_type) -> {start: entry}: what the database holds, updated as we go
+        known = {stream: {e["start"]: e for e in stream_entries}
+                 for stream, stream_entries in entries_by_stream(storage, exchange).items() if stream in streams}
         stored = {(s, d, a) for (s, d), by_start in known.items() for a in by_start}
         written = {}
         for symbol, data_type, start, end, reason in unclaimed:
@@ -165,6 +164,7 @@ def forget_covered(storage, exchange, streams, covered):
             for e in stale:
                 model.delete().where((model.exchange == exchange) & (model.symbol == e["symbol"])
                                      & (model.data_type == e["data_type"]) & (model.start == e["start"])).execute()
+
 
 
 def _covered_entries(stream_entries, covered):
