@@ -100,9 +100,9 @@ class Downloader:
         self.should_retry = None  # callback(request, failure) -> bool; default: retry every transient failure
         self.admit = None  # callback(request) -> bool: may a planned request be made now (default: all)
         self.on_batch = None  # callback(report) after each written batch (benchmarks, progress displays)
-        self.settled = None  # gapless.silence.SettledMinutes: silent minutes earlier runs found quiet
+        self.settled = None  # gapless.silence_memory.SettledMinutes: silent minutes earlier runs found quiet
         self.history_ends = None  # where history is expected to end (µs), when requests may reach past it
-        self.check_answers = None  # gapless.silence.CheckAnswers of the feed: checks asked once
+        self.check_answers = None  # gapless.silence_memory.CheckAnswers of the feed: checks asked once
         # started gapless.fetch_workers.ProcessFetchers to use instead of starting workers per run (the caller
         # made them with the same fetcher_config and closes them)
         self.fetchers = fetchers

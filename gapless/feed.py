@@ -20,7 +20,7 @@ from .plan import Anchors
 from .published import published_sources
 from .recorder import Recorder
 from .series import Reader
-from .silence import CheckAnswers, SettledMinutes
+from .silence_memory import CheckAnswers, SettledMinutes
 from .status import minute_sources
 from .timeutil import MINUTE_US, US
 

@@ -125,7 +125,7 @@ def _worker_main(tasks, results, abort, config, threads):
     from .fetch import _fetch_loop  # the heavy imports (parsing, HTTP) happen here, in the worker
     from .redaction import install_secret_filter
     from .replay import ReplayClient
-    from .silence import CheckAnswers
+    from .silence_memory import CheckAnswers
 
     # the feed's CheckAnswers cannot cross into a process: each worker keeps its own, for as long as it lives
     # (a feed keeps its workers across passes), so a check is not asked again by every pass (seed 77014)

@@ -218,7 +218,7 @@ def test_a_minute_an_earlier_run_found_cached_empty_sends_every_stream_it_cuts_t
     ``history_cached_empty`` entry, so that the next pass asks it with a fresh filter set and heals it."""
     from gapless import ledger
     from gapless.download import Downloader
-    from gapless.silence import CheckAnswers, SettledMinutes
+    from gapless.silence_memory import CheckAnswers, SettledMinutes
     ten = DAY + timedelta(hours=10)
     clock = ManualClock(ten + timedelta(seconds=30))
     with FakeTardisMachine(clock=clock, market=MarketConfig(book_rate=1.0, trade_rate=1.0),
@@ -303,6 +303,56 @@ def test_harness_seed_76009_a_minute_cached_empty_just_after_a_history_outage_he
             store.close()
 
 
+def test_harness_seed_86840_an_unproven_start_the_cache_holds_empty_is_asked_again_with_a_fresh_filter_set(tmp_path):
+    """Harness seed 86840, in small: the history recorder is down 09:40:00-09:52:10 and the first download ends inside
+    the hole, so the next one starts there (no line, no disconnect in its look-behind: an unproven start). Another
+    client asked 09:52-09:54 before they were available, so the trades filter set holds them empty: the next run's
+    first line is at 09:55, its liquidation claims start there, and the ledger said ``unproven_start``, asked
+    again through the same poisoned filter set for good (seven times in the seed; the minutes stayed live). The
+    silent minutes of an unproven start are now checked: cached empty, the entry says so, and the next pass asks
+    it with a fresh filter set, which heals 09:53 and 09:54."""
+    from gapless import ledger
+    from gapless.download import Downloader
+    ten = DAY + timedelta(hours=10)
+    clock = ManualClock(ten - timedelta(minutes=10))
+    outage = Outage(ten - timedelta(minutes=20), ten - timedelta(minutes=7, seconds=50))
+    with FakeTardisMachine(clock=clock, market=MarketConfig(book_rate=1.0, trade_rate=1.0), replay_outages=[outage],
+                           availability_delay=timedelta(seconds=60), availability_mode="empty") as tm:
+        store = Storage("sqlite:///%s" % (tmp_path / "g.db"))
+        first, healed = ten - timedelta(minutes=7), ten - timedelta(minutes=5)  # 09:53, and 09:55 (exclusive)
+
+        def download(end):
+            downloader = Downloader(store, tm.http_url, workers=0, progress=False, now=clock.now_us)
+            downloader.download("deribit", SYMBOLS, ["liquidation"], int((ten - timedelta(minutes=30)).timestamp()) * US,
+                                int(end.timestamp()) * US)
+            return [store.covered("deribit", symbol, "liquidation", "replay") for symbol in SYMBOLS]
+
+        def whole(covered):
+            a, b = int(first.timestamp()) * US, int(healed.timestamp()) * US
+            return any(x <= a and y >= b for x, y in covered)
+
+        def reasons():
+            return {e["reason"] for symbol in SYMBOLS for e in ledger.entries(store, "deribit", symbol, "liquidation")}
+
+        try:
+            download(ten - timedelta(minutes=12))  # 09:30-09:48: ends inside the hole
+            assert reasons() == {"history_outage"}
+            clock.advance(2 * 60 + 40)  # 09:52:40: another client asks 09:52-09:54 too early
+            poisoned = ten - timedelta(minutes=8)
+            options = {"exchange": "deribit", "symbols": SYMBOLS, "from": poisoned.isoformat(),
+                       "to": (poisoned + timedelta(minutes=3)).isoformat(), "dataTypes": ["trade"]}
+            requests.get(tm.http_url + "/replay-normalized", params={"options": json.dumps(options)}, timeout=10)
+            assert [int(poisoned.timestamp()) * US + k * MINUTE_US for k in range(3)] == \
+                tm.slices.poisoned("deribit", ["trades"], SYMBOLS)
+            clock.advance(20 * 60)
+            assert not any(whole(c) for c in download(ten + timedelta(minutes=10)))  # 09:48 on, from the hole
+            assert "history_cached_empty" in reasons()
+            assert all(whole(c) for c in download(ten + timedelta(minutes=10)))
+            assert any(s.startswith("GAPLESS-FRESH") for s in tm.requests[-1].options[0]["symbols"])
+        finally:
+            store.close()
+
+
 def test_a_clean_stop_closes_the_quiet_piece_of_a_trade_bar_stream_that_has_nothing_to_add_at_the_close():
     """Seen in test_faults_process' SIGKILL loop (2 runs in 6): after the last, undisturbed service stopped with exit
     0, a live ``trade_bar_1m`` segment ``<run>:0:q`` was still open. The quiet piece after the pending interval was
@@ -347,7 +397,7 @@ def test_a_clean_stop_closes_the_quiet_piece_of_a_trade_bar_stream_that_has_noth
 
 
 class SimpleRequest:
-    """What :meth:`gapless.silence.SettledMinutes.of` reads of a request (the trades filter set of SYMBOLS)."""
+    """What :meth:`gapless.silence_memory.SettledMinutes.of` reads of a request (the trades filter set of SYMBOLS)."""
 
     def __init__(self, start, end):
         self.start, self.request_end = start, end
@@ -417,7 +467,7 @@ def test_harness_seed_86045_a_minute_in_a_hole_of_history_is_not_checked_again_a
     now settled with its hole when the hole is closed, and a later run (a new process) cuts its claims at the
     hole without asking."""
     from gapless.download import Downloader
-    from gapless.silence import CheckAnswers, SettledMinutes
+    from gapless.silence_memory import CheckAnswers, SettledMinutes
     from tests.truth_checks import repeated_requests
     ten = DAY + timedelta(hours=10)
     clock = ManualClock(ten)
