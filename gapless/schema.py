@@ -228,8 +228,11 @@ def upgrade_statements(version, is_sqlite):
     return statements
 
 
-# indexes made on every open (after any upgrade added their columns): followers read by sequence
-INDEX_STATEMENTS = ('CREATE INDEX IF NOT EXISTS "minute_series_seq" ON "minute_series" ("seq")',)
+# indexes made on every open (after any upgrade added their columns): followers read by sequence; the minute store
+# consumes a stream's dirty marks up to an id (a chain's recorder leaves one per stream and write)
+INDEX_STATEMENTS = ('CREATE INDEX IF NOT EXISTS "minute_series_seq" ON "minute_series" ("seq")',
+                    'CREATE INDEX IF NOT EXISTS "dirty_rows_stream_id" ON "dirty_rows" ("exchange", "symbol", '
+                    '"data_type", "source", "id")')
 
 
 def upgrade_rows(version, db, is_sqlite, existing):

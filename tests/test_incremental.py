@@ -327,3 +327,28 @@ def minute_aggs(store, key, before):
     names = [d[0] for d in cursor.description]
     return [{k: v for k, v in zip(names, row) if k != "id" and not (isinstance(v, float) and v != v)}
             for row in cursor.fetchall()]
+
+
+def test_a_dirty_mark_written_while_a_refresh_computes_is_left_for_the_next_one(store):
+    """The minute store reads each stream's marks grouped by minute and consumes them up to the last id it read: a
+    mark the recorder writes after that read (while the refresh computes) stays, and its minutes are computed by
+    the next refresh. Other streams' marks are left alone."""
+    from gapless.minutes import MinuteStore
+    model = store.models["dirty_rows"]
+    columns = ["exchange", "symbol", "data_type", "source", "lo", "hi"]
+    key = ("deribit", "BTC-PERPETUAL", "trade", "live")
+    other = ("deribit", "ETH-PERPETUAL", "trade", "live")
+    marks = [key + (T0 + k * US, T0 + k * US + 1) for k in range(0, 150, 5)]  # three minutes, 30 writes
+    with store.write_transaction():
+        store.bulk_insert(model, columns, marks + [other + (T0, T0 + 1)])
+    minutes = MinuteStore(store)
+    pending = minutes.pending([key[:3]])
+    ranges, last_id = pending[key]
+    assert list(pending) == [key] and ranges == [(T0, T0 + 3 * MINUTE_US)]
+    with store.write_transaction():  # the recorder, between the read and the consumption
+        store.bulk_insert(model, columns, [key + (T0 + 10 * US, T0 + 11 * US)])
+    with store.write_transaction():
+        minutes._consume([(key, last_id)])
+    left = minutes.pending()
+    assert left[key][0] == [(T0, T0 + MINUTE_US)] and left[key][1] > last_id
+    assert left[other][0] == [(T0, T0 + MINUTE_US)]
