@@ -17,7 +17,7 @@ from .fetch_workers import ProcessFetchers, pool_key, threads_per_worker
 from .horizon import HistoryHorizon
 from .runs import ReplayRequest
 from .plan import Anchors
-from .published import published_sources
+from .published import PublishedSources, published_sources
 from .recorder import Recorder
 from .series import Reader
 from .silence_memory import CheckAnswers, SettledMinutes
@@ -147,10 +147,15 @@ class Feed:
                 self._fetchers.close()
                 self._fetchers = None
 
-    def _sources_of(self, use_published=True):
+    def _sources_of(self, use_published=True, window=None):
+        """``sources_of(symbol, data_type, a, b)``: the published sources (read for every stream of ``window`` at
+        once when given), or the series' where they are not all published."""
+        published = PublishedSources(self.storage, self.exchange, *window) if use_published and window else \
+            (lambda symbol, data_type, a, b: published_sources(self.storage, self.exchange, symbol, data_type, a, b))
+
         def sources_of(symbol, data_type, a, b):
             if use_published:
-                sources = published_sources(self.storage, self.exchange, symbol, data_type, a, b)
+                sources = published(symbol, data_type, a, b)
                 if sources is not None:
                     return sources
             with Reader(self.storage, [(self.exchange, symbol, data_type)]) as reader:
@@ -199,8 +204,8 @@ class Feed:
         start, end = window
         state = self.horizon.state()
         limit = self.horizon.claim_limit(now_us)
-        reach = self.planner.next_reach(self._sources_of(), self.symbols, self.data_types, start, limit, end,
-                                        self._held_of(now_us, limit), pairs=self.pairs)
+        reach = self.planner.next_reach(self._sources_of(window=(start, end)), self.symbols, self.data_types, start,
+                                        limit, end, self._held_of(now_us, limit), pairs=self.pairs)
         if reach is None:
             return None
         if state["mode"] == "error":

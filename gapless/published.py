@@ -63,6 +63,44 @@ def published_sources(storage, exchange, symbol, data_type, start, end):
     return np.array([source for _, source in rows], dtype=object)
 
 
+class PublishedSources:
+    """``published_sources`` of every stream of an exchange over ``[start, end)``, read in two queries.
+
+    A pass asks every stream's sources (when will history reach its next gap?): with 500 option streams and a day's
+    window, one query per stream built 700,000 Python tuples a pass. Here the database counts each stream's minutes
+    and hands over only the minutes that are not replay; a stream whose published minutes are not one contiguous
+    run, or a range outside the window, is read on its own as before.
+    """
+
+    def __init__(self, storage, exchange, start, end):
+        self.storage, self.exchange, self.start, self.end = storage, exchange, start, end
+        self._extent, self._others = {}, {}
+        m = storage.mark
+        where = '"exchange" = {m} AND "minute" >= {m} AND "minute" < {m}'.format(m=m)
+        run = storage.db.execute_sql
+        for symbol, data_type, n, lo, hi in run('SELECT "symbol", "data_type", COUNT(*), MIN("minute"), MAX("minute") '
+                                                'FROM "minute_series" WHERE ' + where + ' GROUP BY "symbol", '
+                                                '"data_type"', (exchange, start, end)).fetchall():
+            if n == (hi - lo) // MINUTE_US + 1:  # contiguous: every minute of [lo, hi] published
+                self._extent[(symbol, data_type)] = (int(lo), int(hi) + MINUTE_US)
+        for symbol, data_type, minute, source in run('SELECT "symbol", "data_type", "minute", "source" FROM '
+                                                     '"minute_series" WHERE ' + where + ' AND "source" <> ' + m,
+                                                     (exchange, start, end, "replay")).fetchall():
+            self._others.setdefault((symbol, data_type), []).append((int(minute), source))
+
+    def __call__(self, symbol, data_type, start, end):
+        """Per minute of ``[start, end)``: the published source (numpy array), or None if not all published."""
+        import numpy as np
+        lo, hi = self._extent.get((symbol, data_type), (0, 0))
+        if not (lo <= start and end <= hi and self.start <= start and end <= self.end):
+            return published_sources(self.storage, self.exchange, symbol, data_type, start, end)
+        sources = np.full((end - start) // MINUTE_US, "replay", dtype=object)
+        for minute, source in self._others.get((symbol, data_type), ()):
+            if start <= minute < end:
+                sources[(minute - start) // MINUTE_US] = source
+        return sources
+
+
 def published_frames(storage, streams, start=None, end=None):
     """``{(exchange, symbol, data_type): frame}`` of the published series, with each type's value columns.
 
