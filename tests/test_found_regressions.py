@@ -31,6 +31,11 @@
 * harness seed 86045: a silent minute inside a hole of tardis' own recording was never settled, so every
   restarted service's next from-00:00 run asked its check again through the run's own filter set, sooner than
   the backoff. A minute in a closed hole is now settled with the hole in the database.
+* harness seed 86840: a run that began inside a hole of tardis' recording (an unproven start) claimed the
+  liquidations only from its first line; the minutes before it were silent because another client had asked them
+  too early (cached empty), but no claim reached them, so they were never checked, and the ``unproven_start`` entry
+  was asked again through the same poisoned filter set seven times: the minutes stayed live. An unproven start's
+  silent minutes are now checked; cached empty, the entry says so and is asked with a fresh filter set.
 """
 import json
 from datetime import datetime, timedelta, timezone
