@@ -75,14 +75,15 @@ def plan_wanted(storage, exchange, wanted, now_us=None, limit=None, proven_until
         if not need:
             continue
 
-        def further(a, b):
-            """A quiet tail due again is asked past its end, further each time, so the next event shows up."""
+        def further(a, b, symbol=symbol):
+            """A quiet tail due again is asked past its end, further each time, so the next event shows up; never
+            past the end of an option's life (nothing comes after it: harness seed 86993)."""
             reach = b
             for x, y, attempts in tails:
                 if a <= x < b:
                     far = y + ledger.tail_reach(attempts)
                     reach = max(reach, min(far, limit) if limit is not None else far)
-            return reach
+            return max(b, clip_to_life(exchange, symbol, a, reach)[1])
 
         if data_type.book_derived:
             ends = {}

@@ -36,6 +36,9 @@
   too early (cached empty), but no claim reached them, so they were never checked, and the ``unproven_start`` entry
   was asked again through the same poisoned filter set seven times: the minutes stayed live. An unproven start's
   silent minutes are now checked; cached empty, the entry says so and is asked with a fresh filter set.
+* harness seed 86993 (the first chain drawn across an option's expiration): the retry of a quiet tail just before
+  the expiration reached past it, met a hole of tardis' recording there and held the option's last minute back
+  for the rest of the day (it stayed live); a tail is now never asked past the end of an option's life.
 """
 import json
 from datetime import datetime, timedelta, timezone
@@ -356,6 +359,28 @@ def test_harness_seed_86840_an_unproven_start_the_cache_holds_empty_is_asked_aga
             assert any(s.startswith("GAPLESS-FRESH") for s in tm.requests[-1].options[0]["symbols"])
         finally:
             store.close()
+
+
+def test_harness_seed_86993_a_quiet_tail_of_an_option_is_never_asked_past_its_expiration(tmp_path):
+    """Harness seed 86993, in small: the last run before an option's expiration (08:00) was refused at the history
+    edge and left a quiet tail [07:59:18, 08:00). Its retry reached further past the tail, as for a sampled stream
+    whose sample comes with the next event, so it asked past the expiration (nothing comes there), met a hole of
+    tardis' recording at 08:08:55 and held the option's last minute back as a history outage for the rest of the day:
+    07:59 stayed live. A tail is now never asked past the end of an option's life."""
+    from gapless import ledger
+    from gapless.plan import plan_requests
+    option = "BTC-26NOV26-86000-C"
+    expiry = int((DAY + timedelta(days=1, hours=8)).timestamp()) * US
+    store = Storage("sqlite:///%s" % (tmp_path / "g.db"))
+    try:
+        ledger.record(store, "deribit", [(option, "option_summary", expiry - 42 * US, expiry, "quiet_tail")],
+                      now_us=expiry - 30 * US, asked_end=expiry)
+        now = expiry + 10 * MINUTE_US  # the tail is due, and history reaches far past the expiration
+        requests_ = plan_requests(store, "deribit", [option], ["option_summary"], expiry - 60 * MINUTE_US,
+                                  expiry + 60 * MINUTE_US, now_us=now, limit=expiry + 60 * MINUTE_US)
+        assert requests_ and all(r.claim_end <= expiry for r in requests_), [r.describe() for r in requests_]
+    finally:
+        store.close()
 
 
 def test_a_clean_stop_closes_the_quiet_piece_of_a_trade_bar_stream_that_has_nothing_to_add_at_the_close():
