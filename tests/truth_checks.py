@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from gapless.timeutil import MINUTE_US
-from tests.truth import minute_truth
+from tests.truth import minute_truth, option_contract
 
 REASONS = {"history_outage", "disconnect", "clock_step", "downtime", "unknown_state", "not_yet_available", "no_data",
            "history_cached_empty",
@@ -164,6 +164,26 @@ def unhealed(result, frames, margin=4 * MINUTE_US, after_outage=30 * 1_000_000):
     return found
 
 
+def past_expiry(result):
+    """What an option that expired during the example has after its expiration (08:00 UTC of the date in its name,
+    from the double's contract model): a published minute, or a replay request of ours reaching more than a minute
+    past it (a run reaches one minute past what it claims; a silence check asks with symbols of its own)."""
+    found = []
+    for symbol in result.schedule.options:
+        expiry = option_contract(symbol)["expiration_date"]
+        frame = result.final[2].get((symbol, "option_summary"))
+        if frame is not None and len(frame) and frame.index[-1] >= expiry:
+            found.append((symbol, "published", str(frame.index[-1])))
+        for record in result.machine.requests:
+            if not record.options or record.to is None:
+                continue
+            names = record.options[0].get("symbols", [])
+            if symbol in names and not any(s.startswith("GAPLESS-") for s in names) and \
+                    pd.Timestamp(record.to) > expiry + pd.Timedelta(minutes=1):
+                found.append((symbol, "asked", str(record.from_), str(record.to)))
+    return found
+
+
 def _bar_interval_us(data_type):
     """The interval of a time bar (``trade_bar_10s``, ``trade_bar_1m``) in µs; 0 for anything else."""
     match = re.fullmatch(r"trade_bar_(\d+)(s|m)", data_type)
@@ -192,6 +212,9 @@ def check(result):
         problems.append("requests asked again without backing off: %s" % (repeated[:2],))
     if result.follow_problems:
         problems.append("follower: %d problem(s), e.g. %s" % (len(result.follow_problems), result.follow_problems[:3]))
+    expired = past_expiry(result)
+    if expired:
+        problems.append("expired options: %s" % (expired[:3],))
     if schedule.refused and not result.refusals:
         problems.append("%s accepted; it has no minute series" % (schedule.refused,))
     assert not problems, "%s\n%s" % (schedule.describe(), "\n".join(problems))

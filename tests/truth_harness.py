@@ -40,6 +40,12 @@ CHAIN_SHARE = 0.25  # examples with a few Deribit options' option_summary in one
 # examples whose replay requests meet a cut connection or a garbage line (the replay read and the typed parse of
 # bulk chunks fall back line by line around it)
 REPLAY_FAULT_SHARE = 0.3
+# examples of an option chain played nine hours later, across 08:00 UTC of DAY's next day, with one more option that
+# expires then (in the window, its lookback, or while history catches up at the end): its minutes end there, nothing
+# is asked past it, and it never counts as missing
+EXPIRY_SHARE = 0.35
+EXPIRY_SHIFT = 9 * 3600 * 1_000_000
+EXPIRING = "BTC-26NOV26-86000-C"
 OPTIONS = ("BTC-27NOV26-84000-P", "BTC-27NOV26-90000-C", "BTC-27NOV26-60000-P", "BTC-29JAN27-85000-C",
            "ETH-8DEC26-3000-P", "BTC-27NOV26-152600-C")
 
@@ -150,6 +156,8 @@ def draw(seed):
         schedule = replace(schedule, data_types=tuple(sorted(set(schedule.data_types) | {"book_ticker"})))
     if schedule.exchange == "deribit" and more.random() < CHAIN_SHARE:
         schedule = replace(schedule, options=tuple(sorted(more.sample(OPTIONS, more.randint(2, 4)))))
+    if schedule.options and random.Random("expiry/%d" % seed).random() < EXPIRY_SHARE:
+        schedule = replace(_shifted(schedule, EXPIRY_SHIFT), options=tuple(sorted(schedule.options + (EXPIRING,))))
     faults = random.Random("replay-faults/%d" % seed)  # from their own draws, like every part added later
     if faults.random() < REPLAY_FAULT_SHARE:
         schedule = replace(schedule, replay_faults=tuple(
@@ -177,6 +185,20 @@ def _early_asks(seed, schedule):
         symbols = rng.choice((schedule.symbols, SYMBOLS))  # gapless asks a silent symbol on its own
         asks.add((at, kind, tuple(sorted(symbols)), rng.randint(0, 6)))
     return tuple(sorted(asks))
+
+
+def _shifted(schedule, delta):
+    """The same example ``delta`` µs later: every time of it moves (a silent symbol's quiet stays for ever)."""
+    ms = delta // 1000
+    return replace(
+        schedule, start=schedule.start + delta, end=schedule.end + delta,
+        quiet=tuple((symbol, a + ms, b + ms) if b < 2 ** 62 // 1000 else (symbol, a, b) for symbol, a, b in schedule.quiet),
+        history_outages=tuple((a + delta, b + delta) for a, b in schedule.history_outages),
+        live_events=tuple((at + delta, kind) for at, kind in schedule.live_events),
+        second_recorder=tuple((a + delta, b + delta) for a, b in schedule.second_recorder),
+        restarts=tuple(at + delta for at in schedule.restarts), steps=tuple(at + delta for at in schedule.steps),
+        clock_steps=tuple((at + delta, seconds) for at, seconds in schedule.clock_steps),
+        early_asks=tuple((at + delta,) + tuple(rest) for at, *rest in schedule.early_asks))
 
 
 def _outage_end(us, rng):
