@@ -22,6 +22,7 @@ import websocket
 from .datatypes import parse_data_types
 from .exceptions import StorageError
 from .ingest import ReplayRequest, RunParser
+from .live_claims import ClaimWrites
 from .owners import OWNER, owner_is_gone
 from .streams import filters_of
 from .subscription import data_silence_tolerance, default_flush_interval, read_ahead, refused_for_size, stream_url
@@ -87,6 +88,7 @@ class Recorder:
         self._last_message_us = None
         self._commit_delays = []
         self._run_ids = set()
+        self._claim_writes = ClaimWrites()
         # called with the claims of every batch written (the service publishes the minutes they make final)
         self.on_claimed = None
         storage.ensure_tables({t.table for t in parse_data_types(list(self.data_types))})
@@ -345,11 +347,16 @@ class Recorder:
             log.warning("recorder %s: tardis-machine sent %d error message(s)", self.exchange, errors)
 
     def _write_with_retry(self, batch):
-        """Write one batch; retry while the database is locked or full, then give up (the thread dies)."""
+        """Write one batch; retry while the database is locked or full, then give up (the thread dies).
+
+        Of the batch's claims, only those due are written (:mod:`gapless.live_claims`)."""
         failures = 0
+        now = time.monotonic()
+        batch.claims = self._claim_writes.due(batch.claims, now)
         while True:
             try:
                 inserted = self.storage.write(batch.rows, batch.claims)
+                self._claim_writes.written(batch.claims, now)
                 rows = sum(len(r) for r in batch.rows.values())
                 self._count(rows_stored=inserted, duplicates=rows - inserted)
                 if self.on_claimed is not None and batch.claims:
