@@ -102,7 +102,7 @@ class SilenceCheck:
             self._verify(due)
             report = self._report([m for m in due if self.verdicts[m] != QUIET], batch.claims)
             self._settle(batch, due)
-        self._explain_unproven_starts(batch)
+        self._explain_unclaimed(batch)
         if self._known_bad:
             known = [e for e in self._report(self._known_bad, batch.claims) if e not in self._known_reported]
             self._known_reported.update(known)
@@ -144,20 +144,25 @@ class SilenceCheck:
                                                and (self.verdicts[m] != DOWN or _in_hole(m, closed))]
         batch.holes = closed
 
-    def _explain_unproven_starts(self, batch):
-        """An unproven start the run never saw a line in may be the cache's doing: check its silent minutes.
+    def _explain_unclaimed(self, batch):
+        """An unproven start, or a history outage, that the run never saw a line in may be the cache's doing: check
+        its silent minutes.
 
-        A run that begins without a line in its look-behind claims a stream only from its first evidence on, so its
-        silent minutes before that are reached by no claim and never checked; the stream's ledger entry says
-        ``unproven_start`` and is asked again with backoff, through the same filter set, whose cache holds those
-        minutes empty for good: the start is never proven (harness seed 86840: trades asked too early just after a
-        hole in tardis' recording). Where a minute of the entry is cached empty, the entry says so instead
-        (``history_cached_empty``), and its range is asked again with a fresh filter set.
+        A run that begins without a line in its look-behind claims a stream only from its first evidence on, and
+        after a ``disconnect`` only from the next line (a book: the reconnect snapshot), so silent minutes there are
+        reached by no claim and never checked. The stream's ledger entry says ``unproven_start`` or
+        ``history_outage`` and is asked again later through the same filter set, whose cache holds those minutes
+        empty for good: the start is never proven (harness seed 86840: trades asked too early just after a hole in
+        tardis' recording), the book never gets its reconnect snapshot (seed 86984: the rest of the day stayed
+        live). Where a minute of the entry is cached empty, the entry says so instead (``history_cached_empty``; a
+        book's to the end of the day) and is asked again at once with a fresh filter set.
         """
-        starts = [u for u in batch.unclaimed if u[4] == "unproven_start" and not self.types[u[1]].book_derived]
-        if not starts:
+        entries = [u for u in batch.unclaimed if u[4] in ("unproven_start", "history_outage")]
+        if not entries:
             return
-        silent = sorted(m for m in self._pending if any(a - a % MINUTE_US <= m < b for _, _, a, b, _ in starts))
+        # a minute wholly inside a hole a check of this run already found is down (asking it again tells nothing)
+        silent = sorted(m for m in self._pending if any(a - a % MINUTE_US <= m < b for _, _, a, b, _ in entries)
+                        and not any(x <= m and m + MINUTE_US <= y for x, y in self._holes))
         if silent:
             self._pending.difference_update(silent)
             self._verify(silent)
@@ -165,11 +170,18 @@ class SilenceCheck:
             # (no disconnect shows then), and its minutes must not pass for quiet in a later run of the filter set
             self._settle(batch, [m for m in silent if self.verdicts[m] != QUIET])
 
-        def cached_empty(a, b):
-            return any(self.verdicts.get(m) == CACHED_EMPTY for m in range(a - a % MINUTE_US, b, MINUTE_US))
+        def explained(entry):
+            symbol, name, a, b, reason = entry
+            if reason not in ("unproven_start", "history_outage"):
+                return entry
+            cached = [m for m in range(a - a % MINUTE_US, b, MINUTE_US) if self.verdicts.get(m) == CACHED_EMPTY]
+            if not cached:
+                return entry
+            if self.types[name].book_derived:
+                b = max(b, cached[0] - cached[0] % DAY_US + DAY_US)  # its book is wrong after it in this filter set
+            return symbol, name, a, b, CACHED_EMPTY
 
-        batch.unclaimed = [u[:4] + (CACHED_EMPTY,) if u[4] == "unproven_start" and not self.types[u[1]].book_derived
-                           and cached_empty(u[2], u[3]) else u for u in batch.unclaimed]
+        batch.unclaimed = [explained(u) for u in batch.unclaimed]
 
     def _cut_holes(self, claim):
         """No claim across a hole in tardis' recording: an event that arrived in it is lost (from the latency margin

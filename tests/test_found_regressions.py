@@ -39,6 +39,10 @@
 * harness seed 86993 (the first chain drawn across an option's expiration): the retry of a quiet tail just before
   the expiration reached past it, met a hole of tardis' recording there and held the option's last minute back
   for the rest of the day (it stayed live); a tail is now never asked past the end of an option's life.
+* harness seed 86984: another client asked the book channel too early just after a hole in tardis' recording, so
+  the reconnect snapshot was cached empty for the quotes' filter set: the book never came back through it, the
+  ledger held the rest of the day back as a history outage, and it stayed live. A history outage's silent minutes
+  are now checked like an unproven start's (seed 86840); seed 76009 heals at the next pass instead of the next day.
 """
 import json
 from datetime import datetime, timedelta, timezone
@@ -269,12 +273,13 @@ def test_a_minute_an_earlier_run_found_cached_empty_sends_every_stream_it_cuts_t
             store.close()
 
 
-def test_harness_seed_76009_a_minute_cached_empty_just_after_a_history_outage_heals_at_the_outage_retry(tmp_path):
+def test_harness_seed_76009_a_minute_cached_empty_just_after_a_history_outage_heals_at_the_next_pass(tmp_path):
     """Harness seed 76009, in small: the history recorder is down 09:40:00-09:52:30 and another client asked
     09:52 before it was available, so the stream's filter set holds it empty. Through that filter set the
-    outage seems to last until the first line in 09:53, whose minute can never be claimed whole. The outage's
-    one retry (after its day is over) asks with a fresh filter set: the recorder shows up at 09:52:30 and
-    09:53 becomes replay."""
+    outage seems to last until the first line in 09:53, whose minute can never be claimed whole. It healed only at
+    the outage's one retry after its day (a fresh filter set). Since seed 86984 the silent minutes of a history
+    outage are checked: 09:52 is found cached empty, the ledger says so, and the next pass asks with a fresh filter
+    set: the recorder shows up at 09:52:30 and 09:53 becomes replay."""
     from gapless import ledger
     from gapless.download import Downloader
     ten = DAY + timedelta(hours=10)
@@ -303,8 +308,9 @@ def test_harness_seed_76009_a_minute_cached_empty_just_after_a_history_outage_he
             clock.advance(20 * 60)
             assert not any(whole(c) for c in download())  # the outage seems to end in 09:53
             for symbol in SYMBOLS:
-                assert [e["reason"] for e in ledger.entries(store, "deribit", symbol, "trade")] == ["history_outage"]
-            clock.advance(16 * 3600)  # the day is over: the outage is due for its one retry
+                assert [e["reason"] for e in ledger.entries(store, "deribit", symbol, "trade")] == \
+                    ["history_cached_empty"]
+            clock.advance(60)  # the next pass, long before the day is over
             assert all(whole(c) for c in download())
             assert any(s.startswith("GAPLESS-FRESH") for s in tm.requests[-1].options[0]["symbols"])
         finally:
@@ -381,6 +387,51 @@ def test_harness_seed_86993_a_quiet_tail_of_an_option_is_never_asked_past_its_ex
         assert requests_ and all(r.claim_end <= expiry for r in requests_), [r.describe() for r in requests_]
     finally:
         store.close()
+
+
+def test_harness_seed_86984_a_book_whose_reconnect_snapshot_the_cache_holds_empty_is_asked_fresh_at_once(tmp_path):
+    """Harness seed 86984, in small: the history recorder is down 09:30:00-09:52:10 and another client asked the book
+    channel's 09:51-09:53 before they were available, so the reconnect snapshot (09:52:10) is cached empty for the
+    quotes' filter set. Through it the book never comes back: the run claims nothing after the disconnect, and the
+    ledger said ``history_outage`` for the rest of the day, held back until the day is over (the rest of the day
+    stayed live). The outage's silent minutes are now checked: 09:52 is cached empty, the entry says so (to the day's
+    end), and the next pass asks the day with a fresh filter set: 09:53 on is replay."""
+    from gapless import ledger
+    from gapless.download import Downloader
+    ten = DAY + timedelta(hours=10)
+    clock = ManualClock(ten - timedelta(minutes=7, seconds=20))
+    outage = Outage(ten - timedelta(minutes=30), ten - timedelta(minutes=7, seconds=50))
+    with FakeTardisMachine(clock=clock, market=MarketConfig(book_rate=1.0, trade_rate=1.0), replay_outages=[outage],
+                           availability_delay=timedelta(seconds=60), availability_mode="empty") as tm:
+        poisoned = ten - timedelta(minutes=9)  # 09:51, 09:52 and 09:53, asked by another client before available
+        options = {"exchange": "deribit", "symbols": SYMBOLS, "from": poisoned.isoformat(),
+                   "to": (poisoned + timedelta(minutes=3)).isoformat(), "dataTypes": ["book_change"]}
+        requests.get(tm.http_url + "/replay-normalized", params={"options": json.dumps(options)}, timeout=10)
+        assert int(poisoned.timestamp()) * US + MINUTE_US in tm.slices.poisoned("deribit", ["book"], SYMBOLS)
+        store = Storage("sqlite:///%s" % (tmp_path / "g.db"))
+        first, last = int((ten - timedelta(minutes=6)).timestamp()) * US, int(ten.timestamp()) * US  # 09:54-10:00
+
+        def download():
+            downloader = Downloader(store, tm.http_url, workers=0, progress=False, now=clock.now_us)
+            downloader.download("deribit", SYMBOLS, ["quote"], int((ten - timedelta(minutes=40)).timestamp()) * US,
+                                last)
+            return [store.covered("deribit", symbol, "quote", "replay") for symbol in SYMBOLS]
+
+        def whole(covered):
+            return any(x <= first and y >= last for x, y in covered)
+
+        try:
+            clock.advance(20 * 60)
+            assert not any(whole(c) for c in download())  # no reconnect snapshot through the poisoned filter set
+            for symbol in SYMBOLS:
+                entries = ledger.entries(store, "deribit", symbol, "quote")
+                assert any(e["reason"] == "history_cached_empty" and e["end"] >= int(DAY.timestamp()) * US + 86400 * US
+                           for e in entries), entries
+            clock.advance(60)  # the next pass, long before the day is over
+            assert all(whole(c) for c in download())
+            assert any(s.startswith("GAPLESS-FRESH") for s in tm.requests[-1].options[0]["symbols"])
+        finally:
+            store.close()
 
 
 def test_a_clean_stop_closes_the_quiet_piece_of_a_trade_bar_stream_that_has_nothing_to_add_at_the_close():
