@@ -10,17 +10,22 @@ import orjson
 from .datatypes import asked_types, parse_data_types
 
 MANY_STREAMS = 64
+CHAIN_STREAMS = 256
 _FAST_FAMILIES = ("book_snapshot", "book_change", "derivative_ticker", "book_ticker", "option_summary")
 
 
 def default_flush_interval(streams):
-    """Seconds between commits: 0.25 s, or 1 s for more than :data:`MANY_STREAMS` streams.
+    """Seconds between commits: 0.25 s, 1 s for more than :data:`MANY_STREAMS` streams, 2 s for more than
+    :data:`CHAIN_STREAMS` (an option chain).
 
-    Every commit upserts the open claim of each stream and marks its range for the minute store: with hundreds
-    of streams that per-stream work, four times a second, cost more than the rows themselves. A commit a second
-    delays a final minute's publishing by at most 0.75 s more.
+    Every commit makes a claim for each stream (written when due, :mod:`gapless.live_claims`), marks the rows' ranges
+    for the minute store and commits a transaction: with hundreds of streams that per-commit work, four times a
+    second, cost more than the rows themselves. A commit every 2 s delays a final minute's publishing by at most
+    1.75 s more than 0.25 s would.
     """
-    return 0.25 if streams <= MANY_STREAMS else 1.0
+    if streams <= MANY_STREAMS:
+        return 0.25
+    return 1.0 if streams <= CHAIN_STREAMS else 2.0
 
 
 def stream_url(ws_url, exchange, symbols, data_types, filters=None):
