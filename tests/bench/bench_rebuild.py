@@ -69,15 +69,21 @@ def child(args):
     store = Storage(plan["database"])
     streams = [tuple(s) for s in plan["streams"]]
     if plan["step"] == "full":
-        # forget every aggregate and every published minute; the raw rows are all dirty again
+        # forget every aggregate and every published minute; the raw rows of every source with coverage are all
+        # dirty again (a mark of a source without any waits for its first claim, which then recomputed the whole
+        # window: the first live tick after this step measured that, not a tick)
+        covered = {tuple(r) for r in store.db.execute_sql(
+            'SELECT DISTINCT "exchange", "symbol", "data_type", "source" FROM "coverage"').fetchall()}
         with store.write_transaction():
             for table in ("minute_agg", "dirty_series", "minute_series", "minute_compare", "stream_status"):
                 store.models[table].delete().execute()
             store.models["dirty_rows"].delete().execute()
             dirty = store.models["dirty_rows"]
-            dirty.insert_many([dict(exchange=e, symbol=s, data_type=d, source=source, lo=plan["start"] - DAY_US,
-                                    hi=plan["end"] + DAY_US) for e, s, d in streams for source in ("replay", "live")
-                               ]).execute()
+            marks = [dict(exchange=e, symbol=s, data_type=d, source=source, lo=plan["start"] - DAY_US,
+                          hi=plan["end"] + DAY_US) for e, s, d in streams for source in ("replay", "live")
+                     if (e, s, d, source) in covered]
+            for i in range(0, len(marks), 100):
+                dirty.insert_many(marks[i:i + 100]).execute()
     if plan["step"] == "write_live":  # its own process: the fetching is not the tick's memory
         write_live_minute(store, plan)
         store.close()
