@@ -4,9 +4,9 @@ A minute's *own* aggregate is what the rows inside it say, nothing carried: for 
 its last snapshot and the mid's open/high/low/close over its snapshots; for trades and bars the OHLC,
 volumes, count and vwap; for tickers the last value of each field. Only minutes that have rows get an
 aggregate, once its source's claims have passed its end (before that it is not final, and a live minute
-would be aggregated again on every write). What a quiet minute carries (the last book, the last price) and whether a minute is covered
-at all is decided later, when the series is stitched (:mod:`gapless.series`), from these aggregates and
-the coverage table: that is what makes the store incremental.
+would be aggregated again on every write). What a quiet minute carries (the last book, the last price) and
+whether a minute is covered at all is decided later, when the series is stitched (:mod:`gapless.series`), from
+these aggregates and the coverage table: that is what makes the store incremental.
 
 Every storage write records the time ranges it changed in ``dirty_rows`` (same transaction).
 :meth:`MinuteStore.refresh` recomputes the aggregates of those ranges only, in chunks of at most
@@ -175,7 +175,8 @@ class MinuteStore:
         # plain SQL: these run for every chunk of every stream on every pass
         self.storage.db.execute_sql(
             'DELETE FROM "minute_agg" WHERE "exchange" = {m} AND "symbol" = {m} AND "data_type" = {m} AND '
-            '"source" = {m} AND "minute" >= {m} AND "minute" < {m}'.format(m=m), (exchange, symbol, name, source, lo, hi))
+            '"source" = {m} AND "minute" >= {m} AND "minute" < {m}'.format(m=m),
+            (exchange, symbol, name, source, lo, hi))
         self.storage.bulk_insert(self.models["minute_agg"], columns, rows)
         self.storage.db.execute_sql(
             'INSERT INTO "dirty_series" ("exchange", "symbol", "data_type", "lo", "hi") VALUES '
