@@ -69,7 +69,7 @@ class MinuteStore:
             return {}
         wanted = None if streams is None else {tuple(s) for s in streams}
         ours = {}  # data type name: whether it is one of ours
-        spans = {}
+        spans, last_ids = {}, {}
         # grouped by the minute each mark starts in, in SQL: with hundreds of streams the recorder leaves a mark per
         # stream and write, over 30,000 a minute, and reading each into Python was most of a publishing tick
         rows = self.storage.db.execute_sql(
@@ -86,10 +86,10 @@ class MinuteStore:
                     ours[data_type] = False  # not a data type of ours (written by something else): leave it
             if not ours[data_type]:
                 continue
-            ranges, ids = spans.setdefault((exchange, symbol, data_type, source), ([], [0]))
-            ranges.append((int(lo), ceil_minute(int(hi))))
-            ids[0] = max(ids[0], int(last))
-        return {key: (merge(ranges), ids[0]) for key, (ranges, ids) in spans.items()}
+            key = (exchange, symbol, data_type, source)
+            spans.setdefault(key, []).append((int(lo), ceil_minute(int(hi))))
+            last_ids[key] = max(last_ids.get(key, 0), int(last))
+        return {key: (merge(ranges), last_ids[key]) for key, ranges in spans.items()}
 
     def refresh(self, streams=None, persist=True):
         """Recompute the aggregates of the dirty ranges of ``streams`` (all when None).

@@ -75,7 +75,7 @@ def plan_wanted(storage, exchange, wanted, now_us=None, limit=None, proven_until
         if not need:
             continue
 
-        def further(a, b, symbol=symbol):
+        def further(a, b):
             """A quiet tail due again is asked past its end, further each time, so the next event shows up; never
             past the end of an option's life (nothing comes after it: harness seed 86993)."""
             reach = b
